@@ -1,0 +1,8 @@
+"""``python -m kernel -f <connection file>``: what the kernelspec launches."""
+
+from ipykernel.kernelapp import IPKernelApp
+
+from kernel.kernel import DurableKernel
+
+if __name__ == "__main__":
+    IPKernelApp.launch_instance(kernel_class=DurableKernel)

@@ -1,0 +1,75 @@
+"""Where settings come from: environment first, then traitlets, then defaults.
+
+Kept free of kernel imports so the CLI resolves settings exactly as a kernel does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+
+from kernel.errors import ConfigurationError
+
+STORE_FILE = "store.sqlite3"
+
+
+def resolve_home(env: Mapping[str, str], configured: str = "") -> Path:
+    """``PYREPL3_HOME``, else the traitlet ``DurableKernel.home``, else ``<jupyter data dir>/pyrepl3``."""
+    raw = env.get("PYREPL3_HOME") or configured
+    home = Path(raw).expanduser() if raw else Path(jupyter_data_dir()) / "pyrepl3"
+    if home.exists() and not home.is_dir():
+        setting = "PYREPL3_HOME" if env.get("PYREPL3_HOME") else "DurableKernel.home"
+        msg = f"{setting} points at {home}, which is not a directory"
+        raise ConfigurationError(msg)
+    return home
+
+
+_KERNEL_FILE = re.compile(r"kernel-(?P<id>[^/]+)\.json$")
+
+
+def resolve_session(env: Mapping[str, str], connection_file: str = "") -> str:
+    """``PYREPL3_SESSION``, else ``JPY_SESSION_NAME`` (the notebook path), else the
+    kernel id in the connection file's name, which ``restart_kernel()`` keeps."""
+    for key in ("PYREPL3_SESSION", "JPY_SESSION_NAME"):
+        if value := env.get(key, "").strip():
+            return value
+    if connection_file:
+        name = Path(connection_file).name
+        if m := _KERNEL_FILE.search(name):
+            return m.group("id")
+        return Path(name).stem
+    return "default"
+
+
+def store_path(home: Path) -> Path:
+    return home / STORE_FILE
+
+
+def bool_setting(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    msg = f"{key}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)"
+    raise ConfigurationError(msg)
+
+
+def float_setting(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        msg = f"{key}={raw!r} is not a non-negative number of seconds"
+        raise ConfigurationError(msg)
+    return value

@@ -1,0 +1,72 @@
+"""Pydantic payloads that cross the durability boundary.
+
+Promise params and values are JSON; these models fix their shape so the kernel,
+the CLI and the tests read the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ExecutionParams(BaseModel):
+    """The param of ``exec:<msg_id>``: what was asked to run, and by whom."""
+
+    session: str
+    msg_id: str
+    code: str
+    execution_count: int
+    cell_id: str | None = None
+    kernel_pid: int
+    nonce: str = Field(description="tells this kernel's create apart from an earlier one")
+    submitted_at: float
+
+
+class Timings(BaseModel):
+    started: float
+    finished: float
+    duration_ms: float
+
+
+class CellResult(BaseModel):
+    """The value of a resolved ``exec:<msg_id>``."""
+
+    status: Literal["ok"] = "ok"
+    execution_id: str
+    execution_count: int
+    outputs: list[dict[str, Any]] = []
+    user_expressions: dict[str, Any] = {}
+    payload: list[dict[str, Any]] = []
+    timings: Timings
+
+
+class CellError(BaseModel):
+    """Carried (as JSON) by a rejected ``exec:<msg_id>``."""
+
+    status: Literal["error"] = "error"
+    execution_id: str
+    execution_count: int | None = None
+    ename: str
+    evalue: str
+    traceback: list[str] = []
+    code: str | None = Field(default=None, description="RES00x for errors of PyREPL3 itself")
+    outputs: list[dict[str, Any]] = []
+    timings: Timings | None = None
+
+
+CellOutcome = CellResult | CellError
+
+
+class ExecutionSummary(BaseModel):
+    """One row of ``pyrepl3 executions`` and ``%durable``."""
+
+    id: str
+    session: str
+    state: str
+    execution_count: int | None = None
+    code: str = ""
+    created_at: int
+    settled_at: int | None = None
+    ename: str | None = None

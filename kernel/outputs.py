@@ -1,0 +1,77 @@
+"""Capture a cell's outputs as nbformat outputs, and publish stored ones again.
+
+ipykernel publishes streams, display data and results through one
+``Session.send``; recording at that point sees exactly what the frontend sees,
+in order, without touching IPython's display machinery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nbformat.v4 import output_from_msg
+
+RECORDED = {"stream", "display_data", "execute_result", "error", "update_display_data"}
+
+
+class OutputRecorder:
+    """Wraps a ``Session`` so iopub messages for the current parent are recorded."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._send = session.send
+        self.parent_msg_id: str | None = None
+        self.outputs: list[dict[str, Any]] = []
+        session.send = self._recording_send
+
+    def _recording_send(self, stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, *args: Any, **kwargs: Any) -> Any:
+        msg = self._send(stream, msg_or_type, content, parent, *args, **kwargs)
+        if self.parent_msg_id is not None and isinstance(msg, dict):
+            header = msg.get("header") or {}
+            if header.get("msg_type") in RECORDED and (msg.get("parent_header") or {}).get("msg_id") == self.parent_msg_id:
+                self._record(msg)
+        return msg
+
+    def _record(self, msg: dict[str, Any]) -> None:
+        msg_type = msg["header"]["msg_type"]
+        if msg_type == "update_display_data":
+            return
+        out = dict(output_from_msg(msg))
+        if msg_type == "stream" and self.outputs:
+            last = self.outputs[-1]
+            if last.get("output_type") == "stream" and last.get("name") == out.get("name"):
+                last["text"] += out["text"]
+                return
+        self.outputs.append(out)
+
+    def begin(self, parent_msg_id: str) -> None:
+        self.parent_msg_id = parent_msg_id
+        self.outputs = []
+
+    def end(self) -> list[dict[str, Any]]:
+        self.parent_msg_id = None
+        outputs, self.outputs = self.outputs, []
+        return outputs
+
+
+def publish(session: Any, socket: Any, parent: dict[str, Any], outputs: list[dict[str, Any]], topic: Callable[[str], bytes]) -> None:
+    """Send stored nbformat outputs as iopub messages under a new parent."""
+    for out in outputs:
+        kind = out.get("output_type")
+        if kind == "stream":
+            content = {"name": out["name"], "text": out["text"]}
+            session.send(socket, "stream", content, parent, ident=topic("stream"))
+        elif kind == "display_data":
+            content = {"data": out.get("data", {}), "metadata": out.get("metadata", {}), "transient": {}}
+            session.send(socket, "display_data", content, parent, ident=topic("display_data"))
+        elif kind == "execute_result":
+            content = {
+                "execution_count": out.get("execution_count"),
+                "data": out.get("data", {}),
+                "metadata": out.get("metadata", {}),
+            }
+            session.send(socket, "execute_result", content, parent, ident=topic("execute_result"))
+        elif kind == "error":
+            content = {k: out.get(k) for k in ("ename", "evalue", "traceback")}
+            session.send(socket, "error", content, parent, ident=topic("error"))

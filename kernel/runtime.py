@@ -1,0 +1,269 @@
+"""The durable runtime: a Resonate instance on its own event-loop thread.
+
+Cell code must run on the kernel's main thread (IPython, signals, GUI loops),
+while Resonate needs an asyncio loop of its own. The kernel therefore *asks*
+for a cell by creating the durable promise ``exec:<msg_id>``; the engine
+delivers that task to ``durable_execute`` here, which hands the execution to the
+main thread through the :class:`CellDispatcher` and settles the promise with
+the outcome it gets back. An execution nobody in this process is waiting for
+(one left pending by a kernel that died) reaches ``durable_execute`` too, and
+is settled by the dispatcher's orphan policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from resonate.context import Context
+from resonate.connections.sse import resolve_target as poll_target
+from resonate.resonate import Resonate
+from resonate.retry import Never
+from resonate.types import PromiseRecord, TaskData, Value
+from resonate_base.connections import Network, Source
+
+from kernel.errors import DependencyNotRegisteredError, PromiseTimeoutError
+from kernel.models import CellError, CellOutcome, CellResult, ExecutionParams
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long an execution promise may stay pending before the engine times it out.
+EXECUTION_TIMEOUT = timedelta(days=7)
+SESSION_TAG = "pyrepl3:session"
+
+
+class CellFailed(Exception):
+    """Raised by ``durable_execute`` to reject ``exec:<msg_id>``; its message is
+    the :class:`CellError` as JSON, so the structure survives the engine."""
+
+    def __init__(self, error: CellError | str) -> None:
+        super().__init__(error if isinstance(error, str) else error.model_dump_json())
+
+
+@dataclass
+class Handoff:
+    """What the main thread receives when its execution starts."""
+
+    params: ExecutionParams
+    outcome: cf.Future[CellOutcome]
+
+
+OrphanPolicy = Callable[[ExecutionParams], Awaitable[CellOutcome]]
+
+
+async def interrupted_by_exit(params: ExecutionParams) -> CellOutcome:
+    """Default orphan policy: an execution whose kernel died is rejected."""
+    return CellError(
+        execution_id=f"exec:{params.msg_id}",
+        execution_count=params.execution_count,
+        ename="KernelExitInterruption",
+        evalue=(
+            f"execution {params.execution_count} (exec:{params.msg_id}) was interrupted "
+            "by kernel exit before it finished"
+        ),
+    )
+
+
+class CellDispatcher:
+    """Meets ``durable_execute`` (runtime thread) and the kernel (main thread)."""
+
+    def __init__(self, orphan_policy: OrphanPolicy = interrupted_by_exit) -> None:
+        self._waiting: dict[str, cf.Future[Handoff]] = {}
+        self._lock = threading.Lock()
+        self.orphan_policy = orphan_policy
+
+    def expect(self, execution_id: str) -> cf.Future[Handoff]:
+        fut: cf.Future[Handoff] = cf.Future()
+        with self._lock:
+            self._waiting[execution_id] = fut
+        return fut
+
+    def forget(self, execution_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(execution_id, None)
+
+    async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
+        with self._lock:
+            ticket = self._waiting.pop(execution_id, None)
+        if ticket is None:
+            return await self.orphan_policy(params)
+        outcome: cf.Future[CellOutcome] = cf.Future()
+        ticket.set_result(Handoff(params, outcome))
+        return await asyncio.wrap_future(outcome)
+
+
+class ExecutionServices:
+    """The collaborators of one execution, built fresh for it by the factory."""
+
+    def __init__(self, ctx: Context, dispatcher: CellDispatcher) -> None:
+        self.ctx = ctx
+        self.execution_id = ctx.info.id
+        self._dispatcher = dispatcher
+
+    async def run_cell(self, params: ExecutionParams) -> CellOutcome:
+        return await self._dispatcher.dispatch(self.execution_id, params)
+
+
+class ExecutionServicesFactory:
+    """Registered in the SDK's dependency map; called once per execution
+    (the spec's factory pattern: no shared object that needs initializing)."""
+
+    def __init__(self, dispatcher: CellDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def __call__(self, ctx: Context) -> ExecutionServices:
+        return ExecutionServices(ctx, self.dispatcher)
+
+
+async def durable_execute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """The durable function every cell runs through; its promise is ``exec:<msg_id>``."""
+    try:
+        factory = ctx.get_dependency(ExecutionServicesFactory)
+    except KeyError:
+        error = CellError(
+            execution_id=ctx.info.id,
+            ename="DependencyNotRegisteredError",
+            evalue=str(DependencyNotRegisteredError("ExecutionServicesFactory is not registered")),
+            code=DependencyNotRegisteredError.code,
+        )
+        raise CellFailed(error) from None
+    outcome = await factory(ctx).run_cell(ExecutionParams.model_validate(params))
+    if isinstance(outcome, CellError):
+        raise CellFailed(outcome)
+    return outcome.model_dump(mode="json")
+
+
+class DurableRuntime:
+    """Owns the Resonate instance and its loop thread; synchronous facade for the kernel.
+
+    ``network`` is the engine (the embedded store, resonate-pg, or HTTP);
+    ``sources`` defaults to the network itself when it can push messages.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        *,
+        session: str,
+        dispatcher: CellDispatcher,
+        sources: list[Source] | None = None,
+        pid: str | None = None,
+        group: str = "pyrepl3",
+        ttl: timedelta = timedelta(seconds=30),
+        call_timeout: float = 30.0,
+    ) -> None:
+        self.network = network
+        self.session = session
+        self.dispatcher = dispatcher
+        self.group = group
+        self._sources = sources if sources is not None else ([network] if isinstance(network, Source) else [])
+        self._pid = pid
+        self._ttl = ttl
+        self.call_timeout = call_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
+        self.resonate: Resonate | None = None
+        self.target = ""
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> DurableRuntime:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        resonate = Resonate(
+            network=self.network,
+            sources=self._sources,
+            pid=self._pid,
+            group=self.group,
+            ttl=self._ttl,
+            retry_policy=Never(),
+            env={},
+            autostart=False,
+        )
+        resonate.register(durable_execute, retry_policy=Never())
+        resonate.with_dependency(ExecutionServicesFactory(self.dispatcher))
+        self.target = (
+            self._sources[0].resolve_target(self.group) if self._sources else poll_target(self.group)
+        )
+        self.resonate = resonate
+        resonate.start()
+
+    def stop(self) -> None:
+        if self.resonate is not None and self._thread.is_alive():
+            try:
+                self.call(self.resonate.stop(), timeout=5)
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                log.debug("runtime stop failed", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the runtime loop and wait for it (from any other thread)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(self.call_timeout if timeout is None else timeout)
+        except cf.TimeoutError:
+            fut.cancel()
+            raise PromiseTimeoutError("the durable engine did not answer in time") from None
+
+    # -- executions -----------------------------------------------------------
+
+    def submit(self, params: ExecutionParams) -> PromiseRecord:
+        """Create ``exec:<msg_id>`` as a task for ``durable_execute`` (idempotent)."""
+        return self.call(self._submit(params))
+
+    async def _submit(self, params: ExecutionParams) -> PromiseRecord:
+        assert self.resonate is not None
+        eid = f"exec:{params.msg_id}"
+        now = int(time.time() * 1000)
+        return await self.resonate.promises.create(
+            eid,
+            now + int(EXECUTION_TIMEOUT.total_seconds() * 1000),
+            Value(data=TaskData(func="durable_execute", args=(params.model_dump(mode="json"),))),
+            {
+                "resonate:scope": "global",
+                "resonate:target": self.target,
+                "resonate:origin": eid,
+                "resonate:branch": eid,
+                "resonate:parent": eid,
+                SESSION_TAG: self.session,
+            },
+        )
+
+    def wait_settled(self, promise_id: str, timeout: float | None = None) -> PromiseRecord:
+        """Block until the promise is settled; return its (decoded) record."""
+        return self.call(self._wait_settled(promise_id), timeout=timeout)
+
+    async def _wait_settled(self, promise_id: str) -> PromiseRecord:
+        assert self.resonate is not None
+        handle = await self.resonate.get(promise_id)
+        try:
+            await handle.result()
+        except Exception:  # noqa: BLE001 - a rejection is an outcome here, not an error
+            pass
+        return await self.resonate.promises.get(promise_id)
+
+    def get(self, promise_id: str) -> PromiseRecord:
+        assert self.resonate is not None
+        return self.call(self.resonate.promises.get(promise_id))
+
+
+__all__ = [
+    "CellDispatcher",
+    "CellFailed",
+    "CellResult",
+    "DurableRuntime",
+    "ExecutionServicesFactory",
+    "Handoff",
+    "durable_execute",
+]

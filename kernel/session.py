@@ -1,0 +1,71 @@
+"""The durable side of one kernel: settings, session lock, engine, runtime.
+
+Built once at kernel start. Opening can fail for reasons the user must hear
+about (a corrupt or locked store, a wrong setting); the kernel then runs
+without durability and says why, instead of refusing to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from kernel.config import float_setting, resolve_home, resolve_session, store_path
+from kernel.runtime import CellDispatcher, DurableRuntime
+from kernel.store.catalog import Catalog
+from kernel.store.embedded import EmbeddedStore
+from kernel.store.locks import SessionLock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DurableSession:
+    session: str
+    home: Path
+    store_path: Path
+    lock: SessionLock
+    store: EmbeddedStore
+    runtime: DurableRuntime
+    dispatcher: CellDispatcher
+    #: Seconds the kernel waits for the engine to hand a submitted cell back.
+    start_timeout: float
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        home: str = "",
+        connection_file: str = "",
+        ttl: timedelta = timedelta(seconds=30),
+    ) -> DurableSession:
+        env = os.environ if env is None else env
+        home_path = resolve_home(env, home)
+        session = resolve_session(env, connection_file)
+        start_timeout = float_setting(env, "PYREPL3_START_TIMEOUT", 30.0)
+        lock = SessionLock(home_path, session).acquire()
+        try:
+            path = store_path(home_path)
+            pid = uuid.uuid4().hex
+            store = EmbeddedStore(path, session, pid=pid)
+            dispatcher = CellDispatcher()
+            runtime = DurableRuntime(store, session=session, dispatcher=dispatcher, pid=pid, ttl=ttl).start()
+        except BaseException:
+            lock.release()
+            raise
+        log.info("durable session %r on %s", session, path)
+        return cls(session, home_path, path, lock, store, runtime, dispatcher, start_timeout)
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.store_path)
+
+    def close(self) -> None:
+        self.runtime.stop()
+        self.store.close()
+        self.lock.release()

@@ -1,0 +1,491 @@
+"""The embedded engine: a file-backed Resonate server that lives inside the kernel.
+
+Why not ``LocalConnection``: it keeps everything in memory (nothing survives a
+``kill -9``), its ``ServerState`` scans every promise on many requests (so a cell
+gets slower as history grows), and ``Resonate`` gives it a no-op heartbeat.
+
+What this is instead: the SDK's own ``ServerState`` state machine (so the
+protocol semantics are the SDK's, not a re-implementation) holding only the
+*live* part of the history -- pending promises, unfinished tasks and the
+lineages they belong to -- in front of a SQLite database (WAL,
+``synchronous=NORMAL``: every applied request is committed before its response
+is returned, which survives a process crash). Settled lineages are written
+through and evicted from memory, so the per-request cost depends on what is in
+flight, not on how many cells ran before. Requests for ids that are no longer
+in memory page them back in from disk first.
+
+One kernel owns a session's rows at a time (see :mod:`kernel.store.locks`).
+Other processes -- the CLI answering a prompt, say -- never write a live
+session's promises directly; they append a request to the ``inbox`` table,
+which the owning store applies through its state machine within a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from resonate.connections.local import (
+    DurablePromise,
+    ServerState,
+    Task,
+    extract_action_data,
+    unwrap_request_envelope,
+    wrap_response_envelope,
+)
+from resonate.timing import now_ms
+
+from kernel.errors import StoreCorruptError
+from kernel.ids import kind_of
+
+log = logging.getLogger(__name__)
+
+SCHEME = "pyrepl3"
+SCHEMA_VERSION = 1
+PENDING_RETRY_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS promises (
+    id TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    branch TEXT,
+    created_at INTEGER NOT NULL,
+    settled_at INTEGER,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_by_session ON promises (session, kind, created_at);
+CREATE INDEX IF NOT EXISTS promises_by_branch ON promises (branch);
+CREATE INDEX IF NOT EXISTS promises_pending ON promises (session) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (session) WHERE state != 'fulfilled';
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    request TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox (session, seq);
+"""
+
+
+class _StoredPromise(msgspec.Struct, kw_only=True):
+    """A promise as written to disk: the state machine's record minus the
+    listener addresses, which name processes that will not outlive a restart."""
+
+    id: str
+    state: str
+    param: Any
+    value: Any
+    tags: dict[str, str]
+    timeout_at: int
+    created_at: int
+    settled_at: int | None
+    awaiters: list[str] = []
+
+
+class _StoredTask(msgspec.Struct, kw_only=True):
+    id: str
+    state: str
+    version: int
+    pid: str | None
+    ttl: int | None
+    resumes: list[str] = []
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the store database, creating the schema when writable.
+
+    A file that is not a SQLite database, or one whose schema is newer than this
+    code, raises :class:`StoreCorruptError` naming the file; nothing is modified.
+    """
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                msg = f"store {path} has schema version {row[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
+                raise StoreCorruptError(msg)
+        else:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        msg = f"store database {path} is unreadable or corrupt ({exc}); it was left untouched"
+        raise StoreCorruptError(msg) from exc
+    return conn
+
+
+def _promise_row(session: str, p: DurablePromise) -> tuple[Any, ...]:
+    stored = _StoredPromise(
+        id=p.id,
+        state=p.state,
+        param=p.param,
+        value=p.value,
+        tags=p.tags,
+        timeout_at=p.timeout_at,
+        created_at=p.created_at,
+        settled_at=p.settled_at,
+        awaiters=sorted(p.awaiters),
+    )
+    return (
+        p.id,
+        session,
+        p.state,
+        kind_of(p.id),
+        p.tags.get("resonate:branch"),
+        p.created_at,
+        p.settled_at,
+        msgspec.json.encode(stored),
+    )
+
+
+def _task_row(session: str, t: Task) -> tuple[Any, ...]:
+    stored = _StoredTask(
+        id=t.id, state=t.state, version=t.version, pid=t.pid, ttl=t.ttl, resumes=sorted(t.resumes)
+    )
+    return (t.id, session, t.state, msgspec.json.encode(stored))
+
+
+def decode_promise(blob: bytes) -> DurablePromise:
+    s = msgspec.json.decode(blob, type=_StoredPromise)
+    return DurablePromise(
+        id=s.id,
+        state=s.state,  # type: ignore[arg-type]
+        param=s.param,
+        value=s.value,
+        tags=s.tags,
+        timeout_at=s.timeout_at,
+        created_at=s.created_at,
+        settled_at=s.settled_at,
+        awaiters=set(s.awaiters),
+        subscribers=set(),
+    )
+
+
+def _decode_task(blob: bytes) -> Task:
+    s = msgspec.json.decode(blob, type=_StoredTask)
+    return Task(
+        id=s.id,
+        state=s.state,  # type: ignore[arg-type]
+        version=s.version,
+        pid=s.pid,
+        ttl=s.ttl,
+        resumes=set(s.resumes),
+    )
+
+
+def _promise_sig(p: DurablePromise) -> tuple[Any, ...]:
+    return (p.state, p.settled_at, p.timeout_at, frozenset(p.awaiters))
+
+
+def _task_sig(t: Task) -> tuple[Any, ...]:
+    return (t.state, t.version, t.pid, t.ttl, frozenset(t.resumes))
+
+
+def _referenced_ids(req: Any) -> list[str]:
+    """The promise/task ids a flat request touches, so they can be paged in."""
+    if not isinstance(req, dict):
+        return []
+    kind = req.get("kind")
+    ids: list[str] = []
+
+    def add(v: Any) -> None:
+        if isinstance(v, str) and v:
+            ids.append(v)
+
+    if kind == "promise.register_listener":
+        add(req.get("awaited"))
+    else:
+        add(req.get("id"))
+    action = req.get("action")
+    if action is not None:
+        add((extract_action_data(action) or {}).get("id"))
+    actions = req.get("actions")
+    if isinstance(actions, list):
+        for a in actions:
+            add((extract_action_data(a) or {}).get("awaited"))
+    tasks = req.get("tasks")
+    if isinstance(tasks, list):
+        for t in tasks:
+            if isinstance(t, dict):
+                add(t.get("id"))
+    return ids
+
+
+class EmbeddedStore:
+    """A Resonate ``Network`` and ``Source`` backed by a SQLite file.
+
+    ``session`` names the rows this store owns; the caller must hold that
+    session's lock. ``clock``, ``sleeper`` and ``tick_interval`` are seams for
+    tests, as in the SDK's own connections.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        session: str,
+        *,
+        pid: str = "kernel",
+        group: str = "pyrepl3",
+        clock: Callable[[], int] = now_ms,
+        tick_interval: float = 0.1,
+    ) -> None:
+        self.path = Path(path)
+        self.session = session
+        self._pid = pid
+        self._group = group
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self._db = connect(self.path)
+        self.state = ServerState()
+        self._saved: dict[str, tuple[Any, ...]] = {}
+        self._saved_tasks: dict[str, tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+        self._subscribers: list[Callable[[str], None]] = []
+        self._tick_task: asyncio.Task[None] | None = None
+        # Requests left in the inbox before this start are applied too.
+        self._inbox_seq = 0
+        self._load_live()
+
+    # -- Source -----------------------------------------------------------
+
+    def unicast(self) -> str:
+        return f"{SCHEME}://uni@{self._group}/{self._pid}"
+
+    def resolve_target(self, target: str) -> str:
+        return f"{SCHEME}://any@{target}"
+
+    def recv(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
+
+    async def start(self) -> None:
+        if self._tick_task is None:
+            self._tick_task = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        task, self._tick_task = self._tick_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._subscribers.clear()
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    # -- Network ----------------------------------------------------------
+
+    async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
+        flat = unwrap_request_envelope(msgspec.json.decode(req))
+        response, outgoing = self.apply(flat)
+        self._dispatch(outgoing)
+        return msgspec.json.encode(wrap_response_envelope(response)).decode()
+
+    def apply(self, flat: Any) -> tuple[dict[str, Any], list[Any]]:
+        """Apply one flat request: page in, run the state machine, write through, evict."""
+        with self._lock:
+            self._page_in(_referenced_ids(flat))
+            self.state.outgoing = []
+            response = self.state.apply(self._clock(), flat)
+            outgoing, self.state.outgoing = self.state.outgoing, []
+            self._flush()
+            return response, outgoing
+
+    # -- persistence ------------------------------------------------------
+
+    def _load_live(self) -> None:
+        """Load this session's unfinished work, releasing leases of dead owners.
+
+        The caller holds the session lock, so any task still marked acquired was
+        leased by a process that is gone: it goes back to pending and is
+        re-delivered on the first tick instead of one lease later.
+        """
+        now = self._clock()
+        rows = self._db.execute(
+            "SELECT record FROM promises WHERE session = ? AND state = 'pending'", (self.session,)
+        ).fetchall()
+        branches = set()
+        for (blob,) in rows:
+            p = decode_promise(blob)
+            self._adopt_promise(p)
+            if b := p.tags.get("resonate:branch"):
+                branches.add(b)
+        for branch in branches:
+            for (blob,) in self._db.execute(
+                "SELECT record FROM promises WHERE branch = ? AND state != 'pending'", (branch,)
+            ):
+                self._adopt_promise(decode_promise(blob))
+        for (blob,) in self._db.execute(
+            "SELECT record FROM tasks WHERE session = ? AND state != 'fulfilled'", (self.session,)
+        ):
+            t = _decode_task(blob)
+            if t.state == "acquired":
+                t.state, t.version, t.pid, t.ttl = "pending", t.version + 1, None, None
+            self._adopt_task(t, now, redeliver_now=True)
+        self._flush()
+
+    def _adopt_promise(self, p: DurablePromise) -> None:
+        self.state.promises[p.id] = p
+        self._saved[p.id] = _promise_sig(p)
+        if p.state == "pending" and "resonate:target" in p.tags:
+            self.state.set_p_timeout(p.id, p.timeout_at)
+
+    def _adopt_task(self, t: Task, now: int, *, redeliver_now: bool = False) -> None:
+        self.state.tasks[t.id] = t
+        self._saved_tasks[t.id] = ("loaded",)  # forces a write if it changed on load
+        if t.state == "pending":
+            self.state.set_t_timeout(t.id, 0, now if redeliver_now else now + PENDING_RETRY_MS)
+        elif t.state == "acquired":
+            self.state.set_t_timeout(t.id, 1, now + (t.ttl or 60_000))
+
+    def _page_in(self, ids: Iterable[str]) -> None:
+        for pid in ids:
+            if pid in self.state.promises:
+                continue
+            row = self._db.execute("SELECT record FROM promises WHERE id = ?", (pid,)).fetchone()
+            if row is None:
+                continue
+            p = decode_promise(row[0])
+            self._adopt_promise(p)
+            trow = self._db.execute("SELECT record FROM tasks WHERE id = ?", (pid,)).fetchone()
+            if trow is not None:
+                t = _decode_task(trow[0])
+                self._adopt_task(t, self._clock())
+                self._saved_tasks[t.id] = _task_sig(t)
+            if p.state == "pending" and (b := p.tags.get("resonate:branch")) and b != p.id:
+                self._page_in([b])
+
+    def _flush(self) -> None:
+        """Write what changed in one transaction, then evict settled lineages."""
+        promise_rows = []
+        for pid, p in self.state.promises.items():
+            sig = _promise_sig(p)
+            if self._saved.get(pid) != sig:
+                promise_rows.append(_promise_row(self.session, p))
+                self._saved[pid] = sig
+        task_rows = []
+        for tid, t in self.state.tasks.items():
+            sig = _task_sig(t)
+            if self._saved_tasks.get(tid) != sig:
+                task_rows.append(_task_row(self.session, t))
+                self._saved_tasks[tid] = sig
+        if promise_rows or task_rows:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO promises VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                    "state=excluded.state, settled_at=excluded.settled_at, record=excluded.record",
+                    promise_rows,
+                )
+                self._db.executemany(
+                    "INSERT INTO tasks VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                    "state=excluded.state, record=excluded.record",
+                    task_rows,
+                )
+        self._evict()
+
+    @contextlib.contextmanager
+    def _transaction(self):  # type: ignore[no-untyped-def]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _evict(self) -> None:
+        promises, tasks = self.state.promises, self.state.tasks
+        live_branches = {
+            p.tags.get("resonate:branch", p.id)
+            for p in promises.values()
+            if p.state == "pending" or p.awaiters or p.subscribers
+        }
+        live_branches |= {t.id for t in tasks.values() if t.state != "fulfilled"}
+        for pid in [
+            pid
+            for pid, p in promises.items()
+            if p.state != "pending"
+            and not p.awaiters
+            and not p.subscribers
+            and p.tags.get("resonate:branch", pid) not in live_branches
+            and pid not in live_branches
+        ]:
+            del promises[pid]
+            self._saved.pop(pid, None)
+            if (t := tasks.get(pid)) is not None and t.state == "fulfilled":
+                del tasks[pid]
+                self._saved_tasks.pop(pid, None)
+
+    # -- time and the inbox ------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                self._dispatch(self.tick())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("embedded store tick failed")
+            await asyncio.sleep(self._tick_interval)
+
+    def tick(self) -> list[Any]:
+        """Fire due timeouts and apply requests other processes left in the inbox."""
+        outgoing: list[Any] = []
+        for seq, request in self._db.execute(
+            "SELECT seq, request FROM inbox WHERE session = ? AND seq > ? ORDER BY seq",
+            (self.session, self._inbox_seq),
+        ).fetchall():
+            self._inbox_seq = seq
+            try:
+                _, out = self.apply(msgspec.json.decode(request))
+                outgoing.extend(out)
+            except Exception:
+                log.exception("could not apply inbox request %s", seq)
+            self._db.execute("DELETE FROM inbox WHERE seq = ?", (seq,))
+        with self._lock:
+            self.state.outgoing = []
+            self.state.tick(self._clock())
+            outgoing.extend(self.state.outgoing)
+            self.state.outgoing = []
+            self._flush()
+        return outgoing
+
+    def _dispatch(self, messages: list[Any]) -> None:
+        """Deliver push messages on the next loop turn, off the request's path
+        (as the SDK's own connections do, so a callback never re-enters send)."""
+        if not messages or not self._subscribers:
+            return
+        texts = [msgspec.json.encode(m.message).decode() for m in messages]
+        subscribers = list(self._subscribers)
+
+        def deliver() -> None:
+            for text in texts:
+                for cb in subscribers:
+                    cb(text)
+
+        asyncio.get_running_loop().call_soon(deliver)
