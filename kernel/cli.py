@@ -1,0 +1,133 @@
+"""The ``pyrepl3`` command: look into the durable store from outside a kernel.
+
+    pyrepl3 sessions [--json]
+    pyrepl3 executions [--session S] [--json]
+    pyrepl3 show PROMISE_ID [--json]
+
+Reads go straight to the store (safe while kernels are running on it).
+``--home`` or ``PYREPL3_HOME`` selects the store, as for the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from kernel.config import resolve_home, store_path
+from kernel.errors import PyRepl3Error
+from kernel.store.catalog import Catalog, error_of
+
+
+def _when(ms: int | None) -> str:
+    return "-" if not ms else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    rows = [head, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    home = resolve_home(os.environ, args.home or "")
+    return Catalog(store_path(home))
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _closing(_catalog(args)) as cat:
+        rows = cat.sessions()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no sessions in this store yet")
+        return 0
+    print(_table([[r["session"], str(r["executions"]), str(r["pending"]), _when(r["last_at"])] for r in rows],
+                 ["session", "executions", "pending", "last activity"]))
+    return 0
+
+
+def cmd_executions(args: argparse.Namespace) -> int:
+    with _closing(_catalog(args)) as cat:
+        rows = cat.executions(args.session)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no executions" + (f" in session {args.session!r}" if args.session else ""))
+        return 0
+    body = []
+    for r in rows:
+        code = (r.code.strip().splitlines() or [""])[0][:50]
+        body.append([str(r.execution_count or ""), r.state + (f" ({r.ename})" if r.ename else ""), _when(r.created_at), r.id, r.session, code])
+    print(_table(body, ["#", "state", "started", "promise", "session", "code"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _closing(_catalog(args)) as cat:
+        rec = cat.promise(args.promise_id)
+    if rec is None:
+        print(f"pyrepl3: no promise {args.promise_id!r} in this store", file=sys.stderr)
+        return 1
+    err = error_of(rec["value"])
+    if err is not None:
+        rec["error"] = err.model_dump()
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+        return 0
+    print(f"id:       {rec['id']}\nkind:     {rec['kind']}\nsession:  {rec['session']}\nstate:    {rec['state']}")
+    print(f"created:  {_when(rec['created_at'])}\nsettled:  {_when(rec['settled_at'])}")
+    if err is not None:
+        print(f"error:    {err.ename}: {err.evalue}")
+    print("value:    " + json.dumps(rec["value"], indent=2, default=str).replace("\n", "\n          "))
+    return 0
+
+
+class _closing:
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+
+    def __enter__(self) -> Catalog:
+        return self.cat
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cat.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyrepl3", description="Inspect PyREPL3's durable store.")
+    parser.add_argument("--home", help="store root (default: PYREPL3_HOME or <jupyter data dir>/pyrepl3)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sessions", help="list sessions with executions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_sessions)
+
+    p = sub.add_parser("executions", help="list executions")
+    p.add_argument("--session", help="only this session")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_executions)
+
+    p = sub.add_parser("show", help="show one promise")
+    p.add_argument("promise_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PyRepl3Error as exc:
+        print(f"pyrepl3: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
