@@ -3,6 +3,9 @@
     pyrepl3 sessions [--json]
     pyrepl3 executions [--session S] [--json]
     pyrepl3 show PROMISE_ID [--json]
+    pyrepl3 pending [--session S] [--json]
+    pyrepl3 answer PROMISE_ID VALUE
+    pyrepl3 approve|deny PROMISE_ID [--reason R]
 
 Reads go straight to the store (safe while kernels are running on it).
 ``--home`` or ``PYREPL3_HOME`` selects the store, as for the kernel.
@@ -20,6 +23,7 @@ from typing import Any
 from kernel.config import resolve_home, store_path
 from kernel.errors import PyRepl3Error
 from kernel.store.catalog import Catalog, error_of
+from kernel import hitl
 
 
 def _when(ms: int | None) -> str:
@@ -88,6 +92,32 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_answer(args: argparse.Namespace) -> int:
+    rec = hitl.answer(args.promise_id, args.value, args.home)
+    print(f"{args.promise_id}: {rec['state']}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    approved = args.command == "approve"
+    rec = hitl.decide(args.promise_id, approved, args.reason, args.home)
+    print(f"{args.promise_id}: {'approved' if approved else 'denied'} ({rec['state']})")
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    items = hitl.pending(args.home, args.session)
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+        return 0
+    if not items:
+        print("no prompts are waiting")
+        return 0
+    print(_table([[i["id"], i["kind"] or "", i["session"], _when(i["created_at"]), str(i["prompt"])[:60]] for i in items],
+                 ["promise", "kind", "session", "asked", "prompt"]))
+    return 0
+
+
 class _closing:
     def __init__(self, cat: Catalog) -> None:
         self.cat = cat
@@ -117,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("promise_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("pending", help="list prompts waiting for an answer")
+    p.add_argument("--session", help="only this session")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_pending)
+
+    p = sub.add_parser("answer", help="answer a waiting input() prompt")
+    p.add_argument("promise_id")
+    p.add_argument("value")
+    p.set_defaults(fn=cmd_answer)
+
+    for name in ("approve", "deny"):
+        p = sub.add_parser(name, help=f"{name} a waiting approval request")
+        p.add_argument("promise_id")
+        p.add_argument("--reason", default="")
+        p.set_defaults(fn=cmd_decide, command=name)
     return parser
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from resonate.types import PromiseRecord
-from traitlets import Unicode
+import zmq
+from traitlets import Enum, Float, Unicode
 
 from kernel import __version__
 from kernel.errors import PyRepl3Error
@@ -44,6 +45,21 @@ class DurableKernel(IPythonKernel):
         "default <jupyter data dir>/pyrepl3).",
     )
 
+    input_timeout = Float(
+        86400.0,
+        config=True,
+        help="Seconds an input()/getpass()/approval prompt waits for an answer before "
+        "failing with a timeout (PYREPL3_INPUT_TIMEOUT overrides it).",
+    )
+    headless_input = Enum(
+        ["wait", "raise"],
+        "wait",
+        config=True,
+        help="When the frontend does not allow stdin: 'wait' for an out-of-band answer "
+        "(pyrepl3 answer), or 'raise' StdinNotImplementedError as ipykernel does "
+        "(PYREPL3_HEADLESS_INPUT overrides it).",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.notices: list[str] = []
@@ -51,16 +67,23 @@ class DurableKernel(IPythonKernel):
         self.durable: DurableSession | None = None
         connection_file = getattr(self.parent, "connection_file", "") or ""
         try:
-            self.durable = DurableSession.open(home=self.home, connection_file=connection_file)
+            if os.environ.get("PYREPL3_HEADLESS_INPUT"):
+                self.headless_input = os.environ["PYREPL3_HEADLESS_INPUT"]
+            self.durable = DurableSession.open(
+                home=self.home, connection_file=connection_file, input_timeout=self.input_timeout
+            )
         except PyRepl3Error as exc:
             self._notice(f"durability is off: {exc}")
         except Exception as exc:  # noqa: BLE001 - the kernel must start regardless
             log.exception("could not open the durable store")
             self._notice(f"durability is off: the durable store could not be opened ({exc})")
+        from kernel.api import DurableAPI
         from kernel.magics import DurableMagics
 
         if self.shell is not None:
             self.shell.register_magics(DurableMagics(self.shell, kernel=self))
+            self.shell.user_ns["durable"] = DurableAPI(self)
+            self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
 
     # -- user-facing notices -------------------------------------------------
 
@@ -138,6 +161,7 @@ class DurableKernel(IPythonKernel):
 
         started = time.time()
         self.recorder.begin(msg_id)
+        ds.prompts.begin(eid)
         try:
             reply = await super().do_execute(*args, **kw)
         except BaseException as exc:
@@ -147,6 +171,7 @@ class DurableKernel(IPythonKernel):
             )
             raise
         finally:
+            ds.prompts.end()
             for stream in (sys.stdout, sys.stderr):
                 if stream is not None:
                     stream.flush()
@@ -194,6 +219,27 @@ class DurableKernel(IPythonKernel):
             "traceback": error.traceback,
         }
 
+    # -- prompts -------------------------------------------------------------
+
+    def _prompt_broker(self) -> Any:
+        ds = self.durable
+        return ds.prompts if ds is not None and ds.prompts.execution_id is not None else None
+
+    def _prompt_channel(self) -> FrontendStdin | None:
+        return FrontendStdin(self) if self._allow_stdin else None
+
+    def raw_input(self, prompt: str = "") -> str:
+        broker = self._prompt_broker()
+        if broker is None or (not self._allow_stdin and self.headless_input == "raise"):
+            return super().raw_input(prompt)
+        return broker.ask(str(prompt), channel=self._prompt_channel())
+
+    def getpass(self, prompt: str = "", stream: Any = None, **kwargs: Any) -> str:
+        broker = self._prompt_broker()
+        if broker is None or (not self._allow_stdin and self.headless_input == "raise"):
+            return super().getpass(prompt, stream, **kwargs)
+        return broker.ask(str(prompt), password=True, channel=self._prompt_channel())
+
     def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         if self.durable is not None:
             self.durable.close()
@@ -240,3 +286,45 @@ def _jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+class FrontendStdin:
+    """The stdin channel of the current request, as :mod:`kernel.prompts` uses it.
+
+    ipykernel's own ``_input_request`` blocks until the frontend replies; a
+    durable prompt must also notice an out-of-band answer or its timeout, so
+    this polls in short slices instead (same purge/send/recv steps).
+    """
+
+    def __init__(self, kernel: DurableKernel) -> None:
+        self.kernel = kernel
+        self.ident = kernel._get_shell_context_var(kernel._shell_parent_ident)
+        self.parent = kernel.get_parent("shell")
+
+    def send_request(self, prompt: str, password: bool) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        sock = self.kernel.stdin_socket
+        while True:  # purge stale replies (e.g. a late answer to an earlier prompt)
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EAGAIN:
+                    break
+                raise
+        self.kernel.session.send(sock, "input_request", {"prompt": prompt, "password": password}, self.parent, ident=self.ident)
+
+    def poll_reply(self, timeout: float) -> str | None:
+        sock = self.kernel.stdin_socket
+        rlist, _, xlist = zmq.select([sock], [], [sock], timeout)
+        if not (rlist or xlist):
+            return None
+        _ident, reply = self.kernel.session.recv(sock)
+        if reply is None:
+            return None
+        try:
+            return str(reply["content"]["value"])
+        except (KeyError, TypeError):
+            log.error("bad input_reply: %s", reply)
+            return ""

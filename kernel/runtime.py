@@ -257,6 +257,25 @@ class DurableRuntime:
         assert self.resonate is not None
         return self.call(self.resonate.promises.get(promise_id))
 
+    def create(self, promise_id: str, timeout_at_ms: int, data: Any, tags: dict[str, str]) -> PromiseRecord:
+        """Create a plain promise (idempotent: an existing one is returned unchanged)."""
+        assert self.resonate is not None
+        return self.call(
+            self.resonate.promises.create(promise_id, timeout_at_ms, Value(data=data), {**tags, SESSION_TAG: self.session})
+        )
+
+    def settle(self, promise_id: str, state: str, data: Any) -> PromiseRecord:
+        """Resolve, reject or cancel; a promise settled already is returned as it is."""
+        assert self.resonate is not None
+        promises = self.resonate.promises
+        op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
+        return self.call(op(promise_id, Value(data=data)))
+
+    def watch(self, promise_id: str) -> cf.Future[PromiseRecord]:
+        """A future that completes with the record once the promise is settled,
+        however it gets settled (here, by another process, or by its timeout)."""
+        return asyncio.run_coroutine_threadsafe(self._wait_settled(promise_id), self._loop)
+
 
 __all__ = [
     "CellDispatcher",

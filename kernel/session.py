@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kernel.config import float_setting, resolve_home, resolve_session, store_path
+from kernel.prompts import PromptBroker, answer_command
 from kernel.runtime import CellDispatcher, DurableRuntime
 from kernel.store.catalog import Catalog
 from kernel.store.embedded import EmbeddedStore
@@ -35,6 +36,7 @@ class DurableSession:
     dispatcher: CellDispatcher
     #: Seconds the kernel waits for the engine to hand a submitted cell back.
     start_timeout: float
+    prompts: PromptBroker
 
     @classmethod
     def open(
@@ -43,12 +45,14 @@ class DurableSession:
         env: Mapping[str, str] | None = None,
         home: str = "",
         connection_file: str = "",
+        input_timeout: float = 86400.0,
         ttl: timedelta = timedelta(seconds=30),
     ) -> DurableSession:
         env = os.environ if env is None else env
         home_path = resolve_home(env, home)
         session = resolve_session(env, connection_file)
         start_timeout = float_setting(env, "PYREPL3_START_TIMEOUT", 30.0)
+        input_timeout = float_setting(env, "PYREPL3_INPUT_TIMEOUT", input_timeout)
         lock = SessionLock(home_path, session).acquire()
         try:
             path = store_path(home_path)
@@ -59,8 +63,13 @@ class DurableSession:
         except BaseException:
             lock.release()
             raise
+        prompts = PromptBroker(
+            runtime,
+            timeout=input_timeout,
+            answer_command=answer_command(env.get("PYREPL3_HOME") or home or None),
+        )
         log.info("durable session %r on %s", session, path)
-        return cls(session, home_path, path, lock, store, runtime, dispatcher, start_timeout)
+        return cls(session, home_path, path, lock, store, runtime, dispatcher, start_timeout, prompts)
 
     def catalog(self) -> Catalog:
         return Catalog(self.store_path)
