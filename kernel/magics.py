@@ -2,6 +2,7 @@
 
 ``%durable``             session id, store, counts, and a table of this session's executions
 ``%durable executions``  only the table
+``%durable pending``     prompts of this session waiting for an answer
 """
 
 from __future__ import annotations
@@ -79,9 +80,17 @@ class DurableMagics(Magics):
             if command == "executions":
                 display(ExecutionTable(catalog.executions(ds.session)))
                 return None
+            if command == "pending":
+                waiting = catalog.pending(ds.session, kind="input")
+                if not waiting:
+                    print("no prompts are waiting")
+                for r in waiting:
+                    param = r["param"] if isinstance(r["param"], dict) else {}
+                    print(f"{r['id']}  {param.get('kind', '')}  {param.get('prompt', '')!r}")
+                return None
         finally:
             catalog.close()
-        print(f"%durable: unknown subcommand {command!r}; try %durable or %durable executions")
+        print(f"%durable: unknown subcommand {command!r}; try %durable, %durable executions or %durable pending")
         return None
 
 
