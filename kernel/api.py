@@ -1,5 +1,9 @@
 """``durable``: the object every cell can use to reach the durable runtime.
 
+    rows = durable.run(fetch_page, 3)          # journaled; not called again on resume
+    durable.sleep(60)                          # a durable timer
+    durable.checkpoint("progress", i)          # newest value per name
+    i = durable.get_checkpoint("progress", 0)
     decision = durable.approve("Deploy to production?", details={"rows": 1200})
 
 Prompts made through it are promises of the running execution, like input().
@@ -7,10 +11,12 @@ Prompts made through it are promises of the running execution, like input().
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kernel.errors import PyRepl3Error
 from kernel.prompts import Approval, ApprovalDenied
+from kernel.steps import _MISSING
 
 if TYPE_CHECKING:
     from kernel.kernel import DurableKernel
@@ -31,6 +37,32 @@ class DurableAPI:
         if broker is None:
             raise PyRepl3Error("durability is off in this kernel, or no cell is running")
         return broker
+
+    def _steps(self) -> Any:
+        ds = self._kernel.durable
+        if ds is None or ds.steps.execution_id is None:
+            raise PyRepl3Error("durability is off in this kernel, or no cell is running")
+        return ds.steps
+
+    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` as a durable step of this cell: if the cell is
+        resumed after a crash, a step that finished returns its stored result
+        without calling ``fn`` again. The result must be serializable (JSON or
+        cloudpickle); if it is not, the error is raised here."""
+        return self._steps().run(fn, *args, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        """A durable sleep: after a resume, only the time that is left is slept."""
+        self._steps().sleep(seconds)
+
+    def checkpoint(self, name: str, value: Any) -> None:
+        """Store ``value`` under ``name`` for this execution (newest wins)."""
+        self._steps().checkpoint(name, value)
+
+    def get_checkpoint(self, name: str, default: Any = _MISSING) -> Any:
+        """The newest value stored under ``name`` in this execution, else ``default``
+        (or CheckpointNotFoundError without a default)."""
+        return self._steps().get_checkpoint(name, default)
 
     def approve(self, question: str, details: Any = None) -> Approval:
         """Ask a human to approve; returns the approval, raises ApprovalDenied on a denial.

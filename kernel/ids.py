@@ -3,6 +3,7 @@
 ``exec:<msg_id>``                  a cell's execution (the execute_request's msg_id)
 ``exec:<msg_id>:input:<n>``        the n-th prompt (input/getpass/approval) in it
 ``exec:<msg_id>:step:<n>``         the n-th durable step in it
+``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named checkpoint in it
 ``ckpt:<session-key>:<count>``     a namespace checkpoint manifest
 """
 
@@ -31,6 +32,8 @@ def kind_of(promise_id: str) -> str:
             return "exec"
         if len(rest) == 3 and rest[1] in ("input", "step"):
             return rest[1]
+        if len(rest) == 4 and rest[1] == "ckpt":
+            return "step"
         return "other"
     if promise_id.startswith("ckpt:"):
         return "checkpoint"

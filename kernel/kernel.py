@@ -27,10 +27,14 @@ from kernel.errors import PyRepl3Error
 from kernel.ids import exec_id
 from kernel.models import CellError, CellResult, ExecutionParams, Timings
 from kernel.outputs import OutputRecorder, publish
+from kernel.runtime import Orphan, interrupted_by_exit
 from kernel.session import DurableSession
 from kernel.store.catalog import error_of
 
 log = logging.getLogger(__name__)
+
+#: Seconds to wait for the engine to re-deliver an execution a dead kernel left pending.
+ORPHAN_WAIT = 10.0
 
 
 class DurableKernel(IPythonKernel):
@@ -115,13 +119,21 @@ class DurableKernel(IPythonKernel):
         kw = {"cell_meta": cell_meta, "cell_id": cell_id}
         parent = self.get_parent("shell") or {}
         msg_id = (parent.get("header") or {}).get("msg_id")
-        if not silent:
-            self._flush_notices(parent)
         ds = self.durable
         if ds is None or silent or not msg_id:
+            if not silent:
+                self._flush_notices(parent)
             return await super().do_execute(*args, **kw)
 
         eid = exec_id(msg_id)
+        orphan = self._settle_interrupted(ds, code, eid)
+        self._flush_notices(parent)
+        if orphan is not None:
+            # The frontend re-sent a request that a dead kernel was running: resume it.
+            if not self._admit_resume(ds, orphan):
+                return self._replay(ds.runtime.wait_settled(eid), parent)
+            return await self._run_durably(ds, eid, msg_id, orphan.outcome, orphan.params.execution_count, args, kw)
+
         params = ExecutionParams(
             session=ds.session,
             msg_id=msg_id,
@@ -158,32 +170,163 @@ class DurableKernel(IPythonKernel):
             )
             self._flush_notices(parent)
             return await super().do_execute(*args, **kw)
+        return await self._run_durably(ds, eid, msg_id, handoff.outcome, params.execution_count, args, kw)
 
+    async def _run_durably(
+        self,
+        ds: DurableSession,
+        eid: str,
+        msg_id: str,
+        outcome: cf.Future[Any],
+        execution_count: int,
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Run the cell on this thread and hand its outcome to ``durable_execute``."""
         started = time.time()
         self.recorder.begin(msg_id)
-        ds.prompts.begin(eid)
         try:
-            reply = await super().do_execute(*args, **kw)
+            with ds.prompts.executing(eid), ds.steps.executing(eid):
+                reply = await super().do_execute(*args, **kw)
         except BaseException as exc:
             self.recorder.end()
-            handoff.outcome.set_result(
-                CellError(execution_id=eid, ename=type(exc).__name__, evalue=str(exc), execution_count=params.execution_count)
-            )
+            outcome.set_result(CellError(execution_id=eid, ename=type(exc).__name__, evalue=str(exc), execution_count=execution_count))
             raise
         finally:
-            ds.prompts.end()
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:
-                    stream.flush()
+            _flush_std()
         outputs = self.recorder.end()
         finished = time.time()
         timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
-        handoff.outcome.set_result(_outcome(eid, reply, outputs, timings))
+        outcome.set_result(_outcome(eid, reply, outputs, timings))
         try:
             ds.runtime.wait_settled(eid)
         except PyRepl3Error as exc:
             self._notice(f"could not confirm that {eid} was stored: {exc}")
         return reply
+
+    # -- interrupted executions ------------------------------------------------
+
+    def _settle_interrupted(self, ds: DurableSession, code: str, eid: str) -> Orphan | None:
+        """Decide the fate of executions a dead kernel left pending, before a new cell.
+
+        A re-sent request for one of them resumes it (returned to the caller);
+        ``%durable resume`` leaves them to the magic; any other cell means the
+        user moved on, so they are rejected as interrupted by kernel exit.
+        """
+        if not ds.interrupted:
+            return None
+        if eid in ds.interrupted:
+            ds.interrupted.remove(eid)
+            return ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
+        if code.lstrip().startswith("%durable resume"):
+            return None
+        for other in list(ds.interrupted):
+            ds.interrupted.remove(other)
+            orphan = ds.dispatcher.take_orphan(other, ORPHAN_WAIT)
+            if orphan is None:
+                continue
+            orphan.outcome.set_result(interrupted_by_exit(orphan.params))
+            self._notice(
+                f"execution {orphan.params.execution_count} ({other}) was interrupted by kernel exit and is "
+                "marked failed; the namespace is the one after the last completed execution. "
+                "(Run `%durable resume` as the first cell after a restart, or set PYREPL3_AUTO_RESUME=1, to re-run it instead.)"
+            )
+        return None
+
+    def _admit_resume(self, ds: DurableSession, orphan: Orphan) -> bool:
+        """Count a resume attempt durably; past the limit, reject instead of resuming."""
+        eid = orphan.execution_id
+        attempt = 1
+        while ds.runtime.find(f"{eid}:resume:{attempt}") is not None:
+            attempt += 1
+        if attempt > ds.resume_limit:
+            orphan.outcome.set_result(
+                interrupted_by_exit(
+                    orphan.params,
+                    f", and it crashed the kernel {attempt - 1} times when resumed; "
+                    f"it is not resumed again (PYREPL3_RESUME_LIMIT={ds.resume_limit})",
+                )
+            )
+            self._notice(f"{eid} was not resumed: it crashed the kernel {attempt - 1} times (PYREPL3_RESUME_LIMIT)")
+            return False
+        far = int((time.time() + 365 * 86400) * 1000)
+        ds.runtime.create(f"{eid}:resume:{attempt}", far, {"attempt": attempt, "kernel_pid": os.getpid()}, {})
+        ds.runtime.settle(f"{eid}:resume:{attempt}", "resolved", {"started_at": time.time()})
+        return True
+
+    def resume_interrupted(self) -> list[str]:
+        """Re-run interrupted executions under their own ids, inside the current cell.
+
+        Used by ``%durable resume`` and by ``PYREPL3_AUTO_RESUME``. Completed
+        durable steps and answered prompts are replayed, not repeated.
+        """
+        ds = self.durable
+        if ds is None:
+            return []
+        report = []
+        for eid in list(ds.interrupted):
+            ds.interrupted.remove(eid)
+            orphan = ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
+            if orphan is None:
+                report.append(f"{eid}: the engine did not deliver it; nothing to resume")
+                continue
+            if not self._admit_resume(ds, orphan):
+                report.append(f"{eid}: not resumed (crashed the kernel too often)")
+                continue
+            report.append(self._run_nested(ds, orphan))
+        return report
+
+    def _run_nested(self, ds: DurableSession, orphan: Orphan) -> str:
+        eid, params = orphan.execution_id, orphan.params
+        started = time.time()
+        self.recorder.push()
+        try:
+            with ds.prompts.executing(eid), ds.steps.executing(eid):
+                result = self.shell.run_cell(params.code, store_history=False, silent=False)
+        finally:
+            _flush_std()
+            outputs = self.recorder.pop()
+        finished = time.time()
+        timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
+        err = result.error_before_exec or result.error_in_exec
+        if err is None:
+            orphan.outcome.set_result(
+                CellResult(execution_id=eid, execution_count=params.execution_count, outputs=outputs, timings=timings)
+            )
+        else:
+            orphan.outcome.set_result(
+                CellError(
+                    execution_id=eid,
+                    execution_count=params.execution_count,
+                    ename=type(err).__name__,
+                    evalue=str(err),
+                    outputs=outputs,
+                    timings=timings,
+                )
+            )
+        ds.runtime.wait_settled(eid)
+        state = "completed" if err is None else f"failed ({type(err).__name__})"
+        return f"{eid} (execution {params.execution_count}): resumed and {state}"
+
+    def start(self) -> None:
+        super().start()
+        ds = self.durable
+        if ds is not None and ds.interrupted and ds.auto_resume:
+            self.io_loop.add_callback(self._auto_resume)
+
+    def _auto_resume(self) -> None:
+        """PYREPL3_AUTO_RESUME: resume interrupted executions as soon as the kernel runs."""
+        request = self.session.msg("execute_request", {"code": "%durable resume", "silent": False})
+        self.set_parent([], request, "shell")
+        self.recorder.begin(request["header"]["msg_id"])
+        try:
+            for line in self.resume_interrupted():
+                log.warning("PyREPL3 auto-resume: %s", line)
+                self._notice(f"auto-resume: {line}")
+        except Exception:
+            log.exception("auto-resume failed")
+        finally:
+            self.recorder.end()
 
     def _replay(self, record: PromiseRecord, parent: dict[str, Any]) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""
@@ -245,6 +388,12 @@ class DurableKernel(IPythonKernel):
             self.durable.close()
             self.durable = None
         return super().do_shutdown(restart)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
 
 
 def _params_of(record: PromiseRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 ``%durable``             session id, store, counts, and a table of this session's executions
 ``%durable executions``  only the table
 ``%durable pending``     prompts of this session waiting for an answer
+``%durable resume``      re-run executions a crashed kernel left unfinished
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class DurableMagics(Magics):
             if command == "executions":
                 display(ExecutionTable(catalog.executions(ds.session)))
                 return None
+            if command == "resume":
+                lines = self.kernel.resume_interrupted()
+                print("\n".join(lines) if lines else "nothing to resume: no execution of this session was interrupted")
+                return None
             if command == "pending":
                 waiting = catalog.pending(ds.session, kind="input")
                 if not waiting:
@@ -90,7 +95,7 @@ class DurableMagics(Magics):
                 return None
         finally:
             catalog.close()
-        print(f"%durable: unknown subcommand {command!r}; try %durable, %durable executions or %durable pending")
+        print(f"%durable: unknown subcommand {command!r}; try %durable, %durable executions, %durable pending or %durable resume")
         return None
 
 

@@ -23,6 +23,7 @@ class OutputRecorder:
         self._send = session.send
         self.parent_msg_id: str | None = None
         self.outputs: list[dict[str, Any]] = []
+        self._stack: list[list[dict[str, Any]]] = []
         session.send = self._recording_send
 
     def _recording_send(self, stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -48,6 +49,15 @@ class OutputRecorder:
     def begin(self, parent_msg_id: str) -> None:
         self.parent_msg_id = parent_msg_id
         self.outputs = []
+
+    def push(self) -> None:
+        """Record a nested execution separately (its outputs still reach the frontend)."""
+        self._stack.append(self.outputs)
+        self.outputs = []
+
+    def pop(self) -> list[dict[str, Any]]:
+        nested, self.outputs = self.outputs, self._stack.pop()
+        return nested
 
     def end(self) -> list[dict[str, Any]]:
         self.parent_msg_id = None

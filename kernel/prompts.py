@@ -12,6 +12,9 @@ answered, so a replay asks again, and it cannot be answered out of band.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import logging
 import shlex
 import sys
@@ -91,6 +94,17 @@ class PromptBroker:
 
     def end(self) -> None:
         self.execution_id = None
+
+    @contextlib.contextmanager
+    def executing(self, execution_id: str) -> Iterator[None]:
+        """Number this execution's promises from 1; restore the outer one after
+        (a resumed execution runs nested inside the ``%durable resume`` cell)."""
+        saved = (self.execution_id, self._count)
+        self.begin(execution_id)
+        try:
+            yield
+        finally:
+            self.execution_id, self._count = saved
 
     # -- public asks ----------------------------------------------------------
 

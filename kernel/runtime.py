@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from resonate.context import Context
 from resonate.connections.sse import resolve_target as poll_target
 from resonate.resonate import Resonate
+from resonate.error import ServerError
 from resonate.retry import Never
 from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
@@ -56,18 +57,29 @@ class Handoff:
     outcome: cf.Future[CellOutcome]
 
 
-OrphanPolicy = Callable[[ExecutionParams], Awaitable[CellOutcome]]
+@dataclass
+class Orphan:
+    """An execution delivered to this process that no request here is waiting
+    for: one left pending by a kernel that died. The kernel decides its fate by
+    completing ``outcome`` (resume it, or reject it as interrupted)."""
+
+    params: ExecutionParams
+    outcome: cf.Future[CellOutcome]
+
+    @property
+    def execution_id(self) -> str:
+        return f"exec:{self.params.msg_id}"
 
 
-async def interrupted_by_exit(params: ExecutionParams) -> CellOutcome:
-    """Default orphan policy: an execution whose kernel died is rejected."""
+def interrupted_by_exit(params: ExecutionParams, detail: str = "") -> CellError:
+    """The structured error an execution gets when its kernel died during it."""
     return CellError(
         execution_id=f"exec:{params.msg_id}",
         execution_count=params.execution_count,
         ename="KernelExitInterruption",
         evalue=(
             f"execution {params.execution_count} (exec:{params.msg_id}) was interrupted "
-            "by kernel exit before it finished"
+            f"by kernel exit before it finished{detail}"
         ),
     )
 
@@ -75,10 +87,11 @@ async def interrupted_by_exit(params: ExecutionParams) -> CellOutcome:
 class CellDispatcher:
     """Meets ``durable_execute`` (runtime thread) and the kernel (main thread)."""
 
-    def __init__(self, orphan_policy: OrphanPolicy = interrupted_by_exit) -> None:
+    def __init__(self) -> None:
         self._waiting: dict[str, cf.Future[Handoff]] = {}
+        self._orphans: dict[str, Orphan] = {}
         self._lock = threading.Lock()
-        self.orphan_policy = orphan_policy
+        self._orphan_arrived = threading.Condition(self._lock)
 
     def expect(self, execution_id: str) -> cf.Future[Handoff]:
         fut: cf.Future[Handoff] = cf.Future()
@@ -93,11 +106,23 @@ class CellDispatcher:
     async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
         with self._lock:
             ticket = self._waiting.pop(execution_id, None)
+            if ticket is None:
+                orphan = self._orphans.get(execution_id)
+                if orphan is None or orphan.outcome.done():
+                    orphan = Orphan(params, cf.Future())
+                    self._orphans[execution_id] = orphan
+                    self._orphan_arrived.notify_all()
         if ticket is None:
-            return await self.orphan_policy(params)
+            return await asyncio.wrap_future(orphan.outcome)
         outcome: cf.Future[CellOutcome] = cf.Future()
         ticket.set_result(Handoff(params, outcome))
         return await asyncio.wrap_future(outcome)
+
+    def take_orphan(self, execution_id: str, timeout: float) -> Orphan | None:
+        """Wait up to ``timeout`` for the engine to deliver an expected orphan."""
+        with self._lock:
+            self._orphan_arrived.wait_for(lambda: execution_id in self._orphans, timeout)
+            return self._orphans.pop(execution_id, None)
 
 
 class ExecutionServices:
@@ -256,6 +281,15 @@ class DurableRuntime:
     def get(self, promise_id: str) -> PromiseRecord:
         assert self.resonate is not None
         return self.call(self.resonate.promises.get(promise_id))
+
+    def find(self, promise_id: str) -> PromiseRecord | None:
+        """Like :meth:`get`, but ``None`` when the promise does not exist."""
+        try:
+            return self.get(promise_id)
+        except ServerError as exc:
+            if exc.code == 404:
+                return None
+            raise
 
     def create(self, promise_id: str, timeout_at_ms: int, data: Any, tags: dict[str, str]) -> PromiseRecord:
         """Create a plain promise (idempotent: an existing one is returned unchanged)."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from kernel.config import float_setting, resolve_home, resolve_session, store_path
+from kernel.config import bool_setting, float_setting, resolve_home, resolve_session, store_path
 from kernel.prompts import PromptBroker, answer_command
+from kernel.steps import StepJournal
 from kernel.runtime import CellDispatcher, DurableRuntime
 from kernel.store.catalog import Catalog
 from kernel.store.embedded import EmbeddedStore
@@ -37,6 +38,11 @@ class DurableSession:
     #: Seconds the kernel waits for the engine to hand a submitted cell back.
     start_timeout: float
     prompts: PromptBroker
+    steps: StepJournal
+    #: ``exec:`` ids a dead kernel of this session left pending, oldest first.
+    interrupted: list[str]
+    auto_resume: bool
+    resume_limit: int
 
     @classmethod
     def open(
@@ -53,6 +59,8 @@ class DurableSession:
         session = resolve_session(env, connection_file)
         start_timeout = float_setting(env, "PYREPL3_START_TIMEOUT", 30.0)
         input_timeout = float_setting(env, "PYREPL3_INPUT_TIMEOUT", input_timeout)
+        auto_resume = bool_setting(env, "PYREPL3_AUTO_RESUME", False)
+        resume_limit = int(float_setting(env, "PYREPL3_RESUME_LIMIT", 3))
         lock = SessionLock(home_path, session).acquire()
         try:
             path = store_path(home_path)
@@ -69,7 +77,21 @@ class DurableSession:
             answer_command=answer_command(env.get("PYREPL3_HOME") or home or None),
         )
         log.info("durable session %r on %s", session, path)
-        return cls(session, home_path, path, lock, store, runtime, dispatcher, start_timeout, prompts)
+        return cls(
+            session,
+            home_path,
+            path,
+            lock,
+            store,
+            runtime,
+            dispatcher,
+            start_timeout,
+            prompts,
+            StepJournal(runtime),
+            store.interrupted_executions(),
+            auto_resume,
+            resume_limit,
+        )
 
     def catalog(self) -> Catalog:
         return Catalog(self.store_path)

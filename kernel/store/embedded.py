@@ -349,6 +349,12 @@ class EmbeddedStore:
             self._adopt_task(t, now, redeliver_now=True)
         self._flush()
 
+    def interrupted_executions(self) -> list[str]:
+        """``exec:`` promises of this session still pending at load: their kernel died."""
+        with self._lock:
+            pending = [p for p in self.state.promises.values() if p.state == "pending" and kind_of(p.id) == "exec"]
+        return [p.id for p in sorted(pending, key=lambda p: p.created_at)]
+
     def _adopt_promise(self, p: DurablePromise) -> None:
         self.state.promises[p.id] = p
         self._saved[p.id] = _promise_sig(p)

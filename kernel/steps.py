@@ -1,0 +1,164 @@
+"""Durable steps inside a cell: ``durable.run``, ``durable.sleep``, ``durable.checkpoint``.
+
+Each step is a child promise of the running ``exec:<msg_id>``, numbered in the
+order the cell makes them (``exec:<msg_id>:step:<n>``). When the same execution
+runs again (``%durable resume`` after a crash), a step that already finished
+returns its journaled result without calling the function again; a sleep that
+already elapsed returns at once, one in progress sleeps only what is left.
+Like Resonate's ``ctx.run``, a step interrupted half way runs again
+(at-least-once); a finished one never does.
+
+Named checkpoints (``durable.checkpoint(name, value)``) are versioned promises
+``exec:<msg_id>:ckpt:<name>:<v>``; ``get_checkpoint`` finds the newest version
+with a galloping search over ids, so it needs no search API from the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import base64
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from kernel.errors import CheckpointNotFoundError, PyRepl3Error
+from kernel.ids import step_id
+from kernel.runtime import DurableRuntime
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_MISSING: Any = object()
+
+
+class StepError(PyRepl3Error):
+    """A journaled step failed before (replayed), or its result cannot be stored."""
+
+
+def encode_value(value: Any, what: str) -> dict[str, Any]:
+    """JSON when the value is plain data (readable in the CLI), else cloudpickle."""
+    try:
+        text = json.dumps(value)
+        if json.loads(text) == value:
+            return {"json": value}
+    except (TypeError, ValueError):
+        pass
+    try:
+        return {"pickle": base64.b64encode(cloudpickle.dumps(value)).decode()}
+    except Exception as exc:  # noqa: BLE001 - pickling raises anything
+        raise StepError(f"{what}: a value of type {type(value).__name__} cannot be serialized ({exc})") from exc
+
+
+def decode_value(data: dict[str, Any]) -> Any:
+    if "json" in data:
+        return data["json"]
+    return cloudpickle.loads(base64.b64decode(data["pickle"]))
+
+
+class StepJournal:
+    def __init__(self, runtime: DurableRuntime, *, sleeper: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self._sleep = sleeper
+        self._clock = clock
+        self.execution_id: str | None = None
+        self._count = 0
+
+    def begin(self, execution_id: str) -> None:
+        self.execution_id, self._count = execution_id, 0
+
+    def end(self) -> None:
+        self.execution_id = None
+
+    @contextlib.contextmanager
+    def executing(self, execution_id: str) -> Iterator[None]:
+        """Number this execution's promises from 1; restore the outer one after
+        (a resumed execution runs nested inside the ``%durable resume`` cell)."""
+        saved = (self.execution_id, self._count)
+        self.begin(execution_id)
+        try:
+            yield
+        finally:
+            self.execution_id, self._count = saved
+
+    def _next_id(self) -> str:
+        if self.execution_id is None:
+            raise PyRepl3Error("durable steps can only run inside a cell's execution")
+        self._count += 1
+        return step_id(self.execution_id, self._count)
+
+    def _open(self, pid: str, param: dict[str, Any]) -> Any:
+        far = int((self._clock() + 365 * 86400) * 1000)
+        return self.runtime.create(pid, far, param, {"pyrepl3:kind": "step"})
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        pid = self._next_id()
+        name = getattr(fn, "__qualname__", repr(fn))
+        record = self._open(pid, {"kind": "run", "function": name})
+        if record.state == "resolved":
+            return decode_value(record.value.data)
+        if record.state != "pending":
+            error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
+            raise StepError(f"step {pid} ({name}) failed when it first ran: {error.get('error', record.state)}")
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self.runtime.settle(pid, "rejected", {"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        try:
+            encoded = encode_value(result, f"durable.run({name})")
+        except StepError as exc:
+            self.runtime.settle(pid, "rejected", {"error": str(exc)})
+            raise
+        self.runtime.settle(pid, "resolved", encoded)
+        return result
+
+    def sleep(self, seconds: float) -> None:
+        pid = self._next_id()
+        record = self._open(pid, {"kind": "sleep", "seconds": seconds, "until": self._clock() + seconds})
+        if record.state != "pending":
+            return
+        until = float(record.param.data["until"])
+        while (left := until - self._clock()) > 0:
+            self._sleep(min(left, 0.25))
+        self.runtime.settle(pid, "resolved", {"json": None})
+
+    def _ckpt_id(self, name: str, version: int) -> str:
+        if self.execution_id is None:
+            raise PyRepl3Error("durable checkpoints can only be used inside a cell's execution")
+        if not _NAME.match(name):
+            raise PyRepl3Error(f"checkpoint name {name!r} must be 1-100 letters, digits, '_', '.' or '-'")
+        return f"{self.execution_id}:ckpt:{name}:{version}"
+
+    def _latest(self, name: str) -> tuple[int, Any]:
+        """(newest version, its record) or (0, None), in O(log n) lookups."""
+        lo, hi, rec_lo = 0, 1, None
+        while (rec := self.runtime.find(self._ckpt_id(name, hi))) is not None:
+            lo, rec_lo, hi = hi, rec, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            rec = self.runtime.find(self._ckpt_id(name, mid))
+            if rec is not None:
+                lo, rec_lo = mid, rec
+            else:
+                hi = mid
+        return lo, rec_lo
+
+    def checkpoint(self, name: str, value: Any) -> None:
+        encoded = encode_value(value, f"durable.checkpoint({name!r})")
+        version, _ = self._latest(name)
+        pid = self._ckpt_id(name, version + 1)
+        far = int((self._clock() + 365 * 86400) * 1000)
+        self.runtime.create(pid, far, {"kind": "checkpoint", "name": name}, {"pyrepl3:kind": "step"})
+        self.runtime.settle(pid, "resolved", encoded)
+
+    def get_checkpoint(self, name: str, default: Any = _MISSING) -> Any:
+        _, record = self._latest(name)
+        if record is None or record.state != "resolved":
+            if default is _MISSING:
+                raise CheckpointNotFoundError(f"no checkpoint named {name!r} in {self.execution_id}")
+            return default
+        return decode_value(record.value.data)
