@@ -6,6 +6,7 @@
     pyrepl3 pending [--session S] [--json]
     pyrepl3 answer PROMISE_ID VALUE
     pyrepl3 approve|deny PROMISE_ID [--reason R]
+    pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
 
 Reads go straight to the store (safe while kernels are running on it).
 ``--home`` or ``PYREPL3_HOME`` selects the store, as for the kernel.
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from kernel.config import resolve_home, store_path
@@ -118,6 +120,13 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from kernel.notebook_run import run_notebook
+
+    env = {"PYREPL3_HOME": args.home} if args.home else {}
+    return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=env)
+
+
 class _closing:
     def __init__(self, cat: Catalog) -> None:
         self.cat = cat
@@ -157,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("promise_id")
     p.add_argument("value")
     p.set_defaults(fn=cmd_answer)
+
+    p = sub.add_parser("run", help="execute a notebook headless; run again to resume after a crash")
+    p.add_argument("notebook")
+    p.add_argument("--output", help="where to write the executed notebook (default: the notebook itself)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a single cell may run (default: no limit)")
+    p.set_defaults(fn=cmd_run)
 
     for name in ("approve", "deny"):
         p = sub.add_parser(name, help=f"{name} a waiting approval request")

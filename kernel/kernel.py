@@ -126,10 +126,10 @@ class DurableKernel(IPythonKernel):
             return await super().do_execute(*args, **kw)
 
         eid = exec_id(msg_id)
-        orphan = self._settle_interrupted(ds, code, eid)
-        self._flush_notices(parent)
+        orphan = self._take_interrupted(ds, eid)
         if orphan is not None:
             # The frontend re-sent a request that a dead kernel was running: resume it.
+            self._flush_notices(parent)
             if not self._admit_resume(ds, orphan):
                 return self._replay(ds.runtime.wait_settled(eid), parent)
             return await self._run_durably(ds, eid, msg_id, orphan.outcome, orphan.params.execution_count, args, kw)
@@ -156,9 +156,14 @@ class DurableKernel(IPythonKernel):
         if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
             # This msg_id was submitted before: never run it twice.
             ds.dispatcher.forget(eid)
+            self._flush_notices(parent)
             if record.state == "pending":
                 record = ds.runtime.wait_settled(eid, timeout=3600)
             return self._replay(record, parent)
+
+        if not code.lstrip().startswith("%durable resume"):
+            self._reject_interrupted(ds)
+        self._flush_notices(parent)
 
         try:
             handoff = ticket.result(timeout=ds.start_timeout)
@@ -206,20 +211,17 @@ class DurableKernel(IPythonKernel):
 
     # -- interrupted executions ------------------------------------------------
 
-    def _settle_interrupted(self, ds: DurableSession, code: str, eid: str) -> Orphan | None:
-        """Decide the fate of executions a dead kernel left pending, before a new cell.
+    def _take_interrupted(self, ds: DurableSession, eid: str) -> Orphan | None:
+        """A re-sent request for an execution a dead kernel left pending resumes it."""
+        if eid not in ds.interrupted:
+            return None
+        ds.interrupted.remove(eid)
+        return ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
 
-        A re-sent request for one of them resumes it (returned to the caller);
-        ``%durable resume`` leaves them to the magic; any other cell means the
-        user moved on, so they are rejected as interrupted by kernel exit.
-        """
-        if not ds.interrupted:
-            return None
-        if eid in ds.interrupted:
-            ds.interrupted.remove(eid)
-            return ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
-        if code.lstrip().startswith("%durable resume"):
-            return None
+    def _reject_interrupted(self, ds: DurableSession) -> None:
+        """A new cell means the user moved on: interrupted executions that were
+        not resumed are rejected as interrupted by kernel exit. (Replayed
+        requests and ``%durable resume`` do not count as moving on.)"""
         for other in list(ds.interrupted):
             ds.interrupted.remove(other)
             orphan = ds.dispatcher.take_orphan(other, ORPHAN_WAIT)
@@ -231,7 +233,6 @@ class DurableKernel(IPythonKernel):
                 "marked failed; the namespace is the one after the last completed execution. "
                 "(Run `%durable resume` as the first cell after a restart, or set PYREPL3_AUTO_RESUME=1, to re-run it instead.)"
             )
-        return None
 
     def _admit_resume(self, ds: DurableSession, orphan: Orphan) -> bool:
         """Count a resume attempt durably; past the limit, reject instead of resuming."""

@@ -61,7 +61,7 @@ class DurableSession:
         input_timeout = float_setting(env, "PYREPL3_INPUT_TIMEOUT", input_timeout)
         auto_resume = bool_setting(env, "PYREPL3_AUTO_RESUME", False)
         resume_limit = int(float_setting(env, "PYREPL3_RESUME_LIMIT", 3))
-        lock = SessionLock(home_path, session).acquire()
+        lock = SessionLock(home_path, session).acquire(wait=float_setting(env, "PYREPL3_LOCK_WAIT", 3.0))
         try:
             path = store_path(home_path)
             pid = uuid.uuid4().hex

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from kernel.errors import StoreLockedError
@@ -27,19 +28,27 @@ class SessionLock:
         self.session = session
         self._fd: int | None = None
 
-    def acquire(self) -> SessionLock:
+    def acquire(self, wait: float = 0.0) -> SessionLock:
+        """Take the lock, retrying for up to ``wait`` seconds (a restarted kernel
+        may start while its predecessor is still exiting)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            msg = (
-                f"session {self.session!r} is in use by a live kernel (pid {holder}); "
-                f"lock file {self.path}. Stop that kernel or set PYREPL3_SESSION to another id."
-            )
-            raise StoreLockedError(msg) from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                msg = (
+                    f"session {self.session!r} is in use by a live kernel (pid {holder}); "
+                    f"lock file {self.path}. Stop that kernel or set PYREPL3_SESSION to another id."
+                )
+                raise StoreLockedError(msg) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
