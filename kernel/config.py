@@ -7,13 +7,68 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from jupyter_core.paths import jupyter_data_dir
 
 from kernel.errors import ConfigurationError
 
 STORE_FILE = "store.sqlite3"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine ``PYREPL3_STORE`` selects: ``embedded`` (a directory),
+    ``postgres`` (a ``postgresql://`` DSN) or ``http`` (a Resonate server URL)."""
+
+    kind: str
+    target: str
+    setting: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} engine at {redact(self.target)}"
+
+
+def resolve_engine(env: Mapping[str, str], configured: str = "") -> EngineSpec:
+    """``PYREPL3_STORE``, else the traitlet ``DurableKernel.store``; empty = embedded."""
+    setting = "PYREPL3_STORE" if env.get("PYREPL3_STORE") else "DurableKernel.store"
+    raw = (env.get("PYREPL3_STORE") or configured).strip()
+    if not raw:
+        return EngineSpec("embedded", "", setting)
+    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
+    if scheme in ("postgresql", "postgres"):
+        return EngineSpec("postgres", raw, setting)
+    if scheme in ("http", "https"):
+        return EngineSpec("http", raw, setting)
+    if scheme:
+        msg = (
+            f"{setting}={redact(raw)!r}: unknown engine scheme {scheme!r}; use a directory for the embedded store, "
+            "postgresql://... for Postgres (resonate-pg) or http(s)://... for a Resonate server"
+        )
+        raise ConfigurationError(msg)
+    return EngineSpec("embedded", raw, setting)
+
+
+_SECRET_PARAMS = {"password", "token", "secret", "key", "apikey", "api_key"}
+
+
+def redact(url: str) -> str:
+    """A DSN or URL with its password (and token-like query values) hidden."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in _SECRET_PARAMS else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def resolve_home(env: Mapping[str, str], configured: str = "") -> Path:

@@ -1,0 +1,67 @@
+"""HMAC signatures for checkpoint data, as Jupyter signs its messages.
+
+A checkpoint is a pickle: whoever can write the store could make every kernel
+that restores it run their code. Every manifest and blob is therefore signed
+with a key only the user has, and restoring refuses anything unsigned or
+signed with another key, naming what it refused.
+
+The key is ``PYREPL3_KEY`` (hex or any string), else the file
+``<jupyter data dir>/pyrepl3/key`` (created 0600 on first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from kernel.errors import AuthenticationError, ConfigurationError
+
+KEY_ENV = "PYREPL3_KEY"
+SIGNATURE_BYTES = 32
+
+
+class SignatureError(AuthenticationError):
+    """Data is unsigned or its signature does not match this key (RES005)."""
+
+
+def load_key(env: Mapping[str, str], key_file: Path) -> bytes:
+    """The signing key: ``PYREPL3_KEY``, else the key file (made 0600 if missing)."""
+    if raw := env.get(KEY_ENV, "").strip():
+        return raw.encode()
+    if key_file.exists():
+        mode = key_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            msg = f"the signing key file {key_file} is readable by others (mode {mode:o}); run chmod 600 on it"
+            raise ConfigurationError(msg)
+        key = key_file.read_bytes().strip()
+        if not key:
+            raise ConfigurationError(f"the signing key file {key_file} is empty; delete it to make a new key")
+        return key
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+    return key_file.read_bytes().strip()
+
+
+class Signer:
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ConfigurationError(f"{KEY_ENV} is empty")
+        self._key = key
+
+    def digest(self, *parts: bytes | memoryview) -> str:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest()
+
+    def verify(self, signature: str | None, what: str, *parts: bytes | memoryview) -> None:
+        if not signature:
+            raise SignatureError(f"{what} is not signed; refusing to load it")
+        if not hmac.compare_digest(signature, self.digest(*parts)):
+            raise SignatureError(f"{what} has a wrong signature (tampered with, or signed with another key); refusing to load it")
