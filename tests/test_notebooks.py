@@ -1,0 +1,30 @@
+"""The example notebooks run cleanly on pyrepl3, and every code cell is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from harness import TIMEOUT, executions, kernel_env
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_example_notebook_runs(path: Path, tmp_path: Path, home: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.kernelspec.name == "pyrepl3"
+    session = f"example-{path.stem}"
+    client = NotebookClient(nb, timeout=TIMEOUT, startup_timeout=TIMEOUT, resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=kernel_env(home, session))  # only cells tagged raises-exception may fail
+
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    rows = executions(home, session)
+    assert sorted(r["code"] for r in rows.values()) == sorted(c.source for c in code_cells)
+    for cell in code_cells:
+        [row] = [r for r in rows.values() if r["execution_count"] == cell.execution_count]
+        failing = "raises-exception" in cell.metadata.get("tags", [])
+        assert row["state"] == ("rejected" if failing else "resolved"), row
+        assert not any("durability is off" in o.get("text", "") for o in cell.outputs)

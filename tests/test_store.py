@@ -1,0 +1,211 @@
+"""The embedded store under a real Resonate instance (no kernel, no mocks).
+
+``DurableRuntime`` runs Resonate on its own loop thread over an
+``EmbeddedStore``. Executions are driven the way the kernel drives them: expect
+``exec:<msg_id>`` on the dispatcher, submit it, receive the handoff when the
+engine starts it, and complete the handoff with the cell's outcome.
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel.models import CellError, CellOutcome, CellResult, ExecutionParams, Timings
+from kernel.runtime import CellDispatcher, DurableRuntime
+from kernel.store.catalog import Catalog
+from kernel.store.embedded import EmbeddedStore
+
+SESSION = "store-test"
+WAIT = 10.0
+
+
+def params(msg_id: str, code: str = "1", count: int = 1) -> ExecutionParams:
+    return ExecutionParams(
+        session=SESSION,
+        msg_id=msg_id,
+        code=code,
+        execution_count=count,
+        kernel_pid=0,
+        nonce=uuid.uuid4().hex,
+        submitted_at=time.time(),
+    )
+
+
+def outcome_of(p: ExecutionParams) -> CellOutcome:
+    """What a cell would produce: print its code, or fail if it starts with raise."""
+    eid = f"exec:{p.msg_id}"
+    if p.code.startswith("raise"):
+        return CellError(execution_id=eid, execution_count=p.execution_count, ename="ValueError", evalue=p.code)
+    now = time.time()
+    return CellResult(
+        execution_id=eid,
+        execution_count=p.execution_count,
+        outputs=[{"output_type": "stream", "name": "stdout", "text": p.code}],
+        timings=Timings(started=now, finished=now, duration_ms=0.0),
+    )
+
+
+class Engine:
+    def __init__(self, path: Path, expect: tuple[str, ...] = ()) -> None:
+        pid = uuid.uuid4().hex
+        self.dispatcher = CellDispatcher()
+        # Executions this engine should receive as soon as it starts.
+        self.tickets = {eid: self.dispatcher.expect(eid) for eid in expect}
+        self.store = EmbeddedStore(path, SESSION, pid=pid)
+        self.runtime = DurableRuntime(self.store, session=SESSION, dispatcher=self.dispatcher, pid=pid).start()
+
+    def start(self, p: ExecutionParams) -> Any:
+        """Submit an execution and wait until the engine hands it over."""
+        eid = f"exec:{p.msg_id}"
+        ticket = self.dispatcher.expect(eid)
+        record = self.runtime.submit(p)
+        assert record.state == "pending"
+        return ticket.result(timeout=WAIT)
+
+    def run(self, p: ExecutionParams) -> Any:
+        handoff = self.start(p)
+        handoff.outcome.set_result(outcome_of(handoff.params))
+        return self.runtime.wait_settled(f"exec:{p.msg_id}", timeout=WAIT)
+
+    def close(self) -> None:
+        self.runtime.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def engines() -> Iterator[list[Engine]]:
+    opened: list[Engine] = []
+    yield opened
+    for engine in opened:
+        engine.close()
+
+
+def open_engine(engines: list[Engine], path: Path, expect: tuple[str, ...] = ()) -> Engine:
+    engine = Engine(path, expect)
+    engines.append(engine)
+    return engine
+
+
+def close_engine(engines: list[Engine], engine: Engine) -> None:
+    engines.remove(engine)
+    engine.close()
+
+
+def test_promises_survive_close_and_reopen(tmp_path: Path, engines: list[Engine]) -> None:
+    path = tmp_path / "store.sqlite3"
+    e1 = open_engine(engines, path)
+    assert e1.run(params("ok-1", "print('one')", 1)).state == "resolved"
+    assert e1.run(params("err-2", "raise now", 2)).state == "rejected"
+    close_engine(engines, e1)
+
+    e2 = open_engine(engines, path)
+    ok = e2.runtime.get("exec:ok-1")
+    assert ok.state == "resolved"
+    assert ok.value.data["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "print('one')"}]
+    assert e2.runtime.get("exec:err-2").state == "rejected"
+
+    cat = Catalog(path)
+    try:
+        rows = cat.executions(SESSION)
+        assert [(r.id, r.state, r.ename) for r in rows] == [
+            ("exec:ok-1", "resolved", None),
+            ("exec:err-2", "rejected", "ValueError"),
+        ]
+        err = cat.promise("exec:err-2")
+        assert err is not None and err["session"] == SESSION
+        assert cat.count(SESSION) == {"resolved": 1, "rejected": 1}
+        assert cat.sessions()[0]["session"] == SESSION
+    finally:
+        cat.close()
+
+
+def test_settled_promises_are_evicted_and_paged_back_in(tmp_path: Path, engines: list[Engine]) -> None:
+    e = open_engine(engines, tmp_path / "store.sqlite3")
+    for n in range(5):
+        assert e.run(params(f"m{n}", f"print({n})", n + 1)).state == "resolved"
+    # Nothing settled stays in memory...
+    assert not [pid for pid in e.store.state.promises if pid.startswith("exec:m")]
+    # ...and everything settled can still be read through the engine.
+    for n in range(5):
+        rec = e.runtime.get(f"exec:m{n}")
+        assert rec.state == "resolved"
+        assert rec.value.data["execution_count"] == n + 1
+
+
+def test_resubmitting_a_settled_execution_returns_the_stored_one(tmp_path: Path, engines: list[Engine]) -> None:
+    path = tmp_path / "store.sqlite3"
+    e1 = open_engine(engines, path)
+    original = params("once", "print('once')")
+    e1.run(original)
+    close_engine(engines, e1)
+
+    e2 = open_engine(engines, path)
+    ticket = e2.dispatcher.expect("exec:once")
+    again = e2.runtime.submit(params("once", "print('twice')"))
+    assert again.state == "resolved"
+    assert again.param.data["args"][0]["nonce"] == original.nonce
+    assert again.value.data["outputs"][0]["text"] == "print('once')"
+    time.sleep(0.5)
+    assert not ticket.done(), "a settled execution was handed out to run again"
+
+
+CRASHING_ENGINE = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from test_store import Engine, params
+
+e = Engine(Path(sys.argv[1]))
+e.start(params("stuck", "while True: pass", 7))
+print("running", flush=True)
+import time; time.sleep(600)
+"""
+
+
+def test_execution_running_in_a_killed_process_is_redelivered_on_reopen(tmp_path: Path, engines: list[Engine]) -> None:
+    path = tmp_path / "store.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_ENGINE, str(path), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the engine process never started the execution"
+        assert proc.stdout.readline() == "running\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=WAIT)
+
+    cat = Catalog(path)
+    try:
+        assert [(r.id, r.state) for r in cat.executions(SESSION)] == [("exec:stuck", "pending")]
+    finally:
+        cat.close()
+
+    # The dead process's lease is released on open: the execution is handed
+    # to the new engine at once (not one lease later), with its original params.
+    e = open_engine(engines, path, expect=("exec:stuck",))
+    handoff = e.tickets["exec:stuck"].result(timeout=WAIT)
+    assert (handoff.params.msg_id, handoff.params.execution_count) == ("stuck", 7)
+    handoff.outcome.set_result(
+        CellError(execution_id="exec:stuck", execution_count=7, ename="KernelExitInterruption", evalue="killed")
+    )
+    assert e.runtime.wait_settled("exec:stuck", timeout=WAIT).state == "rejected"
+    cat = Catalog(path)
+    try:
+        [row] = cat.executions(SESSION)
+        assert (row.state, row.ename, row.execution_count) == ("rejected", "KernelExitInterruption", 7)
+    finally:
+        cat.close()
