@@ -204,7 +204,7 @@ class DurableKernel(IPythonKernel):
         timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
         outcome.set_result(_outcome(eid, reply, outputs, timings))
         try:
-            ds.runtime.wait_settled(eid)
+            ds.runtime.wait_stored(eid)
         except PyRepl3Error as exc:
             self._notice(f"could not confirm that {eid} was stored: {exc}")
         return reply

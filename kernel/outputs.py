@@ -10,9 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nbformat.v4 import output_from_msg
-
 RECORDED = {"stream", "display_data", "execute_result", "error", "update_display_data"}
+
+
+def to_output(msg: dict[str, Any]) -> dict[str, Any]:
+    """An iopub message as an nbformat v4 output (the same shape as
+    ``nbformat.v4.output_from_msg``, without its per-output schema validation:
+    the messages come from this kernel and are valid by construction, and the
+    validation costs more than the rest of the recording)."""
+    kind, content = msg["header"]["msg_type"], msg["content"]
+    if kind == "stream":
+        return {"output_type": "stream", "name": content["name"], "text": content["text"]}
+    if kind == "error":
+        return {"output_type": "error", "ename": content["ename"], "evalue": content["evalue"], "traceback": content["traceback"]}
+    out = {"output_type": kind, "data": content.get("data", {}), "metadata": content.get("metadata", {})}
+    if kind == "execute_result":
+        out["execution_count"] = content.get("execution_count")
+    return out
 
 
 class OutputRecorder:
@@ -38,7 +52,7 @@ class OutputRecorder:
         msg_type = msg["header"]["msg_type"]
         if msg_type == "update_display_data":
             return
-        out = dict(output_from_msg(msg))
+        out = to_output(msg)
         if msg_type == "stream" and self.outputs:
             last = self.outputs[-1]
             if last.get("output_type") == "stream" and last.get("name") == out.get("name"):

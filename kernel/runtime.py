@@ -269,14 +269,18 @@ class DurableRuntime:
         """Block until the promise is settled; return its (decoded) record."""
         return self.call(self._wait_settled(promise_id), timeout=timeout)
 
-    async def _wait_settled(self, promise_id: str) -> PromiseRecord:
+    def wait_stored(self, promise_id: str, timeout: float | None = None) -> None:
+        """Block until the promise is settled (cheaper: no final read)."""
+        self.call(self._wait_settled(promise_id, read=False), timeout=timeout)
+
+    async def _wait_settled(self, promise_id: str, *, read: bool = True) -> Any:
         assert self.resonate is not None
         handle = await self.resonate.get(promise_id)
         try:
             await handle.result()
         except Exception:  # noqa: BLE001 - a rejection is an outcome here, not an error
             pass
-        return await self.resonate.promises.get(promise_id)
+        return await self.resonate.promises.get(promise_id) if read else None
 
     def get(self, promise_id: str) -> PromiseRecord:
         assert self.resonate is not None

@@ -1,0 +1,295 @@
+"""A content-addressed store of immutable blobs: the values behind namespace checkpoints.
+
+Why content addressing: a checkpoint is taken after every cell, and most values
+do not change from one cell to the next. Naming a blob by the hash of its bytes
+means a value that did not change is never written twice, any number of
+checkpoints can share it, and reading it back can prove that the bytes are the
+ones that were written (a corrupt or truncated file is detected, not loaded).
+
+Why the write protocol: a blob's final name must only ever hold its complete
+content, even if the process dies mid-write. Each blob is written to a temp file
+in ``<root>/tmp``, fsynced, then renamed to ``<root>/<aa>/<rest of digest>``; the
+directory is fsynced before the blob is reported durable. A crash leaves at
+worst a stray temp file (swept on the next open), never a partial blob under a
+real name.
+
+Why SHA-256: on hardware with SHA extensions (current x86 and ARM cores) the
+stdlib's OpenSSL SHA-256 runs at ~2 GB/s, faster than BLAKE2b (~1.4 GB/s)
+measured on the same machine, and hashing every byte of every new buffer is
+the dominant cost of a first checkpoint and of a restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kernel.errors import StoreCorruptError, StoreError
+
+HASH_NAME = "sha256"
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
+_PARALLEL_MIN = 4 << 20  # below this, a thread hand-off costs more than it saves
+_STALE_TEMP_SECONDS = 3600
+
+
+class BlobMissingError(StoreError):
+    """A blob a checkpoint refers to is not in the store."""
+
+
+class BlobCorruptError(StoreCorruptError):
+    """A blob's bytes do not hash to its name (truncated, overwritten, bit rot)."""
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> str:
+    """The content hash (hex) a blob holding ``data`` is named by."""
+    return hashlib.new(HASH_NAME, data).hexdigest()
+
+
+def byte_view(data: object) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer, without copying."""
+    view = memoryview(data)  # type: ignore[arg-type]
+    if view.format == "B" and view.ndim == 1:
+        return view
+    return view.cast("B")
+
+
+class BlobStore:
+    """Immutable blobs under ``root`` (``<store home>/blobs``), named by their SHA-256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._tmp = self.root / "tmp"
+        self._quarantine = self.root / "corrupt"
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the blob store at {self.root}: {exc}") from exc
+        self._deferred: set[Path] | None = None
+        self._deferred_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._sweep_temps()
+
+    # -- naming ----------------------------------------------------------------
+
+    def path(self, digest: str) -> Path:
+        """Where the blob named ``digest`` lives (validated: a digest is never a path)."""
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise StoreError(f"not a blob digest: {digest!r}")
+        return self.root / digest[:2] / digest[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        path = self.path(digest)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            raise BlobMissingError(f"blob {digest} is missing ({path})") from None
+
+    # -- writing ---------------------------------------------------------------
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Store ``data``; return its digest. A no-op (no write) if the blob already exists."""
+        view = byte_view(data)
+        digest = digest_of(view)
+        self._store(digest, view)
+        return digest
+
+    def put_many(self, buffers: Sequence[object]) -> list[tuple[str, int]]:
+        """Store several buffers; return ``(digest, bytes written)`` for each, in order.
+
+        Large buffers are hashed and written on a small thread pool: hashlib and
+        ``os.write`` release the GIL, so one buffer is hashed while another is
+        written, which roughly halves a first checkpoint of several big arrays.
+        """
+        views = [byte_view(b) for b in buffers]
+        big = [i for i, v in enumerate(views) if v.nbytes >= _PARALLEL_MIN]
+        results: list[tuple[str, int] | None] = [None] * len(views)
+        futures = {}
+        if len(big) > 1:
+            pool = self._executor()
+            futures = {i: pool.submit(self._put_counted, views[i]) for i in big}
+        for i, view in enumerate(views):
+            if i not in futures:
+                results[i] = self._put_counted(view)
+        for i, future in futures.items():
+            results[i] = future.result()
+        return results  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer directory fsyncs to the end of the block (one per directory, not per blob).
+
+        Every blob written inside is durable when the block exits normally; the
+        file contents themselves are still fsynced before each rename.
+        """
+        if self._deferred is not None:  # nested: the outer batch syncs
+            yield
+            return
+        self._deferred = set()
+        try:
+            yield
+        finally:
+            with self._deferred_lock:
+                dirs, self._deferred = self._deferred, None
+        for directory in sorted(dirs):
+            _fsync_dir(directory)
+
+    def _put_counted(self, view: memoryview) -> tuple[str, int]:
+        digest = digest_of(view)
+        return digest, self._store(digest, view)
+
+    def _store(self, digest: str, view: memoryview) -> int:
+        """Write ``view`` as blob ``digest`` unless a complete one exists; return bytes written."""
+        final = self.path(digest)
+        try:
+            if final.stat().st_size == view.nbytes:
+                return 0
+            # Same name, wrong size: a damaged copy. Replace it (the rename below is atomic).
+        except FileNotFoundError:
+            pass
+        shard = final.parent
+        if not shard.is_dir():
+            shard.mkdir(exist_ok=True)
+            self._sync_later(self.root)
+        temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            if view.nbytes >= _WRITE_CHUNK:
+                with contextlib.suppress(OSError):  # a hint; not all filesystems have it
+                    os.posix_fallocate(fd, 0, view.nbytes)
+            offset = 0
+            while offset < view.nbytes:
+                offset += os.write(fd, view[offset : offset + _WRITE_CHUNK])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        os.close(fd)
+        os.replace(temp, final)
+        self._sync_later(shard)
+        return view.nbytes
+
+    def _sync_later(self, directory: Path) -> None:
+        with self._deferred_lock:
+            if self._deferred is not None:
+                self._deferred.add(directory)
+                return
+        _fsync_dir(directory)
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, digest: str) -> bytearray:
+        """The blob's bytes, verified against its digest."""
+        path = self.path(digest)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                data = bytearray(size)
+                view = memoryview(data)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        except FileNotFoundError:
+            raise BlobMissingError(f"blob {digest} is missing ({path})") from None
+        if got != size:
+            self._corrupt(digest, path, f"short read ({got} of {size} bytes)")
+        self._verify(digest, path, data)
+        return data
+
+    def open_buffer(self, digest: str) -> object:
+        """A verified, private, writable buffer over the blob, for out-of-band pickle buffers.
+
+        The file is memory-mapped copy-on-write: nothing is copied up front (the
+        pages come from the page cache as the hash reads them), writes by the
+        owner (``arr[0] = 1``) stay private to the process, and each call gives
+        an independent buffer even for equal content. This is what makes
+        restoring hundreds of MB of arrays cost little more than hashing them.
+        """
+        path = self.path(digest)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    buf: object = bytearray()
+                else:
+                    buf = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        except FileNotFoundError:
+            raise BlobMissingError(f"blob {digest} is missing ({path})") from None
+        self._verify(digest, path, buf)
+        return buf
+
+    def open_buffers(self, digests: Iterable[str]) -> list[object]:
+        """:meth:`open_buffer` for each digest (hashed in parallel); errors are returned, not raised."""
+        digests = list(digests)
+
+        def one(digest: str) -> object:
+            try:
+                return self.open_buffer(digest)
+            except StoreError as exc:
+                return exc
+
+        if len(digests) < 2:
+            return [one(d) for d in digests]
+        return list(self._executor().map(one, digests))
+
+    def _verify(self, digest: str, path: Path, data: object) -> None:
+        actual = digest_of(data)  # type: ignore[arg-type]
+        if actual != digest:
+            self._corrupt(digest, path, f"its content hashes to {actual}")
+
+    def _corrupt(self, digest: str, path: Path, why: str) -> None:
+        """Move a corrupt blob aside (so the next put rewrites it) and raise."""
+        moved = ""
+        with contextlib.suppress(OSError):
+            self._quarantine.mkdir(exist_ok=True)
+            target = self._quarantine / f"{digest}.{int(time.time())}"
+            os.replace(path, target)
+            moved = f"; moved to {target}"
+        raise BlobCorruptError(f"blob {digest} at {path} is corrupt: {why}{moved}")
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            workers = max(2, min(4, os.cpu_count() or 2))
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyrepl3-blobs")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _sweep_temps(self) -> None:
+        """Remove temp files left by a crash mid-write (old ones only: another kernel may be writing)."""
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._tmp):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
