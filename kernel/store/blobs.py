@@ -161,9 +161,25 @@ class BlobStore:
             pass
         shard = final.parent
         if not shard.is_dir():
-            shard.mkdir(exist_ok=True)
+            try:
+                shard.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {shard}: {exc}") from exc
             self._sync_later(self.root)
         temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
+        try:
+            self._write(temp, view)
+            os.replace(temp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise StoreError(f"cannot write blob {digest} to {final}: {exc}") from exc
+        self._sync_later(shard)
+        return view.nbytes
+
+    @staticmethod
+    def _write(temp: Path, view: memoryview) -> None:
+        """Write and fsync ``view`` to a new file ``temp``, straight from the caller's memory."""
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             if view.nbytes >= _WRITE_CHUNK:
@@ -179,9 +195,6 @@ class BlobStore:
                 os.unlink(temp)
             raise
         os.close(fd)
-        os.replace(temp, final)
-        self._sync_later(shard)
-        return view.nbytes
 
     def _sync_later(self, directory: Path) -> None:
         with self._deferred_lock:
