@@ -341,3 +341,71 @@ def test_durable_magic_shows_session_store_counts_and_table(kernel: Kernel, home
     listing = kernel.ok("%durable executions")
     [shown] = listing.of_type("display_data")
     assert exec_id(run.msg_id) in shown["content"]["data"]["text/plain"]
+
+
+# -- more than one kernel on a store; interrupts ---------------------------------
+
+
+def test_two_sessions_share_one_store(kernels: KernelFactory, home: Path) -> None:
+    a, b = kernels.start("session-a"), kernels.start("session-b")
+    ran = {"session-a": [], "session-b": []}
+    for n in range(5):
+        ran["session-a"].append(a.ok(f"print('a{n}')").msg_id)
+        ran["session-b"].append(b.ok(f"print('b{n}')").msg_id)
+    for session, msg_ids in ran.items():
+        rows = executions(home, session)
+        assert list(rows) == [exec_id(m) for m in msg_ids], "in execution order, only this session's"
+        assert {r["state"] for r in rows.values()} == {"resolved"}
+    sessions = {s["session"]: s["executions"] for s in json.loads(cli(home, "sessions", "--json").stdout)}
+    assert sessions == {"session-a": 5, "session-b": 5}
+
+
+def test_interrupted_cell_is_rejected_with_keyboard_interrupt(kernel: Kernel, home: Path) -> None:
+    msg_id = kernel.send_execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    wait_for(lambda: executions(home, kernel.session).get(exec_id(msg_id), {}).get("state") == "pending",
+             what="the cell to start")
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.content["status"] == "error" and run.content["ename"] == "KeyboardInterrupt"
+    rec = show(home, exec_id(msg_id))
+    assert rec["state"] == "rejected"
+    assert rec["error"]["ename"] == "KeyboardInterrupt"
+    assert rec["error"]["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "sleeping\n"}
+    assert kernel.ok("print('still alive')").stream("stdout") == "still alive\n"
+
+
+def test_replay_returns_the_stored_user_expressions_and_payload(kernel: Kernel) -> None:
+    msg_id = f"ue-{uuid.uuid4().hex}"
+    first = kernel.execute("a = 5", msg_id=msg_id, user_expressions={"double": "a * 2"})
+    kernel.ok("a = 100")
+    again = kernel.execute("a = 5", msg_id=msg_id, user_expressions={"double": "a * 2"})
+    assert first.content["user_expressions"]["double"]["data"]["text/plain"] == "10"
+    assert again.content["user_expressions"] == first.content["user_expressions"]
+
+    msg_id = f"pager-{uuid.uuid4().hex}"
+    first = kernel.execute("zip?", msg_id=msg_id)
+    again = kernel.execute("zip?", msg_id=msg_id)
+    assert first.content["payload"] and first.content["payload"][0]["source"] == "page"
+    assert again.content["payload"] == first.content["payload"]
+
+
+def test_silent_requests_are_not_durable(kernel: Kernel, home: Path) -> None:
+    silent = kernel.execute("b = 1", silent=True)
+    assert silent.content["status"] == "ok"
+    assert exec_id(silent.msg_id) not in executions(home, kernel.session)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kernel bug: for store_history=False the exec promise's param records "
+    "shell.execution_count (the next cell's number) while the reply and the stored value "
+    "say execution_count - 1, so `pyrepl3 executions` shows a number the frontend never saw, "
+    "twice",
+)
+def test_execution_count_without_history_matches_the_reply(kernel: Kernel, home: Path) -> None:
+    kernel.ok("1")
+    quiet = kernel.execute("c = 1", store_history=False)
+    after = kernel.ok("d = 1")
+    rows = executions(home, kernel.session)
+    assert rows[exec_id(quiet.msg_id)]["execution_count"] == quiet.content["execution_count"]
+    assert rows[exec_id(after.msg_id)]["execution_count"] == after.content["execution_count"]
