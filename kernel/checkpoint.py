@@ -670,15 +670,33 @@ class Checkpointer:
     """Captures namespaces into manifests + blobs and restores them.
 
     ``exclude`` and ``size_limit`` (bytes after pickling, per value; ``None``
-    for no limit) may be changed between captures. Not thread-safe: the kernel
+    for no limit) may be changed between captures; excluded names are reported
+    as skipped, ``hidden`` ones are not mentioned at all. Not thread-safe: the kernel
     calls it from its main thread only.
     """
 
-    def __init__(self, blobs: BlobStore, *, exclude: set[str] | None = None, size_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        exclude: set[str] | None = None,
+        size_limit: int | None = None,
+        hidden: set[str] | None = None,
+    ) -> None:
         self.blobs = blobs
         self.exclude: set[str] = set(exclude or ())
+        #: Names the kernel itself puts in the namespace: never saved, never reported.
+        self.hidden: frozenset[str] = frozenset(hidden or ())
+        self._secrets: list[str] = []  # kept alive so their ids stay theirs
+        self._secret_ids: set[int] = set()
         self.size_limit: int | None = size_limit
         self._state = _State()
+
+    def keep_out(self, secret: str) -> str:
+        """Never save this object (a getpass() answer), under whatever name it is bound."""
+        self._secrets.append(secret)
+        self._secret_ids.add(id(secret))
+        return secret
 
     def reset(self) -> None:
         """Forget the incremental state: the next capture pickles every name."""
@@ -772,10 +790,12 @@ class Checkpointer:
         candidates: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         for name, value in list(namespace.items()):
-            if not isinstance(name, str) or is_ipython_name(name, value):
+            if not isinstance(name, str) or name in self.hidden or is_ipython_name(name, value):
                 continue
             if name in self.exclude:
                 skipped[name] = "excluded"
+            elif id(value) in self._secret_ids:
+                skipped[name] = "a getpass() secret (never stored)"
             else:
                 candidates[name] = value
         return candidates, skipped

@@ -64,9 +64,21 @@ class DurableKernel(IPythonKernel):
         "(PYREPL3_HEADLESS_INPUT overrides it).",
     )
 
+    notices_to = Enum(
+        ["cell", "log"],
+        "cell",
+        config=True,
+        help="Where PyREPL3's own messages go: the next cell's stderr ('cell'), or only the "
+        "kernel's log ('log'; what `pyrepl3 run` uses so output notebooks hold only the cells' "
+        "own outputs). PYREPL3_NOTICES overrides it.",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if os.environ.get("PYREPL3_NOTICES"):
+            self.notices_to = os.environ["PYREPL3_NOTICES"]
         self.notices: list[str] = []
+        self._skipped_reported: dict[str, str] = {}
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
         connection_file = getattr(self.parent, "connection_file", "") or ""
@@ -88,13 +100,56 @@ class DurableKernel(IPythonKernel):
             self.shell.register_magics(DurableMagics(self.shell, kernel=self))
             self.shell.user_ns["durable"] = DurableAPI(self)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
+            self._restore_namespace()
+
+    def _restore_namespace(self) -> None:
+        """A kernel starting for a session with checkpoints gets its namespace back."""
+        ds = self.durable
+        if ds is None:
+            return
+        try:
+            restored = ds.checkpoints.restore_latest(self.shell.user_ns)
+        except PyRepl3Error as exc:
+            self._notice(f"the namespace was not restored: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - never fail the kernel start over it
+            log.exception("restoring the namespace failed")
+            self._notice(f"the namespace was not restored: {type(exc).__name__}: {exc}")
+            return
+        if restored is not None:
+            checkpoint, report = restored
+            self._notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
+            self._skipped_reported = dict(report.skipped)
+            if checkpoint.execution_count is not None:
+                # Continue the session's numbering, so "after execution N" stays unambiguous.
+                self.shell.execution_count = checkpoint.execution_count + 1
+
+    def _checkpoint(self, ds: DurableSession, code: str, execution_count: int | None, msg_id: str | None) -> None:
+        """Checkpoint the namespace after an execution; report newly skipped names once."""
+        try:
+            transformed = self.shell.transform_cell(code)
+        except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
+            transformed = None
+        try:
+            report = ds.checkpoints.save(self.shell.user_ns, code=transformed, execution_count=execution_count, msg_id=msg_id)
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
+            log.exception("checkpoint failed")
+            self._notice(f"the namespace after execution {execution_count} was not checkpointed: {type(exc).__name__}: {exc}")
+            return
+        fresh = {n: why for n, why in report.skipped.items() if self._skipped_reported.get(n) != why}
+        self._skipped_reported = dict(report.skipped)
+        if fresh:
+            listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
+            self._notice(f"not saved in the checkpoint: {listed}")
 
     # -- user-facing notices -------------------------------------------------
 
     def _notice(self, text: str) -> None:
-        """Queue a one-line message for the user; shown on the next cell's stderr."""
+        """Queue a one-line message for the user; shown on the next cell's stderr
+        (or only logged, to the kernel's stderr, with ``notices = "log"``)."""
         log.warning("PyREPL3: %s", text)
-        self.notices.append(f"PyREPL3: {text}\n")
+        if self.notices_to == "cell":
+            self.notices.append(f"PyREPL3: {text}\n")
 
     def _flush_notices(self, parent: dict[str, Any]) -> None:
         if not self.notices:
@@ -207,6 +262,8 @@ class DurableKernel(IPythonKernel):
             ds.runtime.wait_stored(eid)
         except PyRepl3Error as exc:
             self._notice(f"could not confirm that {eid} was stored: {exc}")
+        self._checkpoint(ds, args[0], execution_count, msg_id)
+        self._flush_notices(self.get_parent("shell") or {})
         return reply
 
     # -- interrupted executions ------------------------------------------------
@@ -305,7 +362,8 @@ class DurableKernel(IPythonKernel):
                     timings=timings,
                 )
             )
-        ds.runtime.wait_settled(eid)
+        ds.runtime.wait_stored(eid)
+        self._checkpoint(ds, params.code, params.execution_count, params.msg_id)
         state = "completed" if err is None else f"failed ({type(err).__name__})"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 
@@ -382,7 +440,8 @@ class DurableKernel(IPythonKernel):
         broker = self._prompt_broker()
         if broker is None or (not self._allow_stdin and self.headless_input == "raise"):
             return super().getpass(prompt, stream, **kwargs)
-        return broker.ask(str(prompt), password=True, channel=self._prompt_channel())
+        secret = broker.ask(str(prompt), password=True, channel=self._prompt_channel())
+        return self.durable.checkpoints.checkpointer.keep_out(secret)
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         if self.durable is not None:

@@ -4,6 +4,10 @@
 ``%durable executions``  only the table
 ``%durable pending``     prompts of this session waiting for an answer
 ``%durable resume``      re-run executions a crashed kernel left unfinished
+``%durable checkpoints`` the namespace checkpoints of this session
+``%durable restore N``   bring back the namespace as it was after execution N
+``%durable exclude NAME`` keep NAME out of checkpoints
+``%durable limit SIZE``  skip values larger than SIZE (e.g. 200MB; 0 = no limit)
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import html
 import time
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.display import display
+
+from kernel.errors import PyRepl3Error
 
 if TYPE_CHECKING:
     from kernel.kernel import DurableKernel
     from kernel.models import ExecutionSummary
+    from kernel.snapshots import StoredCheckpoint
 
 
 def _when(ms: int | None) -> str:
@@ -44,14 +52,69 @@ class ExecutionTable:
     HEAD = ["#", "state", "started", "promise", "code"]
 
     def __repr__(self) -> str:
-        rows = [self.HEAD, *self._cells()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEAD))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        return _text_table(self.HEAD, self._cells())
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in self.HEAD)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self._cells())
-        return f"<table class='pyrepl3-executions'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return _html_table(self.HEAD, self._cells(), "pyrepl3-executions")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def parse_size(text: str) -> int | None:
+    """``200MB``, ``1.5GB``, ``4096`` -> bytes; 0 means no limit."""
+    t = text.strip().upper().removesuffix("B")
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in ("K", "M", "G") else t
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise UsageError(f"%durable limit: {text!r} is not a size such as 200MB") from None
+    return value or None
+
+
+class CheckpointTable:
+    HEAD = ["#", "saved", "size", "changed", "removed", "skipped", "promise"]
+
+    def __init__(self, rows: list[StoredCheckpoint]) -> None:
+        self.rows = rows
+
+    def _cells(self) -> list[list[str]]:
+        return [
+            [
+                str(r.execution_count if r.execution_count is not None else ""),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
+                _size(r.size),
+                ", ".join(r.changed)[:60],
+                ", ".join(r.removed)[:40],
+                ", ".join(r.skipped)[:40],
+                r.id,
+            ]
+            for r in self.rows
+        ]
+
+    def __repr__(self) -> str:
+        return _text_table(self.HEAD, self._cells())
+
+    def _repr_html_(self) -> str:
+        return _html_table(self.HEAD, self._cells(), "pyrepl3-checkpoints")
+
+
+def _text_table(head: list[str], cells: list[list[str]]) -> str:
+    rows = [head, *cells]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _html_table(head: list[str], cells: list[list[str]], css: str) -> str:
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+    return f"<table class='{css}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 @magics_class
@@ -62,7 +125,7 @@ class DurableMagics(Magics):
 
     @line_magic
     def durable(self, line: str) -> Any:
-        """Show the durable session: ``%durable [executions]``."""
+        """The durable session: ``%durable [executions|pending|resume|checkpoints|restore N|exclude NAME|limit SIZE]``."""
         ds = self.kernel.durable
         words = line.split()
         command = words[0] if words else ""
@@ -71,31 +134,58 @@ class DurableMagics(Magics):
             return None
         catalog = ds.catalog()
         try:
-            if command in ("", "status"):
-                counts = catalog.count(ds.session)
-                total = sum(counts.values())
-                summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet"
-                print(f"session: {ds.session}\nstore:   {ds.store_path}\nexecutions: {total} ({summary})")
-                display(ExecutionTable(catalog.executions(ds.session, limit=50)))
-                return None
-            if command == "executions":
-                display(ExecutionTable(catalog.executions(ds.session)))
-                return None
-            if command == "resume":
-                lines = self.kernel.resume_interrupted()
-                print("\n".join(lines) if lines else "nothing to resume: no execution of this session was interrupted")
-                return None
-            if command == "pending":
-                waiting = catalog.pending(ds.session, kind="input")
-                if not waiting:
-                    print("no prompts are waiting")
-                for r in waiting:
-                    param = r["param"] if isinstance(r["param"], dict) else {}
-                    print(f"{r['id']}  {param.get('kind', '')}  {param.get('prompt', '')!r}")
-                return None
+            return self._dispatch(ds, catalog, command, words)
+        except PyRepl3Error as exc:
+            print(f"%durable {command}: {exc}")
+            return None
         finally:
             catalog.close()
-        print(f"%durable: unknown subcommand {command!r}; try %durable, %durable executions, %durable pending or %durable resume")
+
+    def _dispatch(self, ds: Any, catalog: Any, command: str, words: list[str]) -> Any:
+        if command in ("", "status"):
+            counts = catalog.count(ds.session)
+            total = sum(counts.values())
+            summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet"
+            print(f"session: {ds.session}\nstore:   {ds.store_path}\nexecutions: {total} ({summary})")
+            display(ExecutionTable(catalog.executions(ds.session, limit=50)))
+            return None
+        if command == "executions":
+            display(ExecutionTable(catalog.executions(ds.session)))
+            return None
+        if command == "checkpoints":
+            display(CheckpointTable(ds.checkpoints.list()))
+            return None
+        if command == "restore":
+            if len(words) != 2 or not words[1].isdigit():
+                print("usage: %durable restore N   (N = an execution count from %durable checkpoints)")
+                return None
+            checkpoint, report = ds.checkpoints.restore_execution(int(words[1]), self.shell.user_ns, clear=True)
+            print(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
+            return None
+        if command == "exclude":
+            ds.checkpoints.checkpointer.exclude.update(words[1:])
+            shown = sorted(ds.checkpoints.checkpointer.exclude - {"durable"})
+            print("not checkpointed: " + (", ".join(shown) if shown else "(nothing)"))
+            return None
+        if command == "limit":
+            if len(words) == 2:
+                ds.checkpoints.checkpointer.size_limit = parse_size(words[1])
+            limit = ds.checkpoints.checkpointer.size_limit
+            print("checkpoint size limit per value: " + (_size(limit) if limit else "none"))
+            return None
+        if command == "resume":
+            lines = self.kernel.resume_interrupted()
+            print("\n".join(lines) if lines else "nothing to resume: no execution of this session was interrupted")
+            return None
+        if command == "pending":
+            waiting = catalog.pending(ds.session, kind="input")
+            if not waiting:
+                print("no prompts are waiting")
+            for r in waiting:
+                param = r["param"] if isinstance(r["param"], dict) else {}
+                print(f"{r['id']}  {param.get('kind', '')}  {param.get('prompt', '')!r}")
+            return None
+        print(f"%durable: unknown subcommand {command!r}; see %durable? for the subcommands")
         return None
 
 

@@ -124,7 +124,9 @@ def run_notebook(path: Path, output: Path | None = None, *, timeout: float | Non
     session = run_session(path)
     msg_ids = cell_msg_ids(nb, session)
     progress = Progress(len(msg_ids))
-    kernel_env = {**os.environ, **(env or {}), "PYREPL3_SESSION": session}
+    # The kernel's own notices (namespace restored, ...) go to its log, which
+    # reaches this terminal, not into the cells: outputs stay the cells' own.
+    kernel_env = {**os.environ, **(env or {}), "PYREPL3_SESSION": session, "PYREPL3_NOTICES": "log"}
     client = ResumableRun(
         nb,
         msg_ids,

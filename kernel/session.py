@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from jupyter_core.paths import jupyter_data_dir
+
+from kernel.checkpoint import Checkpointer
 from kernel.config import bool_setting, float_setting, resolve_home, resolve_session, store_path
 from kernel.prompts import PromptBroker, answer_command
+from kernel.signing import Signer, load_key
+from kernel.snapshots import NamespaceCheckpoints
 from kernel.steps import StepJournal
+from kernel.store.blobs import BlobStore
 from kernel.runtime import CellDispatcher, DurableRuntime
 from kernel.store.catalog import Catalog
 from kernel.store.embedded import EmbeddedStore
@@ -43,6 +49,7 @@ class DurableSession:
     interrupted: list[str]
     auto_resume: bool
     resume_limit: int
+    checkpoints: NamespaceCheckpoints
 
     @classmethod
     def open(
@@ -52,6 +59,8 @@ class DurableSession:
         home: str = "",
         connection_file: str = "",
         input_timeout: float = 86400.0,
+        checkpoint_exclude: set[str] | None = None,
+        checkpoint_max_bytes: int | None = None,
         ttl: timedelta = timedelta(seconds=30),
     ) -> DurableSession:
         env = os.environ if env is None else env
@@ -61,14 +70,26 @@ class DurableSession:
         input_timeout = float_setting(env, "PYREPL3_INPUT_TIMEOUT", input_timeout)
         auto_resume = bool_setting(env, "PYREPL3_AUTO_RESUME", False)
         resume_limit = int(float_setting(env, "PYREPL3_RESUME_LIMIT", 3))
+        signer = Signer(load_key(env, Path(jupyter_data_dir()) / "pyrepl3" / "key"))
+        exclude = set(checkpoint_exclude or ())
+        exclude |= {n.strip() for n in env.get("PYREPL3_CHECKPOINT_EXCLUDE", "").split(",") if n.strip()}
+        max_bytes = int(float_setting(env, "PYREPL3_CHECKPOINT_MAX_BYTES", float(checkpoint_max_bytes or 0))) or None
         lock = SessionLock(home_path, session).acquire(wait=float_setting(env, "PYREPL3_LOCK_WAIT", 3.0))
+        runtime: DurableRuntime | None = None
         try:
             path = store_path(home_path)
             pid = uuid.uuid4().hex
             store = EmbeddedStore(path, session, pid=pid)
+            catalog = Catalog(path)
+            checkpointer = Checkpointer(
+                BlobStore(home_path / "blobs"), exclude=exclude, size_limit=max_bytes, hidden={"durable"}
+            )
             dispatcher = CellDispatcher()
             runtime = DurableRuntime(store, session=session, dispatcher=dispatcher, pid=pid, ttl=ttl).start()
+            checkpoints = NamespaceCheckpoints(runtime, checkpointer, signer, session, lambda: catalog.checkpoints(session))
         except BaseException:
+            if runtime is not None:
+                runtime.stop()
             lock.release()
             raise
         prompts = PromptBroker(
@@ -91,6 +112,7 @@ class DurableSession:
             store.interrupted_executions(),
             auto_resume,
             resume_limit,
+            checkpoints,
         )
 
     def catalog(self) -> Catalog:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,7 +43,11 @@ def load_key(env: Mapping[str, str], key_file: Path) -> bytes:
             raise ConfigurationError(f"the signing key file {key_file} is empty; delete it to make a new key")
         return key
     key_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another kernel made it just now
+        time.sleep(0.05)
+        return load_key(env, key_file)
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_hex(32).encode())
     return key_file.read_bytes().strip()

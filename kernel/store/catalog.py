@@ -125,6 +125,16 @@ class Catalog:
         rec["session"] = row[0]
         return rec
 
+    def checkpoints(self, session: str) -> list[dict[str, Any]]:
+        """This session's resolved checkpoint records, oldest first."""
+        if self._db is None:
+            return []
+        rows = self._db.execute(
+            "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id",
+            (session,),
+        ).fetchall()
+        return [decode_record(blob) for (blob,) in rows]
+
     def pending(self, session: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         if self._db is None:
             return []

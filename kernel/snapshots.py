@@ -1,0 +1,149 @@
+"""Namespace checkpoints as durable promises: save after every execution,
+restore the latest at start, travel back to any execution.
+
+The values live in the blob store (:mod:`kernel.store.blobs`) and are captured
+by :class:`kernel.checkpoint.Checkpointer`; this module gives each capture a
+durable promise ``ckpt:<session-key>:<seq>`` holding the manifest, signed with
+the user's key (:mod:`kernel.signing`). The manifest names every blob by its
+SHA-256, and the blob store checks content against that hash before anything
+is unpickled, so the manifest's signature authenticates the blobs too. The
+promise is created only after every blob is durable: a crash mid-checkpoint
+leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kernel.checkpoint import CaptureReport, Checkpointer, Manifest, RestoreReport
+from kernel.errors import CheckpointNotFoundError
+from kernel.runtime import DurableRuntime
+from kernel.signing import Signer
+from kernel.store.locks import session_key
+
+log = logging.getLogger(__name__)
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class StoredCheckpoint:
+    """One checkpoint as listed by ``%durable checkpoints``."""
+
+    id: str
+    execution_count: int | None
+    msg_id: str | None
+    created_at: float
+    size: int
+    changed: list[str]
+    removed: list[str]
+    skipped: dict[str, str]
+
+
+class NamespaceCheckpoints:
+    """``records`` lists this session's stored checkpoint records, oldest first
+    (the engine's own index: the embedded store's catalog)."""
+
+    def __init__(
+        self,
+        runtime: DurableRuntime,
+        checkpointer: Checkpointer,
+        signer: Signer,
+        session: str,
+        records: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        self.runtime = runtime
+        self.checkpointer = checkpointer
+        self.signer = signer
+        self.session = session
+        self._records = records
+        self._prefix = f"ckpt:{session_key(session)}:"
+        self.previous: Manifest | None = None
+        existing = records()
+        self._seq = int(existing[-1]["id"].rsplit(":", 1)[-1]) if existing else 0
+
+    # -- saving ----------------------------------------------------------------
+
+    def save(self, namespace: dict, *, code: str | None, execution_count: int | None, msg_id: str | None) -> CaptureReport:
+        manifest, report = self.checkpointer.capture(namespace, code=code, previous=self.previous)
+        body = manifest.model_dump(mode="json")
+        self._seq += 1
+        pid = f"{self._prefix}{self._seq:010d}"
+        value = {
+            "manifest": body,
+            "signature": self.signer.digest(canonical(body)),
+            "execution_count": execution_count,
+            "msg_id": msg_id,
+            "size": manifest.total_size,
+        }
+        far = int((time.time() + 10 * 365 * 86400) * 1000)
+        self.runtime.create(pid, far, {"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id}, {"pyrepl3:kind": "checkpoint"})
+        self.runtime.settle(pid, "resolved", value)
+        self.previous = manifest
+        return report
+
+    # -- reading ---------------------------------------------------------------
+
+    def list(self) -> list[StoredCheckpoint]:
+        return [_summary(rec) for rec in self._records()]
+
+    def _verified(self, rec: dict[str, Any]) -> Manifest:
+        value = rec.get("value") or {}
+        body = value.get("manifest")
+        if not isinstance(body, dict):
+            raise CheckpointNotFoundError(f"checkpoint {rec['id']} holds no manifest")
+        self.signer.verify(value.get("signature"), f"checkpoint {rec['id']}", canonical(body))
+        return Manifest.model_validate(body)
+
+    def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
+        records = self._records()
+        if not records:
+            return None
+        return self._restore(records[-1], namespace)
+
+    def restore_execution(self, execution_count: int, namespace: dict, *, clear: bool) -> tuple[StoredCheckpoint, RestoreReport]:
+        """Bring back the namespace as it was after execution ``execution_count``."""
+        matches = [r for r in self._records() if (r.get("value") or {}).get("execution_count") == execution_count]
+        if not matches:
+            raise CheckpointNotFoundError(
+                f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"
+            )
+        return self._restore(matches[-1], namespace, clear=clear)
+
+    def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
+        manifest = self._verified(rec)
+        if clear:
+            for name in [n for n in list(namespace) if self._is_user_name(n, namespace) and n not in manifest.entries]:
+                del namespace[name]
+        report = self.checkpointer.restore(manifest, namespace)
+        self.previous = manifest
+        return _summary(rec), report
+
+    def _is_user_name(self, name: str, namespace: dict) -> bool:
+        return not name.startswith("_") and name not in self.checkpointer.exclude and name not in _IPYTHON_KEEP
+
+
+def _summary(rec: dict[str, Any]) -> StoredCheckpoint:
+    value = rec.get("value") or {}
+    body = value.get("manifest") or {}
+    return StoredCheckpoint(
+        id=rec["id"],
+        execution_count=value.get("execution_count"),
+        msg_id=value.get("msg_id"),
+        created_at=float(body.get("created", 0.0)),
+        size=int(value.get("size", 0)),
+        changed=list(body.get("changed", [])),
+        removed=list(body.get("removed", [])),
+        skipped=dict(body.get("skipped", {})),
+    )
+
+
+#: Names IPython and PyREPL3 put into every namespace; time travel keeps them.
+_IPYTHON_KEEP = frozenset({"In", "Out", "exit", "quit", "get_ipython", "durable"})
