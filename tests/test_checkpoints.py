@@ -1,0 +1,147 @@
+"""Namespace checkpoints on real kernels: restart, kill -9, time travel, bad data."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from harness import KernelFactory, kernel_env
+
+SETUP = """
+import numpy as np
+count = 41
+name = "pyrepl3"
+conf = {"lr": 0.1, "layers": [64, 32]}
+def double(v):
+    return 2 * v
+inc = lambda v: v + count
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def norm2(self):
+        return self.x ** 2 + self.y ** 2
+p = Point(3, 4)
+arr = np.arange(12, dtype=np.float64).reshape(3, 4)
+shared = [1, 2]
+alias = shared
+doomed = "bye"
+"""
+
+MUTATE = """
+shared.append(3)
+arr[0, 0] = 100.0
+p.x = 6
+conf["lr"] = 0.01
+count += 1
+del doomed
+"""
+
+CHECK = """
+import numpy as np
+print(count, name, conf, double(4), inc(1), p.norm2(), type(p).__name__,
+      arr[0, 0], arr.shape, arr.flags.writeable, shared, alias is shared, 'doomed' in dir(), sep='|')
+"""
+EXPECTED = "42|pyrepl3|{'lr': 0.01, 'layers': [64, 32]}|8|43|52|Point|100.0|(3, 4)|True|[1, 2, 3]|True|False\n"
+
+
+@pytest.mark.parametrize("how", ["restart_kernel", "kill -9"])
+def test_namespace_survives(kernels: KernelFactory, how: str) -> None:
+    kernel = kernels.start(session="survive")
+    kernel.ok(SETUP)
+    kernel.ok(MUTATE)
+    assert kernel.ok(CHECK).stream("stdout") == EXPECTED
+    if how == "restart_kernel":
+        kernel.km.restart_kernel(now=False)
+        kernel.kc.wait_for_ready(timeout=60)
+        again = kernel
+    else:
+        kernel.kill9()
+        again = kernels.start(session="survive")
+    run = again.ok(CHECK)
+    assert run.stream("stdout") == EXPECTED
+    notice = run.stream("stderr")
+    assert "namespace of execution 3 is back: restored 11 names" in notice, notice
+
+
+def test_unpicklable_value_is_skipped_and_reported(kernels: KernelFactory) -> None:
+    kernel = kernels.start(session="files")
+    run = kernel.ok("fh = open(__file__ if '__file__' in dir() else '/etc/hostname')\nkeep = [1, 2, 3]\nimport threading\nlk = threading.Lock()")
+    warning = run.stream("stderr")
+    assert "fh (open file" in warning and "lk (" in warning, warning
+    kernel.kill9()
+    fresh = kernels.start(session="files")
+    run = fresh.ok("print(keep, 'fh' in dir(), 'lk' in dir())")
+    assert run.stream("stdout") == "[1, 2, 3] False False\n"
+    assert "skipped fh: open file" in run.stream("stderr")
+
+
+def test_corrupted_blob_is_reported_and_the_rest_restored(kernels: KernelFactory, home: Path) -> None:
+    kernel = kernels.start(session="corrupt")
+    kernel.ok("import numpy as np\ngood = list(range(10))\nbad = np.ones(50_000)")
+    kernel.kill9()
+    # Flip bytes in the largest blob (the array's buffer).
+    blob = max((p for p in (home / "blobs").rglob("*") if p.is_file() and p.parent.name not in ("tmp", "corrupt")),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[100:110] = b"\xff" * 10
+    blob.write_bytes(bytes(data))
+    fresh = kernels.start(session="corrupt")
+    run = fresh.ok("print(good, 'bad' in dir())")
+    assert run.stream("stdout") == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] False\n"
+    assert "skipped bad:" in run.stream("stderr") and "corrupt" in run.stream("stderr")
+
+
+def test_time_travel(kernels: KernelFactory) -> None:
+    kernel = kernels.start(session="travel")
+    kernel.ok("x = 1\nhistory = ['a']")
+    kernel.ok("x = 2\nhistory.append('b')\nnew = True")
+    kernel.ok("x = 3\nhistory.append('c')")
+    table = kernel.ok("%durable checkpoints").of_type("display_data")[0]["content"]["data"]
+    assert "text/html" in table and "pyrepl3-checkpoints" in table["text/html"]
+    assert "history, new, x" in table["text/plain"]
+    run = kernel.ok("%durable restore 1\nprint(x, history, 'new' in dir())")
+    assert run.stream("stdout").endswith("1 ['a'] False\n")
+    missing = kernel.ok("%durable restore 99")
+    assert "no checkpoint after execution 99" in missing.stream("stdout")
+
+
+def test_exclude_and_size_limit(kernels: KernelFactory, home: Path) -> None:
+    kernel = kernels.start(env=kernel_env(home, "limits", PYREPL3_CHECKPOINT_MAX_BYTES="100000"))
+    kernel.ok("%durable exclude token")
+    run = kernel.ok("token = 'do-not-store'\nbig = bytes(500_000)\nsmall = 1")
+    assert "token (excluded)" in run.stream("stderr") and "big (" in run.stream("stderr")
+    kernel.kill9()
+    fresh = kernels.start(env=kernel_env(home, "limits"))
+    assert fresh.ok("print(small, 'token' in dir(), 'big' in dir())").stream("stdout") == "1 False False\n"
+
+
+@pytest.mark.parametrize("tamper", ["wrong signature", "unsigned", "other key"])
+def test_tampered_checkpoints_are_refused(kernels: KernelFactory, home: Path, tamper: str) -> None:
+    kernel = kernels.start(session="tamper")
+    kernel.ok("secret_plan = 'original'")
+    kernel.close()
+    env = kernel_env(home, "tamper")
+    if tamper == "other key":
+        env["PYREPL3_KEY"] = "a-different-key"
+    else:
+        db = sqlite3.connect(home / "store.sqlite3")
+        [(pid, blob)] = db.execute("SELECT id, record FROM promises WHERE kind = 'checkpoint'").fetchall()
+        record = json.loads(blob)
+        import base64
+
+        value = json.loads(base64.b64decode(record["value"]["data"]))
+        if tamper == "unsigned":
+            del value["signature"]
+        else:
+            value["manifest"]["skipped"] = {"injected": "by an attacker"}
+        record["value"]["data"] = base64.b64encode(json.dumps(value).encode()).decode()
+        db.execute("UPDATE promises SET record = ? WHERE id = ?", (json.dumps(record).encode(), pid))
+        db.commit()
+        db.close()
+    fresh = kernels.start(env=env)
+    run = fresh.ok("print('secret_plan' in dir())")
+    assert run.stream("stdout") == "False\n"
+    message = run.stream("stderr")
+    assert "not restored" in message and "refusing to load it" in message and "ckpt:" in message, message
