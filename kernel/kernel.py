@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for the engine to re-deliver an execution a dead kernel left pending.
 ORPHAN_WAIT = 10.0
+#: Seconds a re-sent msg_id waits for its earlier execution to be settled before replaying.
+REPLAY_WAIT = 10.0
 
 
 class DurableKernel(IPythonKernel):
@@ -189,11 +191,12 @@ class DurableKernel(IPythonKernel):
                 return self._replay(ds.runtime.wait_settled(eid), parent)
             return await self._run_durably(ds, eid, msg_id, orphan.outcome, orphan.params.execution_count, args, kw)
 
+        count = self.shell.execution_count if store_history else self.shell.execution_count - 1
         params = ExecutionParams(
             session=ds.session,
             msg_id=msg_id,
             code=code,
-            execution_count=self.shell.execution_count,
+            execution_count=count,
             cell_id=cell_id,
             kernel_pid=os.getpid(),
             nonce=uuid.uuid4().hex,
@@ -201,36 +204,55 @@ class DurableKernel(IPythonKernel):
         )
         ticket = ds.dispatcher.expect(eid)
         try:
-            record = ds.runtime.submit(params)
-        except PyRepl3Error as exc:
-            ds.dispatcher.forget(eid)
-            self._notice(f"this cell ran without durability: {exc}")
+            try:
+                record = ds.runtime.submit(params)
+            except PyRepl3Error as exc:
+                ds.dispatcher.forget(eid)
+                self._notice(f"this cell ran without durability: {exc}")
+                self._flush_notices(parent)
+                return await super().do_execute(*args, **kw)
+
+            if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
+                # This msg_id was submitted before: never run it twice.
+                ds.dispatcher.forget(eid)
+                self._flush_notices(parent)
+                return self._replay(self._settled(ds, record), parent)
+
+            if not code.lstrip().startswith("%durable resume"):
+                self._reject_interrupted(ds)
             self._flush_notices(parent)
-            return await super().do_execute(*args, **kw)
+            try:
+                handoff = ticket.result(timeout=ds.start_timeout)
+            except cf.TimeoutError:
+                ds.dispatcher.abandon(ticket, CellError(
+                    execution_id=eid, execution_count=count, ename="EngineTimeout",
+                    evalue=f"the engine did not start {eid} in time; the cell ran without durability",
+                ))
+                self._notice(
+                    f"the durable engine did not start {eid} within {ds.start_timeout:g}s "
+                    "(PYREPL3_START_TIMEOUT); the cell ran without durability"
+                )
+                self._flush_notices(parent)
+                return await super().do_execute(*args, **kw)
+        except KeyboardInterrupt:
+            # Interrupted before the cell started: the execution is settled as
+            # interrupted whenever the engine delivers it, never left pending.
+            ds.dispatcher.abandon(ticket, CellError(
+                execution_id=eid, execution_count=count, ename="KeyboardInterrupt",
+                evalue="interrupted before the cell started",
+            ))
+            raise
+        return await self._run_durably(ds, eid, msg_id, handoff.outcome, count, args, kw)
 
-        if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
-            # This msg_id was submitted before: never run it twice.
-            ds.dispatcher.forget(eid)
-            self._flush_notices(parent)
-            if record.state == "pending":
-                record = ds.runtime.wait_settled(eid, timeout=3600)
-            return self._replay(record, parent)
-
-        if not code.lstrip().startswith("%durable resume"):
-            self._reject_interrupted(ds)
-        self._flush_notices(parent)
-
+    def _settled(self, ds: DurableSession, record: PromiseRecord) -> PromiseRecord:
+        """The settled record of an execution submitted before (waiting briefly if
+        it is still being settled, e.g. abandoned after an interrupt)."""
+        if record.state != "pending":
+            return record
         try:
-            handoff = ticket.result(timeout=ds.start_timeout)
-        except cf.TimeoutError:
-            ds.dispatcher.forget(eid)
-            self._notice(
-                f"the durable engine did not start {eid} within {ds.start_timeout:g}s "
-                "(PYREPL3_START_TIMEOUT); the cell ran without durability"
-            )
-            self._flush_notices(parent)
-            return await super().do_execute(*args, **kw)
-        return await self._run_durably(ds, eid, msg_id, handoff.outcome, params.execution_count, args, kw)
+            return ds.runtime.wait_settled(record.id, timeout=REPLAY_WAIT)
+        except PyRepl3Error:
+            return record
 
     async def _run_durably(
         self,
@@ -242,24 +264,36 @@ class DurableKernel(IPythonKernel):
         args: tuple[Any, ...],
         kw: dict[str, Any],
     ) -> dict[str, Any]:
-        """Run the cell on this thread and hand its outcome to ``durable_execute``."""
-        started = time.time()
-        self.recorder.begin(msg_id)
+        """Run the cell on this thread and hand its outcome to ``durable_execute``.
+
+        Whatever happens here (an interrupt landing between two statements
+        included), ``outcome`` is completed, so the execution never stays pending.
+        """
         try:
-            with ds.prompts.executing(eid), ds.steps.executing(eid):
-                reply = await super().do_execute(*args, **kw)
+            started = time.time()
+            self.recorder.begin(msg_id)
+            try:
+                with ds.prompts.executing(eid), ds.steps.executing(eid):
+                    reply = await super().do_execute(*args, **kw)
+            finally:
+                _flush_std()
+            outputs = self.recorder.end()
+            finished = time.time()
+            timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
+            result = _outcome(eid, reply, outputs, timings)
         except BaseException as exc:
             self.recorder.end()
-            outcome.set_result(CellError(execution_id=eid, ename=type(exc).__name__, evalue=str(exc), execution_count=execution_count))
+            if not outcome.done():
+                outcome.set_result(
+                    CellError(execution_id=eid, ename=type(exc).__name__, evalue=str(exc), execution_count=execution_count)
+                )
             raise
-        finally:
-            _flush_std()
-        outputs = self.recorder.end()
-        finished = time.time()
-        timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
-        outcome.set_result(_outcome(eid, reply, outputs, timings))
+        outcome.set_result(result)
         try:
-            ds.runtime.wait_stored(eid)
+            try:
+                ds.runtime.wait_stored(eid)
+            except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
+                ds.runtime.wait_stored(eid)
         except PyRepl3Error as exc:
             self._notice(f"could not confirm that {eid} was stored: {exc}")
         self._checkpoint(ds, args[0], execution_count, msg_id)
@@ -401,8 +435,12 @@ class DurableKernel(IPythonKernel):
             }
         error = error_of(data) or CellError(
             execution_id=record.id,
-            ename="ExecutionRejected",
-            evalue=f"{record.id} ended as {record.state}",
+            ename="ExecutionStillPending" if record.state == "pending" else "ExecutionRejected",
+            evalue=(
+                f"{record.id} was submitted before and has not finished; it is not run twice"
+                if record.state == "pending"
+                else f"{record.id} ended as {record.state}"
+            ),
         )
         publish(self.session, self.iopub_socket, parent, error.outputs, self._topic)
         if not any(o.get("output_type") == "error" for o in error.outputs):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-RECORDED = {"stream", "display_data", "execute_result", "error", "update_display_data"}
+RECORDED = {"stream", "display_data", "execute_result", "error", "update_display_data", "clear_output"}
 
 
 def to_output(msg: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +38,9 @@ class OutputRecorder:
         self.parent_msg_id: str | None = None
         self.outputs: list[dict[str, Any]] = []
         self._stack: list[list[dict[str, Any]]] = []
+        self._clear_pending = False
+        #: display_id -> the recorded outputs it names (update_display_data targets).
+        self._displays: dict[str, list[dict[str, Any]]] = {}
         session.send = self._recording_send
 
     def _recording_send(self, stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -49,10 +52,25 @@ class OutputRecorder:
         return msg
 
     def _record(self, msg: dict[str, Any]) -> None:
-        msg_type = msg["header"]["msg_type"]
-        if msg_type == "update_display_data":
+        """Keep ``outputs`` equal to what a notebook shows: honour clear_output
+        (also its ``wait`` form) and display updates by display_id."""
+        msg_type, content = msg["header"]["msg_type"], msg["content"]
+        if msg_type == "clear_output":
+            if content.get("wait"):
+                self._clear_pending = True
+            else:
+                self._clear()
             return
+        display_id = (content.get("transient") or {}).get("display_id")
+        if msg_type == "update_display_data":
+            for out in self._displays.get(display_id, []):
+                out["data"], out["metadata"] = content.get("data", {}), content.get("metadata", {})
+            return
+        if self._clear_pending:
+            self._clear()
         out = to_output(msg)
+        if display_id is not None:
+            self._displays.setdefault(display_id, []).append(out)
         if msg_type == "stream" and self.outputs:
             last = self.outputs[-1]
             if last.get("output_type") == "stream" and last.get("name") == out.get("name"):
@@ -60,9 +78,15 @@ class OutputRecorder:
                 return
         self.outputs.append(out)
 
+    def _clear(self) -> None:
+        self.outputs.clear()
+        self._clear_pending = False
+
     def begin(self, parent_msg_id: str) -> None:
         self.parent_msg_id = parent_msg_id
         self.outputs = []
+        self._clear_pending = False
+        self._displays = {}
 
     def push(self) -> None:
         """Record a nested execution separately (its outputs still reach the frontend)."""

@@ -99,6 +99,17 @@ class CellDispatcher:
             self._waiting[execution_id] = fut
         return fut
 
+    def abandon(self, ticket: cf.Future[Handoff], error: CellOutcome) -> None:
+        """The kernel will not run this execution: settle it with ``error``
+        whenever (or if already) the engine delivers it, so it is never left pending."""
+
+        def settle(done: cf.Future[Handoff]) -> None:
+            outcome = done.result().outcome
+            if not outcome.done():
+                outcome.set_result(error)
+
+        ticket.add_done_callback(settle)
+
     def forget(self, execution_id: str) -> None:
         with self._lock:
             self._waiting.pop(execution_id, None)

@@ -395,13 +395,6 @@ def test_silent_requests_are_not_durable(kernel: Kernel, home: Path) -> None:
     assert exec_id(silent.msg_id) not in executions(home, kernel.session)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: for store_history=False the exec promise's param records "
-    "shell.execution_count (the next cell's number) while the reply and the stored value "
-    "say execution_count - 1, so `pyrepl3 executions` shows a number the frontend never saw, "
-    "twice",
-)
 def test_execution_count_without_history_matches_the_reply(kernel: Kernel, home: Path) -> None:
     kernel.ok("1")
     quiet = kernel.execute("c = 1", store_history=False)

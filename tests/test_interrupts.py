@@ -34,7 +34,6 @@ def _wait_idle(kernel, msg_id: str, timeout: float = TIMEOUT) -> None:
     raise AssertionError(f"kernel never went idle after {msg_id}")
 
 
-@pytest.mark.xfail(strict=True, reason=PRELUDE_RACE)
 def test_interrupt_right_after_submit_never_leaves_a_promise_pending(kernels: KernelFactory, home: Path) -> None:
     kernel = kernels.start("interrupt-race")
     kernel.ok("1")

@@ -76,7 +76,6 @@ def test_stored_outputs_match_the_notebook(tmp_path: Path, home: Path) -> None:
 
 
 @pytest.mark.parametrize("name", list(OUTPUT_CHANGES))
-@pytest.mark.xfail(strict=True, reason=STALE_OUTPUTS)
 def test_stored_outputs_follow_cleared_and_updated_output(name: str, tmp_path: Path, home: Path) -> None:
     [(notebook, rec)] = run_notebook([OUTPUT_CHANGES[name]], home, f"changes-{name}", tmp_path)
     assert stored_outputs(rec) == notebook
