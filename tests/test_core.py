@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from harness import TIMEOUT, Kernel, KernelFactory, cli, executions, kernel_env, show, wait_for
 from nbclient import NotebookClient

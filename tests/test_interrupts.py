@@ -6,17 +6,7 @@ import itertools
 import time
 from pathlib import Path
 
-import pytest
 from harness import TIMEOUT, KernelFactory, executions
-
-PRELUDE_RACE = (
-    "kernel bug: a SIGINT that lands between DurableKernel.do_execute's "
-    "dispatcher.expect() and _run_durably() (during runtime.submit, _reject_interrupted "
-    "or ticket.result) escapes do_execute; the engine's handoff is never completed, so "
-    "exec:<msg_id> stays pending while the kernel lives, and re-sending that msg_id "
-    "blocks the shell in wait_settled(timeout=3600)"
-)
-
 
 def _wait_idle(kernel, msg_id: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout

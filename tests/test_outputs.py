@@ -35,13 +35,6 @@ OUTPUT_CHANGES = {
     ),
     "update_display": "h = display('first', display_id=True)\nh.update('updated')",
 }
-STALE_OUTPUTS = (
-    "kernel bug: kernel/outputs.py OutputRecorder ignores clear_output messages and "
-    "update_display_data, so the stored outputs (and what a replay publishes) keep "
-    "cleared output and the pre-update display instead of what the frontend shows"
-)
-
-
 def run_notebook(sources: list[str], home: Path, session: str, tmp_path: Path) -> list[tuple[Any, dict[str, Any]]]:
     """Run the cells with nbclient; pair each cell's notebook outputs with its stored promise."""
     nb = new_notebook(
