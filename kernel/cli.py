@@ -9,7 +9,10 @@
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
 
 Reads go straight to the store (safe while kernels are running on it).
-``--home`` or ``PYREPL3_HOME`` selects the store, as for the kernel.
+The engine is chosen as for the kernel: ``--store`` or ``PYREPL3_STORE``
+(a directory, ``postgresql://...`` or ``http(s)://...``); for the embedded
+store, ``--home`` or ``PYREPL3_HOME`` is where it lives. Credentials in a DSN
+or URL are never printed.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel.config import resolve_home, store_path
-from kernel.errors import PyRepl3Error
-from kernel.store.catalog import Catalog, error_of
 from kernel import hitl
+from kernel.errors import PyRepl3Error
+from kernel.store.catalog import error_of
+from kernel.store.engines import open_engine
 
 
 def _when(ms: int | None) -> str:
@@ -38,9 +41,30 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _catalog(args: argparse.Namespace) -> Catalog:
-    home = resolve_home(os.environ, args.home or "")
-    return Catalog(store_path(home))
+def _catalog(args: argparse.Namespace) -> Any:
+    engine = open_engine(os.environ, store=args.store or "", home=args.home or "")
+    try:
+        catalog = engine.catalog()
+    except BaseException:
+        engine.close()
+        raise
+    return _EngineCatalog(engine, catalog)
+
+
+class _EngineCatalog:
+    """A catalog that closes its engine with it."""
+
+    def __init__(self, engine: Any, catalog: Any) -> None:
+        self._engine, self._catalog = engine, catalog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    def close(self) -> None:
+        try:
+            self._catalog.close()
+        finally:
+            self._engine.close()
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -95,20 +119,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    rec = hitl.answer(args.promise_id, args.value, args.home)
+    rec = hitl.answer(args.promise_id, args.value, args.home, store=args.store)
     print(f"{args.promise_id}: {rec['state']}")
     return 0
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
     approved = args.command == "approve"
-    rec = hitl.decide(args.promise_id, approved, args.reason, args.home)
+    rec = hitl.decide(args.promise_id, approved, args.reason, args.home, store=args.store)
     print(f"{args.promise_id}: {'approved' if approved else 'denied'} ({rec['state']})")
     return 0
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    items = hitl.pending(args.home, args.session)
+    items = hitl.pending(args.home, args.session, store=args.store)
     if args.json:
         print(json.dumps(items, indent=2, default=str))
         return 0
@@ -124,14 +148,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kernel.notebook_run import run_notebook
 
     env = {"PYREPL3_HOME": args.home} if args.home else {}
+    if args.store:
+        env["PYREPL3_STORE"] = args.store
     return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=env)
 
 
 class _closing:
-    def __init__(self, cat: Catalog) -> None:
+    def __init__(self, cat: Any) -> None:
         self.cat = cat
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> Any:
         return self.cat
 
     def __exit__(self, *exc: Any) -> None:
@@ -140,7 +166,12 @@ class _closing:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrepl3", description="Inspect PyREPL3's durable store.")
-    parser.add_argument("--home", help="store root (default: PYREPL3_HOME or <jupyter data dir>/pyrepl3)")
+    parser.add_argument("--home", help="embedded store root (default: PYREPL3_HOME or <jupyter data dir>/pyrepl3)")
+    parser.add_argument(
+        "--store",
+        help="the engine, as PYREPL3_STORE (default): a directory for the embedded store, "
+        "postgresql://... for Postgres (resonate-pg), http(s)://... for a Resonate server",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sessions", help="list sessions with executions")

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from jupyter_core.paths import jupyter_data_dir
 
@@ -69,6 +69,52 @@ def redact(url: str) -> str:
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` (an error message, say) with every DSN/URL in ``secrets`` redacted
+    and their passwords and tokens masked wherever they appear on their own.
+
+    Database drivers echo a malformed connection string back in their errors;
+    this makes such a message safe to print or log.
+    """
+    for raw in secrets:
+        if not raw or "://" not in raw:
+            continue
+        text = text.replace(raw, redact(raw))
+        parts = urlsplit(raw)
+        hidden = [parts.password or ""]
+        hidden += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _SECRET_PARAMS]
+        for secret in hidden:
+            if len(secret) >= 3:
+                text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
+
+
+@dataclass(frozen=True)
+class BlobsSpec:
+    """Where checkpoint blobs live when the engine cannot hold them itself
+    (``PYREPL3_BLOBS``): a shared ``directory`` or a ``postgres`` DSN."""
+
+    kind: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} blob store at {redact(self.target)}"
+
+
+def resolve_blobs(env: Mapping[str, str], configured: str = "") -> BlobsSpec | None:
+    """``PYREPL3_BLOBS`` (else the traitlet value): a directory or ``postgresql://...``; empty = none."""
+    raw = (env.get("PYREPL3_BLOBS") or configured).strip()
+    if not raw:
+        return None
+    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
+    if scheme in ("postgresql", "postgres"):
+        return BlobsSpec("postgres", raw)
+    if scheme:
+        msg = f"PYREPL3_BLOBS={redact(raw)!r}: use a shared directory or a postgresql://... DSN"
+        raise ConfigurationError(msg)
+    return BlobsSpec("directory", str(Path(raw).expanduser()))
 
 
 def resolve_home(env: Mapping[str, str], configured: str = "") -> Path:

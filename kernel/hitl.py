@@ -4,7 +4,10 @@
     for p in pending():
         answer(p["id"], "42")
 
-``home`` defaults to ``PYREPL3_HOME`` / the Jupyter data dir, as for the kernel.
+The engine is chosen as for the kernel: ``store`` (else ``PYREPL3_STORE``)
+names it, and ``home`` (else ``PYREPL3_HOME`` / the Jupyter data dir) is where
+the embedded store lives. On Postgres the answer settles the prompt's promise
+in the database directly, from any machine; the waiting kernel sees it there.
 The ``pyrepl3`` CLI is a thin layer over these functions.
 """
 
@@ -14,37 +17,34 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kernel.config import resolve_home, store_path
 from kernel.errors import PyRepl3Error
-from kernel.store.catalog import Catalog
-from kernel.store.outside import settle_from_outside
+from kernel.store.engines import Engine, opened
 
 
-def _paths(home: str | Path | None) -> tuple[Path, Path]:
-    h = resolve_home(os.environ, str(home) if home else "")
-    return h, store_path(h)
+def _engine(home: str | Path | None, store: str | None) -> Any:
+    return opened(os.environ, store=store or "", home=str(home) if home else "")
 
 
-def _kind(store: Path, promise_id: str) -> str:
-    cat = Catalog(store)
+def _kind(engine: Engine, promise_id: str) -> str:
+    cat = engine.catalog()
     try:
         rec = cat.promise(promise_id)
     finally:
         cat.close()
     if rec is None:
-        raise PyRepl3Error(f"no promise {promise_id!r} in the store {store}")
+        raise PyRepl3Error(f"no promise {promise_id!r} in the store {engine.where}")
     param = rec["param"] if isinstance(rec["param"], dict) else {}
     return str(param.get("kind", "other"))
 
 
-def pending(home: str | Path | None = None, session: str | None = None) -> list[dict[str, Any]]:
+def pending(home: str | Path | None = None, session: str | None = None, *, store: str | None = None) -> list[dict[str, Any]]:
     """Prompts waiting for an answer: id, session, kind, prompt, details, times."""
-    _, store = _paths(home)
-    cat = Catalog(store)
-    try:
-        rows = cat.pending(session, kind="input")
-    finally:
-        cat.close()
+    with _engine(home, store) as engine:
+        cat = engine.catalog()
+        try:
+            rows = cat.pending(session, kind="input")
+        finally:
+            cat.close()
     return [
         {
             "id": r["id"],
@@ -59,30 +59,32 @@ def pending(home: str | Path | None = None, session: str | None = None) -> list[
     ]
 
 
-def answer(promise_id: str, value: str, home: str | Path | None = None) -> dict[str, Any]:
+def answer(promise_id: str, value: str, home: str | Path | None = None, *, store: str | None = None) -> dict[str, Any]:
     """Answer an ``input()`` prompt; the waiting cell continues within a second."""
-    h, store = _paths(home)
-    kind = _kind(store, promise_id)
-    if kind == "password":
-        raise PyRepl3Error(f"{promise_id} is a getpass prompt: secrets are never stored, answer it in the notebook")
-    if kind == "approval":
-        raise PyRepl3Error(f"{promise_id} is an approval request: approve or deny it instead")
-    if kind != "input":
-        raise PyRepl3Error(f"{promise_id} is not a prompt")
-    return settle_from_outside(h, store, promise_id, "resolved", {"value": value, "via": "outside"})
+    with _engine(home, store) as engine:
+        kind = _kind(engine, promise_id)
+        if kind == "password":
+            raise PyRepl3Error(f"{promise_id} is a getpass prompt: secrets are never stored, answer it in the notebook")
+        if kind == "approval":
+            raise PyRepl3Error(f"{promise_id} is an approval request: approve or deny it instead")
+        if kind != "input":
+            raise PyRepl3Error(f"{promise_id} is not a prompt")
+        return engine.settle_from_outside(promise_id, "resolved", {"value": value, "via": "outside"})
 
 
-def decide(promise_id: str, approved: bool, reason: str = "", home: str | Path | None = None) -> dict[str, Any]:
-    h, store = _paths(home)
-    if _kind(store, promise_id) != "approval":
-        raise PyRepl3Error(f"{promise_id} is not an approval request")
-    data = {"approved": approved, "reason": reason, "via": "outside"}
-    return settle_from_outside(h, store, promise_id, "resolved", data)
+def decide(
+    promise_id: str, approved: bool, reason: str = "", home: str | Path | None = None, *, store: str | None = None
+) -> dict[str, Any]:
+    with _engine(home, store) as engine:
+        if _kind(engine, promise_id) != "approval":
+            raise PyRepl3Error(f"{promise_id} is not an approval request")
+        data = {"approved": approved, "reason": reason, "via": "outside"}
+        return engine.settle_from_outside(promise_id, "resolved", data)
 
 
-def approve(promise_id: str, reason: str = "", home: str | Path | None = None) -> dict[str, Any]:
-    return decide(promise_id, True, reason, home)
+def approve(promise_id: str, reason: str = "", home: str | Path | None = None, *, store: str | None = None) -> dict[str, Any]:
+    return decide(promise_id, True, reason, home, store=store)
 
 
-def deny(promise_id: str, reason: str = "", home: str | Path | None = None) -> dict[str, Any]:
-    return decide(promise_id, False, reason, home)
+def deny(promise_id: str, reason: str = "", home: str | Path | None = None, *, store: str | None = None) -> dict[str, Any]:
+    return decide(promise_id, False, reason, home, store=store)

@@ -23,12 +23,12 @@ import zmq
 from traitlets import Enum, Float, Unicode
 
 from kernel import __version__
-from kernel.errors import PyRepl3Error
+from kernel.errors import EngineConnectionError, PyRepl3Error
 from kernel.ids import exec_id
 from kernel.models import CellError, CellResult, ExecutionParams, Timings
 from kernel.outputs import OutputRecorder, publish
 from kernel.runtime import Orphan, interrupted_by_exit
-from kernel.session import DurableSession
+from kernel.session import DurableSession, SessionKeeper, reconnect_interval
 from kernel.store.catalog import error_of
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,14 @@ class DurableKernel(IPythonKernel):
         "(PYREPL3_HEADLESS_INPUT overrides it).",
     )
 
+    store = Unicode(
+        "",
+        config=True,
+        help="The durable engine: empty or a directory = the embedded store; postgresql://... = "
+        "Postgres with the resonate-pg schema; http(s)://... = a Resonate server "
+        "(PYREPL3_STORE overrides it).",
+    )
+
     notices_to = Enum(
         ["cell", "log"],
         "cell",
@@ -84,17 +92,16 @@ class DurableKernel(IPythonKernel):
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
         connection_file = getattr(self.parent, "connection_file", "") or ""
-        try:
-            if os.environ.get("PYREPL3_HEADLESS_INPUT"):
-                self.headless_input = os.environ["PYREPL3_HEADLESS_INPUT"]
-            self.durable = DurableSession.open(
-                home=self.home, connection_file=connection_file, input_timeout=self.input_timeout
-            )
-        except PyRepl3Error as exc:
-            self._notice(f"durability is off: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the kernel must start regardless
-            log.exception("could not open the durable store")
-            self._notice(f"durability is off: the durable store could not be opened ({exc})")
+        if os.environ.get("PYREPL3_HEADLESS_INPUT"):
+            self.headless_input = os.environ["PYREPL3_HEADLESS_INPUT"]
+        self.keeper = SessionKeeper(
+            lambda: DurableSession.open(
+                home=self.home, store=self.store, connection_file=connection_file, input_timeout=self.input_timeout
+            ),
+            self._notice,
+            interval=reconnect_interval(os.environ),
+        )
+        self.durable = self.keeper.open()
         from kernel.api import DurableAPI
         from kernel.magics import DurableMagics
 
@@ -176,7 +183,7 @@ class DurableKernel(IPythonKernel):
         kw = {"cell_meta": cell_meta, "cell_id": cell_id}
         parent = self.get_parent("shell") or {}
         msg_id = (parent.get("header") or {}).get("msg_id")
-        ds = self.durable
+        ds = self._durable_session()
         if ds is None or silent or not msg_id:
             if not silent:
                 self._flush_notices(parent)
@@ -209,6 +216,8 @@ class DurableKernel(IPythonKernel):
             except PyRepl3Error as exc:
                 ds.dispatcher.forget(eid)
                 self._notice(f"this cell ran without durability: {exc}")
+                if isinstance(exc, EngineConnectionError):
+                    self._lose_durability(ds, exc)
                 self._flush_notices(parent)
                 return await super().do_execute(*args, **kw)
 
@@ -243,6 +252,28 @@ class DurableKernel(IPythonKernel):
             ))
             raise
         return await self._run_durably(ds, eid, msg_id, handoff.outcome, count, args, kw)
+
+    def _durable_session(self) -> DurableSession | None:
+        """The durable session for the next cell: a lost engine is noticed here,
+        and a session the keeper re-opened in the background is taken up."""
+        ds = self.durable
+        if ds is not None and not ds.healthy():
+            self._lose_durability(ds, EngineConnectionError(f"the connection to the {ds.store_path} was lost"))
+        if self.durable is None and (fresh := self.keeper.poll()) is not None:
+            self.durable = fresh
+            if self.shell.execution_count <= 1:
+                self._restore_namespace()
+            else:
+                self._notice(
+                    "the namespace was not restored, since cells ran while durability was off; "
+                    "`%durable checkpoints` and `%durable restore N` bring back a saved one"
+                )
+        return self.durable
+
+    def _lose_durability(self, ds: DurableSession, why: BaseException | str) -> None:
+        if self.durable is ds:
+            self.durable = None
+            self.keeper.lost(ds, why)
 
     def _settled(self, ds: DurableSession, record: PromiseRecord) -> PromiseRecord:
         """The settled record of an execution submitted before (waiting briefly if
@@ -482,6 +513,7 @@ class DurableKernel(IPythonKernel):
         return self.durable.checkpoints.checkpointer.keep_out(secret)
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        self.keeper.close()
         if self.durable is not None:
             self.durable.close()
             self.durable = None

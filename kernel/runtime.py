@@ -29,8 +29,9 @@ from resonate.error import ServerError
 from resonate.retry import Never
 from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
+from resonate_base.error import ConnectorError
 
-from kernel.errors import DependencyNotRegisteredError, PromiseTimeoutError
+from kernel.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
 from kernel.models import CellError, CellOutcome, CellResult, ExecutionParams
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,13 @@ class DurableRuntime:
         except cf.TimeoutError:
             fut.cancel()
             raise PromiseTimeoutError("the durable engine did not answer in time") from None
+        except ConnectorError as exc:
+            # The engine is unreachable (RES004). Connectors put a redacted
+            # EngineConnectionError inside; anything else is named by type only.
+            inner = exc.error
+            raise (inner if isinstance(inner, EngineConnectionError) else EngineConnectionError(
+                f"the durable engine is unreachable ({type(inner).__name__})"
+            )) from None
 
     # -- executions -----------------------------------------------------------
 

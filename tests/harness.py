@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,75 @@ SCRUBBED = tuple(
 )
 
 
-def kernel_env(home: Path | None, session: str | None = None, **extra: str) -> dict[str, str]:
+# -- the engine a test runs on ----------------------------------------------------
+
+
+@dataclass
+class Store:
+    """The engine under test: ``embedded`` (each test's own PYREPL3_HOME) or
+    ``postgres`` (one shared database, ``dsn``).
+
+    A shared database holds every test's sessions, so on Postgres each test
+    gets a namespace: the session names it uses are stored as ``<name>.<ns>``,
+    and what the CLI reports is mapped back and limited to this test's
+    sessions. Test bodies stay engine-agnostic: they name sessions as usual.
+    """
+
+    kind: str = "embedded"
+    dsn: str = ""
+    ns: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def shared(self) -> bool:
+        return self.kind != "embedded"
+
+    def session(self, name: str | None) -> str | None:
+        if name is None or not self.shared or name.endswith(f".{self.ns}"):
+            return name
+        return f"{name}.{self.ns}"
+
+    def mine(self, name: Any) -> bool:
+        return not self.shared or (isinstance(name, str) and name.endswith(f".{self.ns}"))
+
+    def local(self, name: Any) -> Any:
+        return name[: -len(self.ns) - 1] if self.shared and self.mine(name) else name
+
+    def env(self) -> dict[str, str]:
+        return {"PYREPL3_STORE": self.dsn} if self.shared else {}
+
+    def cli_args(self) -> list[str]:
+        return ["--store", self.dsn] if self.shared else []
+
+    def view(self, data: Any) -> Any:
+        """CLI JSON output as this test should see it (its own sessions, local names)."""
+        if not self.shared:
+            return data
+        if isinstance(data, list):
+            return [self.view(d) for d in data if not (isinstance(d, dict) and "session" in d and not self.mine(d["session"]))]
+        if isinstance(data, dict) and "session" in data:
+            return {**data, "session": self.local(data["session"])}
+        return data
+
+
+#: The engine of the running test (set by the ``store`` fixture in conftest.py).
+CURRENT = Store()
+
+
+def use_store(store: Store) -> None:
+    global CURRENT
+    CURRENT = store
+
+
+def kernel_env(home: Path | None, session: str | None = None, *, store: Store | None = None, **extra: str) -> dict[str, str]:
     """The environment for a kernel: the test process's, minus PyREPL3 settings,
-    plus the ones given."""
+    plus the engine under test and the ones given."""
+    store = CURRENT if store is None else store
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     if home is not None:
         env["PYREPL3_HOME"] = str(home)
     if session is not None:
-        env["PYREPL3_SESSION"] = session
+        env["PYREPL3_SESSION"] = store.session(session)  # type: ignore[assignment]
+    env.update(store.env())
     env.update(extra)
     return env
 
@@ -43,10 +105,13 @@ def kernel_env(home: Path | None, session: str | None = None, **extra: str) -> d
 # -- the CLI -----------------------------------------------------------------
 
 
-def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *args: str, check: bool = True, store: Store | None = None) -> subprocess.CompletedProcess[str]:
+    """``pyrepl3 --home HOME [--store DSN] ARGS`` on the engine under test."""
+    store = CURRENT if store is None else store
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    args = tuple(store.session(a) if i and args[i - 1] == "--session" else a for i, a in enumerate(args))
     proc = subprocess.run(
-        [str(PYREPL3_CLI), "--home", str(home), *args],
+        [str(PYREPL3_CLI), "--home", str(home), *store.cli_args(), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -55,11 +120,14 @@ def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     )
     if check:
         assert proc.returncode == 0, f"pyrepl3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+    if store.shared and "--json" in args and proc.returncode == 0:
+        proc.stdout = json.dumps(store.view(json.loads(proc.stdout)))
     return proc
 
 
-def cli_json(home: Path, *args: str) -> Any:
-    return json.loads(cli(home, *args, "--json").stdout)
+def cli_json(home: Path, *args: str, store: Store | None = None) -> Any:
+    store = CURRENT if store is None else store
+    return json.loads(cli(home, *args, "--json", store=store).stdout)
 
 
 def executions(home: Path, session: str | None = None) -> dict[str, dict[str, Any]]:
@@ -206,18 +274,30 @@ class KernelFactory:
         env: dict[str, str] | None = None,
         multi: bool = False,
         extra_arguments: list[str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
     ) -> Kernel:
         """Start a kernel; ``multi`` starts it the way jupyter_server does, through
-        a MultiKernelManager (connection file ``kernel-<kernel id>.json``)."""
+        a MultiKernelManager (connection file ``kernel-<kernel id>.json``).
+        ``log`` receives the kernel process's stdout and stderr (its log);
+        ``cwd`` is its working directory."""
         home = self.default_home if home is None else home
         env = kernel_env(home, session) if env is None else env
+        launch: dict[str, Any] = {}
+        if log is not None:
+            out = open(log, "ab")  # noqa: SIM115 - closed below, once the kernel has its copy
+            launch.update(stdout=out, stderr=out)
+        if cwd is not None:
+            launch["cwd"] = str(cwd)
         if multi:
             mkm = MultiKernelManager()
-            kernel_id = mkm.start_kernel(kernel_name=KERNEL_NAME, env=env, extra_arguments=extra_arguments or [])
+            kernel_id = mkm.start_kernel(kernel_name=KERNEL_NAME, env=env, extra_arguments=extra_arguments or [], **launch)
             km = mkm.get_kernel(kernel_id)
         else:
             km = KernelManager(kernel_name=KERNEL_NAME)
-            km.start_kernel(env=env, extra_arguments=extra_arguments or [])
+            km.start_kernel(env=env, extra_arguments=extra_arguments or [], **launch)
+        if "stdout" in launch:
+            launch["stdout"].close()  # the kernel process has its own copy
         try:
             kernel = Kernel(km, home, session)
         except BaseException:

@@ -1,5 +1,7 @@
 """Read-side queries over the embedded store, safe while a kernel is writing.
 
+(The Postgres engine's read side is :class:`kernel.store.pg.PgCatalog`, same methods.)
+
 Used by the CLI and the ``%durable`` magic. SQLite in WAL mode lets readers see
 every committed write without blocking the kernel.
 """
@@ -87,20 +89,8 @@ class Catalog:
         out = []
         for sess, blob in self._db.execute(sql, args).fetchall():
             rec = decode_record(blob)
-            param = _task_args(rec["param"])
-            err = error_of(rec["value"]) if rec["state"] != "resolved" else None
-            out.append(
-                ExecutionSummary(
-                    id=rec["id"],
-                    session=sess,
-                    state=rec["state"],
-                    execution_count=param.get("execution_count"),
-                    code=param.get("code", ""),
-                    created_at=rec["created_at"],
-                    settled_at=rec["settled_at"],
-                    ename=err.ename if err else None,
-                )
-            )
+            rec["session"] = sess
+            out.append(execution_summary(rec))
         out.reverse()
         return out
 
@@ -154,6 +144,22 @@ class Catalog:
         return out
 
 
+def execution_summary(rec: dict[str, Any]) -> ExecutionSummary:
+    """One row of ``pyrepl3 executions`` from a decoded ``exec:`` record (any engine)."""
+    param = _task_args(rec["param"])
+    err = error_of(rec["value"]) if rec["state"] != "resolved" else None
+    return ExecutionSummary(
+        id=rec["id"],
+        session=rec["session"],
+        state=rec["state"],
+        execution_count=param.get("execution_count"),
+        code=param.get("code", ""),
+        created_at=rec["created_at"],
+        settled_at=rec["settled_at"],
+        ename=err.ename if err else None,
+    )
+
+
 def _task_args(param: Any) -> dict[str, Any]:
     """The ExecutionParams dict inside an exec promise's TaskData param."""
     if isinstance(param, dict):
@@ -163,4 +169,4 @@ def _task_args(param: Any) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["Catalog", "decode_record", "error_of"]
+__all__ = ["Catalog", "decode_record", "error_of", "execution_summary"]

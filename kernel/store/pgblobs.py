@@ -1,0 +1,190 @@
+"""Checkpoint blobs in Postgres: the same API as :class:`kernel.store.blobs.BlobStore`,
+stored in the engine's own database so every machine can reach them.
+
+A blob is a header row in ``pyrepl3.blobs`` (digest, size, chunk count) and its
+bytes in ``pyrepl3.blob_chunks`` as ``CHUNK``-sized ``bytea`` rows. Header and
+chunks are written in one transaction, so a reader sees a complete blob or
+none; the header insert (``ON CONFLICT DO NOTHING``) decides which of two
+kernels writing the same content does the work.
+
+Streaming both ways keeps a large value in memory once: writes ``COPY`` slices
+of the caller's buffer; reads stream the chunks (single-row mode) into one
+preallocated buffer, hashing as they arrive. The SHA-256 name is checked
+before anything is unpickled, as on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from kernel.config import redact
+from kernel.errors import StoreError
+from kernel.store.blobs import HASH_NAME, BlobCorruptError, BlobMissingError, byte_view, digest_of
+from kernel.store.pg import PgLink, unreachable
+
+#: Bytes per chunk row: big enough that round trips don't matter, small enough
+#: that one chunk in flight is noise next to the value itself.
+CHUNK = 4 << 20
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class PgBlobStore:
+    """Immutable, content-addressed blobs in the ``pyrepl3`` schema of ``link``'s database."""
+
+    def __init__(self, link: PgLink, *, chunk_size: int = CHUNK) -> None:
+        self.link = link
+        self.chunk_size = chunk_size
+        self._batch: psycopg.Transaction | None = None
+        self.where = redact(link.dsn)
+
+    # -- naming ----------------------------------------------------------------
+
+    @staticmethod
+    def _check(digest: str) -> str:
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise StoreError(f"not a blob digest: {digest!r}")
+        return digest
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        with self.link.lock:
+            try:
+                yield self.link.conn
+            except psycopg.OperationalError as exc:
+                raise unreachable(self.link.dsn, exc) from None
+
+    def has(self, digest: str) -> bool:
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM pyrepl3.blobs WHERE digest = %s", (self._check(digest),)).fetchone() is not None
+
+    def size(self, digest: str) -> int:
+        with self._conn() as conn:
+            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (self._check(digest),)).fetchone()
+        if row is None:
+            raise BlobMissingError(f"blob {digest} is missing (Postgres blob store at {self.where})")
+        return int(row[0])
+
+    # -- writing ---------------------------------------------------------------
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        view = byte_view(data)
+        digest = digest_of(view)
+        self._store(digest, view)
+        return digest
+
+    def put_many(self, buffers: Sequence[object]) -> list[tuple[str, int]]:
+        out = []
+        with self.batch():
+            for buf in buffers:
+                view = byte_view(buf)
+                digest = digest_of(view)
+                out.append((digest, self._store(digest, view)))
+        return out
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write every blob inside the block in one transaction (one commit, not one per blob)."""
+        if self._batch is not None:
+            yield
+            return
+        with self._conn() as conn, conn.transaction() as tx:
+            self._batch = tx
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    def _store(self, digest: str, view: memoryview) -> int:
+        """Write ``view`` as blob ``digest`` unless it exists; return bytes written."""
+        with self._conn() as conn, conn.transaction():
+            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
+            if row is not None:
+                if int(row[0]) == view.nbytes:
+                    return 0
+                self._delete(conn, digest)  # same name, wrong size: a damaged copy
+            size = view.nbytes
+            chunks = (size + self.chunk_size - 1) // self.chunk_size
+            claimed = conn.execute(
+                "INSERT INTO pyrepl3.blobs VALUES (%s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
+                (digest, size, chunks, int(time.time() * 1000)),
+            ).rowcount
+            if not claimed:  # another kernel wrote the same content just now
+                return 0
+            if chunks:
+                with conn.cursor().copy("COPY pyrepl3.blob_chunks (digest, seq, data) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "int4", "bytea"])
+                    for seq in range(chunks):
+                        start = seq * self.chunk_size
+                        copy.write_row((digest, seq, view[start : start + self.chunk_size]))
+        return size
+
+    @staticmethod
+    def _delete(conn: psycopg.Connection[Any], digest: str) -> None:
+        conn.execute("DELETE FROM pyrepl3.blob_chunks WHERE digest = %s", (digest,))
+        conn.execute("DELETE FROM pyrepl3.blobs WHERE digest = %s", (digest,))
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, digest: str) -> bytearray:
+        """The blob's bytes, verified against its digest."""
+        self._check(digest)
+        with self._conn() as conn:
+            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
+            if row is None:
+                raise BlobMissingError(f"blob {digest} is missing (Postgres blob store at {self.where})")
+            size = int(row[0])
+            data = bytearray(size)
+            view = memoryview(data)
+            hasher = hashlib.new(HASH_NAME)
+            got = 0
+            problem = ""
+            cursor = conn.cursor(binary=True)
+            for (chunk,) in cursor.stream("SELECT data FROM pyrepl3.blob_chunks WHERE digest = %s ORDER BY seq", (digest,)):
+                n = len(chunk)
+                if got + n > size:
+                    problem = f"its chunks hold more than {size} bytes"
+                    break
+                view[got : got + n] = chunk
+                hasher.update(chunk)
+                got += n
+            if not problem and got != size:
+                problem = f"short read ({got} of {size} bytes)"
+            if not problem and hasher.hexdigest() != digest:
+                problem = f"its content hashes to {hasher.hexdigest()}"
+            if problem:
+                self._corrupt(conn, digest, problem)
+        return data
+
+    def open_buffer(self, digest: str) -> object:
+        """A private, writable buffer with the blob's verified bytes (for out-of-band pickle buffers)."""
+        return self.get(digest)
+
+    def open_buffers(self, digests: Iterable[str]) -> list[object]:
+        out: list[object] = []
+        for digest in digests:
+            try:
+                out.append(self.open_buffer(digest))
+            except StoreError as exc:
+                out.append(exc)
+        return out
+
+    def _corrupt(self, conn: psycopg.Connection[Any], digest: str, why: str) -> None:
+        """Drop a corrupt blob (so the next checkpoint writes it again) and raise."""
+        with contextlib.suppress(psycopg.Error), conn.transaction():
+            self._delete(conn, digest)
+        raise BlobCorruptError(
+            f"blob {digest} in the Postgres blob store at {self.where} is corrupt: {why}; it was removed"
+        )
+
+    def close(self) -> None:
+        """The connection belongs to the engine; nothing to release here."""
+
+
+__all__ = ["CHUNK", "PgBlobStore"]
