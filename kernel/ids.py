@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 EXEC_PREFIX = "exec:"
 
 
@@ -45,3 +48,40 @@ def execution_of(promise_id: str) -> str | None:
     if not promise_id.startswith(EXEC_PREFIX):
         return None
     return ":".join(promise_id.split(":")[:2])
+
+
+class ChildNumbering:
+    """Numbers the child promises (prompts, steps) of the running execution.
+
+    Numbering restarts at 1 for every run of an execution, which is what makes a
+    resumed execution find its earlier children under the same ids.
+    """
+
+    def __init__(self) -> None:
+        self.execution_id: str | None = None
+        self._count = 0
+
+    def begin(self, execution_id: str) -> None:
+        self.execution_id, self._count = execution_id, 0
+
+    def end(self) -> None:
+        self.execution_id = None
+
+    @contextlib.contextmanager
+    def executing(self, execution_id: str) -> Iterator[None]:
+        """Number this execution's children from 1; restore the outer one after
+        (a resumed execution runs nested inside the ``%durable resume`` cell)."""
+        saved = (self.execution_id, self._count)
+        self.begin(execution_id)
+        try:
+            yield
+        finally:
+            self.execution_id, self._count = saved
+
+    def next_child(self, make_id: Callable[[str, int], str], what: str) -> str:
+        if self.execution_id is None:
+            from kernel.errors import PyRepl3Error
+
+            raise PyRepl3Error(f"{what} can only be used inside a cell's execution")
+        self._count += 1
+        return make_id(self.execution_id, self._count)

@@ -12,8 +12,6 @@ answered, so a replay asks again, and it cannot be answered out of band.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import logging
 import shlex
@@ -26,7 +24,7 @@ from typing import Any, Protocol
 from resonate.types import PromiseRecord
 
 from kernel.errors import PromiseTimeoutError, PyRepl3Error
-from kernel.ids import input_id
+from kernel.ids import ChildNumbering, input_id
 from kernel.runtime import DurableRuntime
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,7 @@ class StdinChannel(Protocol):
     def poll_reply(self, timeout: float) -> str | None: ...
 
 
-class PromptBroker:
+class PromptBroker(ChildNumbering):
     """Turns prompts of the current execution into promises and waits for answers.
 
     ``timeout`` (seconds) and ``timeout_setting`` (the name users change) come
@@ -85,26 +83,7 @@ class PromptBroker:
         self.timeout_setting = timeout_setting
         self.answer_command = answer_command
         self._clock = clock
-        self.execution_id: str | None = None
-        self._count = 0
-
-    def begin(self, execution_id: str) -> None:
-        """Start numbering prompts for an execution (again from 1 on a re-run)."""
-        self.execution_id, self._count = execution_id, 0
-
-    def end(self) -> None:
-        self.execution_id = None
-
-    @contextlib.contextmanager
-    def executing(self, execution_id: str) -> Iterator[None]:
-        """Number this execution's promises from 1; restore the outer one after
-        (a resumed execution runs nested inside the ``%durable resume`` cell)."""
-        saved = (self.execution_id, self._count)
-        self.begin(execution_id)
-        try:
-            yield
-        finally:
-            self.execution_id, self._count = saved
+        super().__init__()
 
     # -- public asks ----------------------------------------------------------
 
@@ -151,10 +130,7 @@ class PromptBroker:
     # -- machinery ------------------------------------------------------------
 
     def _open(self, param: dict[str, Any]) -> tuple[PromiseRecord, str]:
-        if self.execution_id is None:
-            raise PyRepl3Error("prompts are only durable inside a cell's execution")
-        self._count += 1
-        pid = input_id(self.execution_id, self._count)
+        pid = self.next_child(input_id, "durable prompts")
         timeout_at = int((self._clock() + self.timeout) * 1000)
         param = {**param, "execution_id": self.execution_id, "n": self._count, "timeout": self.timeout}
         record = self.runtime.create(pid, timeout_at, param, {"resonate:external": "true", "pyrepl3:kind": "input"})

@@ -15,8 +15,6 @@ with a galloping search over ids, so it needs no search API from the engine.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import base64
 import json
@@ -28,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from kernel.errors import CheckpointNotFoundError, PyRepl3Error
-from kernel.ids import step_id
+from kernel.ids import ChildNumbering, step_id
 from kernel.runtime import DurableRuntime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -59,36 +57,15 @@ def decode_value(data: dict[str, Any]) -> Any:
     return cloudpickle.loads(base64.b64decode(data["pickle"]))
 
 
-class StepJournal:
+class StepJournal(ChildNumbering):
     def __init__(self, runtime: DurableRuntime, *, sleeper: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self._sleep = sleeper
         self._clock = clock
-        self.execution_id: str | None = None
-        self._count = 0
-
-    def begin(self, execution_id: str) -> None:
-        self.execution_id, self._count = execution_id, 0
-
-    def end(self) -> None:
-        self.execution_id = None
-
-    @contextlib.contextmanager
-    def executing(self, execution_id: str) -> Iterator[None]:
-        """Number this execution's promises from 1; restore the outer one after
-        (a resumed execution runs nested inside the ``%durable resume`` cell)."""
-        saved = (self.execution_id, self._count)
-        self.begin(execution_id)
-        try:
-            yield
-        finally:
-            self.execution_id, self._count = saved
+        super().__init__()
 
     def _next_id(self) -> str:
-        if self.execution_id is None:
-            raise PyRepl3Error("durable steps can only run inside a cell's execution")
-        self._count += 1
-        return step_id(self.execution_id, self._count)
+        return self.next_child(step_id, "durable steps")
 
     def _open(self, pid: str, param: dict[str, Any]) -> Any:
         far = int((self._clock() + 365 * 86400) * 1000)
