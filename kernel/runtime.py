@@ -91,6 +91,7 @@ class CellDispatcher:
     def __init__(self) -> None:
         self._waiting: dict[str, cf.Future[Handoff]] = {}
         self._orphans: dict[str, Orphan] = {}
+        self._recent: dict[str, cf.Future[CellOutcome]] = {}
         self._lock = threading.Lock()
         self._orphan_arrived = threading.Condition(self._lock)
 
@@ -125,10 +126,29 @@ class CellDispatcher:
                     self._orphans[execution_id] = orphan
                     self._orphan_arrived.notify_all()
         if ticket is None:
+            self._remember(execution_id, orphan.outcome)
             return await asyncio.wrap_future(orphan.outcome)
         outcome: cf.Future[CellOutcome] = cf.Future()
+        self._remember(execution_id, outcome)
         ticket.set_result(Handoff(params, outcome))
         return await asyncio.wrap_future(outcome)
+
+    #: How many recent outcomes :meth:`outcome_of` remembers.
+    REMEMBERED = 32
+
+    def _remember(self, execution_id: str, outcome: cf.Future[CellOutcome]) -> None:
+        with self._lock:
+            self._recent[execution_id] = outcome
+            while len(self._recent) > self.REMEMBERED:
+                self._recent.pop(next(iter(self._recent)))
+
+    def outcome_of(self, execution_id: str) -> CellOutcome | None:
+        """The outcome this process handed the engine for ``execution_id`` (one of
+        the last few): when the engine was lost before storing it, the session
+        that reconnects stores it then."""
+        with self._lock:
+            fut = self._recent.get(execution_id)
+        return fut.result() if fut is not None and fut.done() and not fut.cancelled() else None
 
     def take_orphan(self, execution_id: str, timeout: float) -> Orphan | None:
         """Wait up to ``timeout`` for the engine to deliver an expected orphan."""

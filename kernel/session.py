@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE = timedelta(seconds=15)
 #: Seconds between attempts to reach a lost engine again (PYREPL3_RECONNECT_SECONDS).
 DEFAULT_RECONNECT = 5.0
+#: Seconds a reconnected session waits for the engine to hand back an execution
+#: whose outcome the lost session could not store.
+CARRY_OVER_WAIT = 10.0
 
 
 @dataclass
@@ -241,12 +244,35 @@ class SessionKeeper:
                     reported = str(exc)
                     self._notice(f"durability stays off: {exc}")
                 continue
+            if old is not None:
+                self._carry_over(old, ds)
             with self._lock:
                 if self._stop.is_set():
                     ds.close()
                     return
                 self._ready = ds
             return
+
+    def _carry_over(self, old: DurableSession, new: DurableSession) -> None:
+        """Store what the lost session could not: a cell that finished while the
+        engine was away left its execution pending; its outcome is still known
+        here, so the new session settles it with that outcome (it is not
+        reported as interrupted)."""
+        for eid in list(new.interrupted):
+            outcome = old.dispatcher.outcome_of(eid)
+            if outcome is None:
+                continue
+            orphan = new.dispatcher.take_orphan(eid, CARRY_OVER_WAIT)
+            if orphan is None:
+                continue
+            new.interrupted.remove(eid)
+            orphan.outcome.set_result(outcome)
+            try:
+                new.runtime.wait_settled(eid, timeout=CARRY_OVER_WAIT)
+            except PyRepl3Error as exc:
+                log.warning("could not confirm that %s was stored after reconnecting: %s", eid, exc)
+                continue
+            self._notice(f"{eid} finished while the engine was away; its outcome is stored now")
 
     def close(self) -> None:
         self._stop.set()

@@ -46,6 +46,8 @@ class Store:
     kind: str = "embedded"
     dsn: str = ""
     ns: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    #: PYREPL3_BLOBS, for a Resonate server (``http``).
+    blobs: str = ""
 
     @property
     def shared(self) -> bool:
@@ -63,7 +65,10 @@ class Store:
         return name[: -len(self.ns) - 1] if self.shared and self.mine(name) else name
 
     def env(self) -> dict[str, str]:
-        return {"PYREPL3_STORE": self.dsn} if self.shared else {}
+        env = {"PYREPL3_STORE": self.dsn} if self.shared else {}
+        if self.blobs:
+            env["PYREPL3_BLOBS"] = self.blobs
+        return env
 
     def cli_args(self) -> list[str]:
         return ["--store", self.dsn] if self.shared else []
@@ -110,6 +115,8 @@ def cli(home: Path, *args: str, check: bool = True, store: Store | None = None) 
     store = CURRENT if store is None else store
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     args = tuple(store.session(a) if i and args[i - 1] == "--session" else a for i, a in enumerate(args))
+    if store.blobs:
+        env["PYREPL3_BLOBS"] = store.blobs
     proc = subprocess.run(
         [str(PYREPL3_CLI), "--home", str(home), *store.cli_args(), *args],
         capture_output=True,
@@ -130,14 +137,14 @@ def cli_json(home: Path, *args: str, store: Store | None = None) -> Any:
     return json.loads(cli(home, *args, "--json", store=store).stdout)
 
 
-def executions(home: Path, session: str | None = None) -> dict[str, dict[str, Any]]:
+def executions(home: Path, session: str | None = None, *, store: Store | None = None) -> dict[str, dict[str, Any]]:
     """``pyrepl3 executions --json``, keyed by promise id."""
     args = ["executions"] + (["--session", session] if session is not None else [])
-    return {row["id"]: row for row in cli_json(home, *args)}
+    return {row["id"]: row for row in cli_json(home, *args, store=store)}
 
 
-def show(home: Path, promise_id: str) -> dict[str, Any]:
-    return cli_json(home, "show", promise_id)
+def show(home: Path, promise_id: str, *, store: Store | None = None) -> dict[str, Any]:
+    return cli_json(home, "show", promise_id, store=store)
 
 
 def wait_for(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.1, what: str = "condition") -> Any:

@@ -330,6 +330,42 @@ def test_a_corrupted_blob_in_postgres_is_reported_and_the_rest_restored(kernels:
 
 
 @pytest.mark.engines("postgres")
+def test_postgres_blob_store(store: Store) -> None:
+    """The Postgres blob store keeps the file store's contract (put/get/has/size, batches, corruption)."""
+    from kernel.errors import StoreError
+    from kernel.store.blobs import BlobCorruptError, BlobMissingError, digest_of
+    from kernel.store.pg import PgLink, ensure_schema
+    from kernel.store.pgblobs import PgBlobStore
+
+    link = PgLink(store.dsn)
+    try:
+        ensure_schema(link.conn, store.dsn)
+        blobs = PgBlobStore(link, chunk_size=1000)
+        data = uuid.uuid4().bytes * 300  # 4800 bytes: 5 chunks
+        digest = blobs.put(memoryview(data))
+        assert digest == digest_of(data) and blobs.has(digest) and blobs.size(digest) == len(data)
+        assert bytes(blobs.get(digest)) == data and blobs.put(data) == digest
+        assert blobs.put_many([data, b""]) == [(digest, 0), (digest_of(b""), 0)]
+        other = uuid.uuid4().bytes * 10
+        with pytest.raises(RuntimeError), blobs.batch():
+            blobs.put(other)
+            raise RuntimeError("the batch fails: nothing in it is kept")
+        assert not blobs.has(digest_of(other))
+        with pytest.raises(BlobMissingError):
+            blobs.get(digest_of(other))
+        with pytest.raises(StoreError, match="not a blob digest"):
+            blobs.get("../../etc/passwd")
+        with link.conn.transaction():
+            link.conn.execute("UPDATE pyrepl3.blob_chunks SET data = 'x'::bytea WHERE digest = %s AND seq = 2", (digest,))
+        [problem] = blobs.open_buffers([digest])
+        assert isinstance(problem, BlobCorruptError) and "short read" in str(problem)
+        assert not blobs.has(digest), "a corrupt blob is dropped, so the next checkpoint writes it again"
+        assert blobs.put(data) == digest and bytes(blobs.get(digest)) == data
+    finally:
+        link.close()
+
+
+@pytest.mark.engines("postgres")
 def test_large_values_round_trip_through_postgres_blobs(kernels: KernelFactory, home: Path) -> None:
     k = kernels.start("big")
     k.ok("import numpy as np\nbig = np.arange(3_000_000, dtype=np.float64)\ntotal = float(big.sum())")  # 24 MB: 6 chunks
@@ -428,6 +464,14 @@ class TcpRelay:
 
     def close(self) -> None:
         self.cut()
+
+        async def settle() -> None:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        self._call(settle())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
@@ -458,7 +502,11 @@ def test_engine_lost_mid_session_then_back(kernels: KernelFactory, home: Path, r
     env = kernel_env(home, "flaky", PYREPL3_STORE=relay.dsn(store.dsn), PYREPL3_RECONNECT_SECONDS="1", PYREPL3_ENGINE_TIMEOUT="2")
     k = kernels.start(env=env)
     before = [k.ok("a = 1"), k.ok("a += 1")]
+    inflight = k.send_execute("import time\ntime.sleep(2)\nb = 'made while the engine went away'\nprint(b)")
+    wait_for(lambda: executions(home, "flaky").get(exec_id(inflight), {}).get("state") == "pending", what="the cell to start")
     relay.cut()
+    mid = k.collect(inflight)
+    assert mid.content["status"] == "ok" and mid.stream("stdout") == "made while the engine went away\n"
     offline = k.ok("print('offline', a)")
     assert offline.stream("stdout") == "offline 2\n", "the kernel keeps executing code"
     notice = offline.stream("stderr")
@@ -467,12 +515,17 @@ def test_engine_lost_mid_session_then_back(kernels: KernelFactory, home: Path, r
     relay.up()
     runs = keep_running_until(k, "durability is back on")
     assert "the namespace was not restored" in runs[-1].stream("stderr"), "what ran meanwhile is kept"
+    said = "".join(r.stream("stderr") for r in [offline, still, *runs])
+    assert f"{exec_id(inflight)} finished while the engine was away; its outcome is stored now" in said, said
     after = k.ok("print(a)")
     assert after.stream("stdout") == "12\n" and after.stream("stderr") == ""
     rows = executions(home, "flaky")
     for run in before:
         assert rows[exec_id(run.msg_id)]["state"] == "resolved", "nothing settled before is lost"
     assert rows[exec_id(after.msg_id)]["state"] == "resolved", "durable again"
+    stored = show(home, exec_id(inflight))
+    assert stored["state"] == "resolved", "the cell that finished during the outage is stored with its outcome"
+    assert stored["value"]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "made while the engine went away\n"}]
     assert exec_id(offline.msg_id) not in rows and exec_id(still.msg_id) not in rows
 
 
@@ -527,3 +580,121 @@ def test_recovery_after_kill_9_does_not_wait_for_the_lease(
         assert rec["state"] == "resolved" and rec["value"]["outputs"][0]["text"] == "finished\n"
     else:
         assert rec["state"] == "rejected" and rec["error"]["ename"] == "KernelExitInterruption"
+
+
+# -- a Resonate server over HTTP ---------------------------------------------------------------
+
+
+class ResonateHttpFront:
+    """A Resonate server's HTTP face -- ``POST /`` for requests, ``GET /poll/{group}/{pid}``
+    for Server-Sent Events -- over resonate-pg, whose stored procedures *are* the protocol.
+    No server binary is available here; this serves the real protocol state machine
+    (resonate-pg) through the transport the SDK's HttpConnection/SSEConnection speak."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.port = dead_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="resonate-http", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(20)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _start(self) -> None:
+        from aiohttp import web
+        from psycopg_pool import AsyncConnectionPool
+
+        self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=8, open=False, kwargs={"autocommit": True})
+        await self._pool.open(wait=True, timeout=10)
+        app = web.Application()
+        app.router.add_post("/", self._rpc)
+        app.router.add_get("/poll/{group}/{pid}", self._poll)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)  # SSE streams never end by themselves
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _rpc(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.text()
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute("SELECT resonate.resonate_rpc(%s::text::jsonb)::text", (body,))).fetchone()
+        return web.Response(text=row[0], content_type="application/json")
+
+    async def _poll(self, request: Any) -> Any:
+        from aiohttp import web
+        from resonate_pg.wire import execute_message, unblock_message
+
+        group, pid = request.match_info["group"], request.match_info["pid"]
+        anycast, unicast = f"poll://any@{group}", f"poll://uni@{group}/{pid}"
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            while True:
+                async with self._pool.connection() as conn:
+                    await conn.execute("SELECT resonate.process_timeouts()")
+                    out = []
+                    for address in (anycast, unicast):
+                        cur = await conn.execute("SELECT task_id, version FROM resonate.dequeue_execute(%s, 100)", (address,))
+                        out += [execute_message(str(t), int(v)) for t, v in await cur.fetchall()]
+                    cur = await conn.execute("SELECT promise::text FROM resonate.dequeue_unblock(%s, 100)", (unicast,))
+                    out += [unblock_message(p) for (p,) in await cur.fetchall()]
+                for msg in out:
+                    await resp.write(f"data: {msg}\n\n".encode())
+                await asyncio.sleep(0.05)
+        except ConnectionError:  # the client went away
+            return resp
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+            await self._pool.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(20)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def resonate_server(store: Store) -> Any:
+    front = ResonateHttpFront(store.dsn)
+    yield front
+    front.close()
+
+
+@pytest.mark.engines("postgres")
+@pytest.mark.parametrize("blobs", ["directory", "postgres"])
+def test_resonate_server_engine(
+    kernels: KernelFactory, home: Path, tmp_path: Path, store: Store, resonate_server: ResonateHttpFront, blobs: str
+) -> None:
+    shared = str(tmp_path / "shared") if blobs == "directory" else store.dsn
+    http = Store("http", resonate_server.url, store.ns, blobs=shared)
+    env = kernel_env(home, "over-http", store=http)
+    k = kernels.start(env=env)
+    first = k.ok("import numpy as np\nvalues = np.arange(10)\nprint(values.sum())")
+    assert first.stream("stdout") == "45\n" and first.stream("stderr") == ""
+    assert "store:   http engine at " + resonate_server.url in k.ok("%durable").stream("stdout")
+    asking = k.send_execute("name = input('name? ')", allow_stdin=False)
+    pending = wait_for(lambda: cli_json(home, "pending", store=http), what="the prompt")
+    assert [p["id"] for p in pending] == [f"exec:{asking}:input:1"]
+    cli(home, "answer", pending[0]["id"], "over http", store=http)
+    assert k.collect(asking).content["status"] == "ok"
+    running = k.send_execute("import time\ntime.sleep(600)")
+    wait_for(lambda: executions(home, "over-http", store=http).get(exec_id(running), {}).get("state") == "pending",
+             what="the long cell to be stored as pending")
+    k.kill9()
+    again = kernels.start(env=env)
+    run = again.ok("print(values.sum(), name)")
+    assert run.stream("stdout") == "45 over http\n" and "namespace of execution" in run.stream("stderr")
+    interrupted = wait_for(lambda: (r := show(home, exec_id(running), store=http))["state"] != "pending" and r,
+                           what="the interrupted execution settled")
+    assert interrupted["error"]["ename"] == "KernelExitInterruption"
+    rows = executions(home, "over-http", store=http)
+    assert rows[exec_id(first.msg_id)]["state"] == "resolved" and rows[exec_id(run.msg_id)]["state"] == "resolved"

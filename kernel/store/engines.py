@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from resonate_base.connections import Network, Source
 
-from kernel.config import EngineSpec, float_setting, redact, resolve_blobs, resolve_engine, resolve_home, store_path
+from kernel.config import EngineSpec, bool_setting, float_setting, redact, resolve_blobs, resolve_engine, resolve_home, store_path
 from kernel.errors import ConfigurationError, PyRepl3Error
 from kernel.store.locks import session_key
 
@@ -90,9 +90,11 @@ class Engine:
 class EmbeddedEngine(Engine):
     """The SQLite store under ``home`` (or under the path ``PYREPL3_STORE`` names)."""
 
-    def __init__(self, spec: EngineSpec, home: Path) -> None:
+    def __init__(self, spec: EngineSpec, home: Path, *, fsync: bool = False) -> None:
         self.spec = spec
         self.home = Path(spec.target).expanduser() if spec.target else home
+        #: PYREPL3_FSYNC: survive power loss too (SQLite synchronous=FULL, fsynced blobs).
+        self._durability = {"fsync": True} if fsync else {}
         if self.home.exists() and not self.home.is_dir():
             raise ConfigurationError(f"{spec.setting} points at {self.home}, which is not a directory")
         self.path = store_path(self.home)
@@ -110,7 +112,7 @@ class EmbeddedEngine(Engine):
     def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
         from kernel.store.embedded import EmbeddedStore
 
-        self._store = EmbeddedStore(self.path, session, pid=pid)
+        self._store = EmbeddedStore(self.path, session, pid=pid, **self._durability)
         return self._store, None
 
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
@@ -125,7 +127,7 @@ class EmbeddedEngine(Engine):
     def blobs(self) -> Any:
         from kernel.store.blobs import BlobStore
 
-        return BlobStore(self.home / "blobs")
+        return BlobStore(self.home / "blobs", **self._durability)
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> dict[str, Any]:
         from kernel.store.outside import settle_from_outside
@@ -241,7 +243,7 @@ def open_engine(
     if timeout is None:
         timeout = float_setting(env, "PYREPL3_ENGINE_TIMEOUT", 5.0) or 5.0
     if spec.kind == "embedded":
-        return EmbeddedEngine(spec, resolve_home(env, home))
+        return EmbeddedEngine(spec, resolve_home(env, home), fsync=bool_setting(env, "PYREPL3_FSYNC", False))
     if spec.kind == "postgres":
         return PostgresEngine(spec, timeout=timeout)
     from kernel.store.remote import HttpEngine

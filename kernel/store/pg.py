@@ -50,23 +50,24 @@ from kernel.models import ExecutionSummary
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds to wait for a connection (connect, or a free pooled one) before the
 #: engine counts as unreachable.
 DEFAULT_TIMEOUT = 5.0
+#: Seconds a pooled connection may sit idle before it is checked on checkout.
+CHECK_AFTER_IDLE = 2.0
 SESSION_TAG = "pyrepl3:session"  # = kernel.runtime.SESSION_TAG (not imported: no cycle)
 
 DDL = """
-CREATE SCHEMA IF NOT EXISTS pyrepl3;
 CREATE TABLE IF NOT EXISTS pyrepl3.meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS pyrepl3.promises (
     id text PRIMARY KEY,
     session text NOT NULL,
     kind text NOT NULL,
-    created_at bigint NOT NULL,
-    -- Terminal state once seen (used by the http engine, whose promises live elsewhere).
-    state text
+    created_at bigint NOT NULL
 );
+-- 2: the terminal state once seen (the http engine's promises live on the server).
+ALTER TABLE pyrepl3.promises ADD COLUMN IF NOT EXISTS state text;
 CREATE INDEX IF NOT EXISTS promises_by_session ON pyrepl3.promises (session, kind, created_at);
 CREATE INDEX IF NOT EXISTS promises_by_kind ON pyrepl3.promises (kind, created_at);
 CREATE TABLE IF NOT EXISTS pyrepl3.sessions (
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS pyrepl3.blob_chunks (
 );
 -- Pickles and array buffers rarely compress; don't spend CPU trying (TOAST, no pglz).
 ALTER TABLE pyrepl3.blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
-INSERT INTO pyrepl3.meta VALUES ('schema', '1') ON CONFLICT (key) DO NOTHING;
+INSERT INTO pyrepl3.meta VALUES ('schema', '2') ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 """
 
 RPC_SQL = "SELECT resonate.resonate_rpc(%s::text::jsonb)::text"
@@ -152,11 +153,14 @@ def ensure_schema(conn: psycopg.Connection[Any], dsn: str, *, resonate: bool = T
             if version is not None and int(version[0]) > SCHEMA_VERSION:
                 msg = f"the pyrepl3 schema at {redact(dsn)} has version {version[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
                 raise StoreError(msg)
-            if version is not None:
+            if version is not None and int(version[0]) == SCHEMA_VERSION:
                 return
         with conn.transaction():
             # Two kernels creating the schema at once would race on the catalogs.
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('pyrepl3:schema', 0))")
+            # An administrator may have made the schema for a role without CREATE on the database.
+            if conn.execute("SELECT to_regnamespace('pyrepl3') IS NULL").fetchone()[0]:  # type: ignore[index]
+                conn.execute("CREATE SCHEMA pyrepl3")
             conn.execute(DDL)
     except psycopg.OperationalError as exc:
         raise unreachable(dsn, exc) from None
@@ -281,12 +285,21 @@ class PgPool:
         self._max_size = max_size
         self._pool: AsyncConnectionPool | None = None
         self._lock: Any = None
+        self._used: dict[int, float] = {}
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Any]:
         pool = await self._ensure_pool()
         async with pool.connection(timeout=self._timeout) as conn:
             yield conn
+            self._used[id(conn)] = time.monotonic()
+
+    async def _check(self, conn: Any) -> None:
+        """Check a pooled connection on checkout -- unless it worked a moment ago:
+        a connection the server dropped (restart, network cut) is replaced
+        instead of failing the request, without a round trip per request."""
+        if time.monotonic() - self._used.get(id(conn), 0.0) > CHECK_AFTER_IDLE:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def dedicated(self) -> Any:
         return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, connect_timeout=max(2, int(self._timeout)))
@@ -310,10 +323,10 @@ class PgPool:
                         max_size=self._max_size,
                         open=False,
                         timeout=self._timeout,
-                        kwargs={"connect_timeout": max(2, int(self._timeout))},
-                        # A pooled connection the server dropped (restart, network cut) is
-                        # replaced on checkout instead of failing the request.
-                        check=AsyncConnectionPool.check_connection,
+                        # One statement per request (each resonate-pg action is a single
+                        # function call): autocommit saves the BEGIN and COMMIT round trips.
+                        kwargs={"connect_timeout": max(2, int(self._timeout)), "autocommit": True},
+                        check=self._check,
                         reconnect_timeout=60.0,
                     )
                     await pool.open(wait=False)
@@ -346,6 +359,15 @@ class PgNetwork(PostgresConnection):
     def __init__(self, dsn: str, *, pid: str, group: str, timeout: float = DEFAULT_TIMEOUT, drive_timers: bool = True) -> None:
         super().__init__(sessions=PgPool(dsn, timeout=timeout), pid=pid, group=group, drive_timers=drive_timers)
         self._dsn = dsn
+        self._timers_at = 0.0
+
+    async def _fire_timers(self) -> None:
+        """Pump resonate-pg's timers once per tick, not on every wake-up: a cell's
+        hand-off (a NOTIFY) then does not wait for a scan of due timeouts."""
+        now = time.monotonic()
+        if now - self._timers_at >= self._tick:
+            self._timers_at = now
+            await super()._fire_timers()
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         if self._stopped:

@@ -41,7 +41,7 @@ class PgBlobStore:
     def __init__(self, link: PgLink, *, chunk_size: int = CHUNK) -> None:
         self.link = link
         self.chunk_size = chunk_size
-        self._batch: psycopg.Transaction | None = None
+        self._batch: contextlib.ExitStack | None = None
         self.where = redact(link.dsn)
 
     # -- naming ----------------------------------------------------------------
@@ -90,19 +90,31 @@ class PgBlobStore:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Write every blob inside the block in one transaction (one commit, not one per blob)."""
+        """Write every blob inside the block in one transaction (one commit, not
+        one per blob), begun by the first write: a block that writes nothing costs nothing."""
         if self._batch is not None:
             yield
             return
-        with self._conn() as conn, conn.transaction() as tx:
-            self._batch = tx
-            try:
-                yield
-            finally:
-                self._batch = None
+        self._batch = contextlib.ExitStack()
+        try:
+            yield
+        except BaseException as exc:
+            self._batch.__exit__(type(exc), exc, exc.__traceback__)  # rolls back
+            raise
+        else:
+            self._batch.close()  # commits
+        finally:
+            self._batch = None
+
+    def _begin_batch(self) -> None:
+        if self._batch is not None and not getattr(self._batch, "begun", False):
+            conn = self._batch.enter_context(self._conn())
+            self._batch.enter_context(conn.transaction())
+            self._batch.begun = True  # type: ignore[attr-defined]
 
     def _store(self, digest: str, view: memoryview) -> int:
         """Write ``view`` as blob ``digest`` unless it exists; return bytes written."""
+        self._begin_batch()
         with self._conn() as conn, conn.transaction():
             row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
             if row is not None:
