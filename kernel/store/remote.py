@@ -340,7 +340,10 @@ class HttpEngine(Engine):
             except BaseException:
                 self.link.close()
                 raise
-            self.index: Any = PgIndex(self.link)
+            # Its own connection: the runtime thread writes the index while the
+            # main thread may be in the middle of a long blob transaction.
+            self._index_link = PgLink(blobs.target, timeout=self.timeout)
+            self.index: Any = PgIndex(self._index_link)
         else:
             self.shared = Path(blobs.target)
             self.index = SqliteIndex(self.shared / "index.sqlite3")
@@ -408,6 +411,7 @@ class HttpEngine(Engine):
     def close(self) -> None:
         if self.link is not None:
             self.link.close()
+            self._index_link.close()
         else:
             self.index.close()
 
