@@ -160,7 +160,7 @@ class RestoreReport:
         """One line for the user: what came back and what did not, and why."""
         n = len(self.restored)
         shown = ", ".join(self.restored[:8]) + (", …" if n > 8 else "")
-        text = f"restored {n} name{'' if n == 1 else 's'}" + (f" ({shown})" if n else "")
+        text = f"restored {n} name{'' if n == 1 else 's'}" + (f" ({shown})" if n else "") + f" in {self.seconds:.2f}s"
         if self.skipped:
             text += "; skipped " + "; ".join(f"{name}: {why}" for name, why in sorted(self.skipped.items()))
         return text

@@ -27,11 +27,24 @@ from kernel.errors import EngineConnectionError, PyRepl3Error
 from kernel.ids import exec_id
 from kernel.models import CellError, CellResult, ExecutionParams, Timings
 from kernel.outputs import OutputRecorder, publish
-from kernel.runtime import Orphan, interrupted_by_exit
+from kernel.runtime import Orphan, ResolvedPromise, interrupted_by_exit
 from kernel.session import DurableSession, SessionKeeper, reconnect_interval
 from kernel.store.catalog import error_of
 
 log = logging.getLogger(__name__)
+
+
+def _route_logs() -> None:
+    """Send PyREPL3's log records to the kernel process's real stderr (the
+    terminal or the Jupyter server log). Without a handler, Python would print
+    them on ``sys.stderr``, which ipykernel redirects into the running cell."""
+    package = logging.getLogger("kernel")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(logging.Formatter("[PyREPL3] %(levelname)s | %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO if os.environ.get("PYREPL3_DEBUG") else logging.WARNING)
+        package.propagate = False
 
 #: Seconds to wait for the engine to re-deliver an execution a dead kernel left pending.
 ORPHAN_WAIT = 10.0
@@ -84,6 +97,7 @@ class DurableKernel(IPythonKernel):
     )
 
     def __init__(self, **kwargs: Any) -> None:
+        _route_logs()
         super().__init__(**kwargs)
         if os.environ.get("PYREPL3_NOTICES"):
             self.notices_to = os.environ["PYREPL3_NOTICES"]
@@ -133,32 +147,43 @@ class DurableKernel(IPythonKernel):
                 # Continue the session's numbering, so "after execution N" stays unambiguous.
                 self.shell.execution_count = checkpoint.execution_count + 1
 
-    def _checkpoint(self, ds: DurableSession, code: str, execution_count: int | None, msg_id: str | None) -> None:
-        """Checkpoint the namespace after an execution; report newly skipped names once."""
+    def _capture(self, ds: DurableSession, code: str, execution_count: int | None, msg_id: str | None) -> list[ResolvedPromise]:
+        """Checkpoint the namespace after an execution (the promise that makes it
+        the latest is returned for the caller to store); report newly skipped names once."""
         try:
             transformed = self.shell.transform_cell(code)
         except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
             transformed = None
         try:
-            report = ds.checkpoints.save(self.shell.user_ns, code=transformed, execution_count=execution_count, msg_id=msg_id)
+            promise, report = ds.checkpoints.capture(
+                self.shell.user_ns, code=transformed, execution_count=execution_count, msg_id=msg_id
+            )
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
             log.exception("checkpoint failed")
             self._notice(f"the namespace after execution {execution_count} was not checkpointed: {type(exc).__name__}: {exc}")
-            return
-        fresh = {n: why for n, why in report.skipped.items() if self._skipped_reported.get(n) != why}
+            return []
+        # Report a name when it starts being skipped, not again every cell (its
+        # reason may be worded differently from one capture to the next).
+        fresh = {n: why for n, why in report.skipped.items() if n not in self._skipped_reported}
         self._skipped_reported = dict(report.skipped)
         if fresh:
             listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
             self._notice(f"not saved in the checkpoint: {listed}")
+        return [promise]
 
     # -- user-facing notices -------------------------------------------------
 
     def _notice(self, text: str) -> None:
         """Queue a one-line message for the user; shown on the next cell's stderr
-        (or only logged, to the kernel's stderr, with ``notices = "log"``)."""
-        log.warning("PyREPL3: %s", text)
+        (or only logged, to the kernel's stderr, with ``notices = "log"``).
+
+        Logged at INFO when it goes to the cell: ipykernel forwards the process's
+        own stderr into the running cell too, so a WARNING would show it twice."""
         if self.notices_to == "cell":
+            log.info("PyREPL3: %s", text)
             self.notices.append(f"PyREPL3: {text}\n")
+        else:
+            log.warning("PyREPL3: %s", text)
 
     def _flush_notices(self, parent: dict[str, Any]) -> None:
         if not self.notices:
@@ -320,14 +345,16 @@ class DurableKernel(IPythonKernel):
                 )
             raise
         outcome.set_result(result)
+        # The runtime thread settles exec:<msg_id> while this thread captures the
+        # namespace; then one trip stores the checkpoint once the execution is stored.
+        checkpoint = self._capture(ds, args[0], execution_count, msg_id)
         try:
             try:
-                ds.runtime.wait_stored(eid)
+                ds.runtime.store_resolved(checkpoint, after=eid)
             except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
-                ds.runtime.wait_stored(eid)
+                ds.runtime.store_resolved([], after=eid)
         except PyRepl3Error as exc:
-            self._notice(f"could not confirm that {eid} was stored: {exc}")
-        self._checkpoint(ds, args[0], execution_count, msg_id)
+            self._notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}")
         self._flush_notices(self.get_parent("shell") or {})
         return reply
 
@@ -427,8 +454,7 @@ class DurableKernel(IPythonKernel):
                     timings=timings,
                 )
             )
-        ds.runtime.wait_stored(eid)
-        self._checkpoint(ds, params.code, params.execution_count, params.msg_id)
+        ds.runtime.store_resolved(self._capture(ds, params.code, params.execution_count, params.msg_id), after=eid)
         state = "completed" if err is None else f"failed ({type(err).__name__})"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 

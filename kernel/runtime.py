@@ -51,6 +51,17 @@ class CellFailed(Exception):
 
 
 @dataclass
+class ResolvedPromise:
+    """A promise to create and resolve in one go (a checkpoint manifest, say)."""
+
+    id: str
+    timeout_at_ms: int
+    param: Any
+    tags: dict[str, str]
+    value: Any
+
+
+@dataclass
 class Handoff:
     """What the main thread receives when its execution starts."""
 
@@ -308,10 +319,6 @@ class DurableRuntime:
         """Block until the promise is settled; return its (decoded) record."""
         return self.call(self._wait_settled(promise_id), timeout=timeout)
 
-    def wait_stored(self, promise_id: str, timeout: float | None = None) -> None:
-        """Block until the promise is settled (cheaper: no final read)."""
-        self.call(self._wait_settled(promise_id, read=False), timeout=timeout)
-
     async def _wait_settled(self, promise_id: str, *, read: bool = True) -> Any:
         assert self.resonate is not None
         handle = await self.resonate.get(promise_id)
@@ -347,6 +354,20 @@ class DurableRuntime:
         promises = self.resonate.promises
         op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
         return self.call(op(promise_id, Value(data=data)))
+
+    def store_resolved(self, promises: list[ResolvedPromise], *, after: str | None = None) -> None:
+        """Create and resolve ``promises`` -- after ``after`` is settled, if given --
+        in one trip to the runtime thread (the end of every cell does this)."""
+        self.call(self._store_resolved(promises, after))
+
+    async def _store_resolved(self, promises: list[ResolvedPromise], after: str | None) -> None:
+        assert self.resonate is not None
+        if after is not None:
+            await self._wait_settled(after, read=False)
+        api = self.resonate.promises
+        for p in promises:
+            await api.create(p.id, p.timeout_at_ms, Value(data=p.param), {**p.tags, SESSION_TAG: self.session})
+            await api.resolve(p.id, Value(data=p.value))
 
     def watch(self, promise_id: str) -> cf.Future[PromiseRecord]:
         """A future that completes with the record once the promise is settled,

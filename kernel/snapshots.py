@@ -22,7 +22,7 @@ from typing import Any
 
 from kernel.checkpoint import CaptureReport, Checkpointer, Manifest, RestoreReport
 from kernel.errors import CheckpointNotFoundError
-from kernel.runtime import DurableRuntime
+from kernel.runtime import DurableRuntime, ResolvedPromise
 from kernel.signing import Signer
 from kernel.store.locks import session_key
 
@@ -71,11 +71,12 @@ class NamespaceCheckpoints:
 
     # -- saving ----------------------------------------------------------------
 
-    def save(self, namespace: dict, *, code: str | None, execution_count: int | None, msg_id: str | None) -> CaptureReport:
+    def capture(self, namespace: dict, *, code: str | None, execution_count: int | None, msg_id: str | None) -> tuple[ResolvedPromise, CaptureReport]:
+        """Capture the namespace (every blob durable on return) and prepare the
+        promise that makes it the latest checkpoint; the caller stores it."""
         manifest, report = self.checkpointer.capture(namespace, code=code, previous=self.previous)
         body = manifest.model_dump(mode="json")
         self._seq += 1
-        pid = f"{self._prefix}{self._seq:010d}"
         value = {
             "manifest": body,
             "signature": self.signer.digest(canonical(body)),
@@ -83,11 +84,15 @@ class NamespaceCheckpoints:
             "msg_id": msg_id,
             "size": manifest.total_size,
         }
-        far = int((time.time() + 10 * 365 * 86400) * 1000)
-        self.runtime.create(pid, far, {"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id}, {"pyrepl3:kind": "checkpoint"})
-        self.runtime.settle(pid, "resolved", value)
+        promise = ResolvedPromise(
+            id=f"{self._prefix}{self._seq:010d}",
+            timeout_at_ms=int((time.time() + 10 * 365 * 86400) * 1000),
+            param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id},
+            tags={"pyrepl3:kind": "checkpoint"},
+            value=value,
+        )
         self.previous = manifest
-        return report
+        return promise, report
 
     # -- reading ---------------------------------------------------------------
 

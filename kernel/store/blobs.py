@@ -66,8 +66,12 @@ def byte_view(data: object) -> memoryview:
 class BlobStore:
     """Immutable blobs under ``root`` (``<store home>/blobs``), named by their SHA-256."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+        """``fsync``: make every blob survive power loss, not only a crash of the
+        process (the same promise the SQLite store makes with ``synchronous=FULL``);
+        it costs about 0.8 ms per checkpoint that writes anything."""
         self.root = Path(root)
+        self.fsync = fsync
         self._tmp = self.root / "tmp"
         self._quarantine = self.root / "corrupt"
         try:
@@ -168,7 +172,7 @@ class BlobStore:
             self._sync_later(self.root)
         temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
         try:
-            self._write(temp, view)
+            self._write(temp, view, self.fsync)
             os.replace(temp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -178,8 +182,8 @@ class BlobStore:
         return view.nbytes
 
     @staticmethod
-    def _write(temp: Path, view: memoryview) -> None:
-        """Write and fsync ``view`` to a new file ``temp``, straight from the caller's memory."""
+    def _write(temp: Path, view: memoryview, fsync: bool) -> None:
+        """Write (and, if asked, fsync) ``view`` to a new file ``temp``, straight from the caller's memory."""
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             if view.nbytes >= _WRITE_CHUNK:
@@ -188,7 +192,8 @@ class BlobStore:
             offset = 0
             while offset < view.nbytes:
                 offset += os.write(fd, view[offset : offset + _WRITE_CHUNK])
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -197,6 +202,8 @@ class BlobStore:
         os.close(fd)
 
     def _sync_later(self, directory: Path) -> None:
+        if not self.fsync:
+            return
         with self._deferred_lock:
             if self._deferred is not None:
                 self._deferred.add(directory)

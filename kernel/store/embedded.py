@@ -106,7 +106,7 @@ class _StoredTask(msgspec.Struct, kw_only=True):
     resumes: list[str] = []
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False, fsync: bool = False) -> sqlite3.Connection:
     """Open the store database, creating the schema when writable.
 
     A file that is not a SQLite database, or one whose schema is newer than this
@@ -123,7 +123,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 10000")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL survives a crash of the process (kill -9); FULL also power loss.
+            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
             conn.executescript(SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
@@ -253,6 +254,7 @@ class EmbeddedStore:
         group: str = "pyrepl3",
         clock: Callable[[], int] = now_ms,
         tick_interval: float = 0.1,
+        fsync: bool = False,
     ) -> None:
         self.path = Path(path)
         self.session = session
@@ -260,7 +262,7 @@ class EmbeddedStore:
         self._group = group
         self._clock = clock
         self._tick_interval = tick_interval
-        self._db = connect(self.path)
+        self._db = connect(self.path, fsync=fsync)
         self.state = ServerState()
         self._saved: dict[str, tuple[Any, ...]] = {}
         self._saved_tasks: dict[str, tuple[Any, ...]] = {}
