@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import json
 import logging
 import threading
 import time
@@ -40,6 +41,34 @@ T = TypeVar("T")
 #: How long an execution promise may stay pending before the engine times it out.
 EXECUTION_TIMEOUT = timedelta(days=7)
 SESSION_TAG = "pyrepl3:session"
+
+
+class NoPickledErrors:
+    """The SDK codec's ``Encryptor`` seam, used to keep pickles out of promise values.
+
+    The SDK stores a rejected promise's exception as JSON plus a
+    ``__py_pickle`` payload, and unpickles that payload when a result is
+    awaited: whoever can write the engine's promises could then run code in
+    this kernel. PyREPL3 carries errors as JSON (:class:`CellError`), so the
+    payload is dropped both on the way out and on the way in. The byte search
+    keeps the common case (no error payload) a no-op.
+    """
+
+    MARK = b'"__py_pickle"'
+
+    def encrypt(self, data: bytes) -> bytes:
+        return self._strip(data)
+
+    def decrypt(self, data: bytes) -> bytes:
+        return self._strip(data)
+
+    def _strip(self, data: bytes) -> bytes:
+        if self.MARK not in data:
+            return data
+        value = json.loads(data)
+        if isinstance(value, dict):
+            value.pop("__py_pickle", None)
+        return json.dumps(value).encode()
 
 
 class CellFailed(Exception):
@@ -256,6 +285,7 @@ class DurableRuntime:
             group=self.group,
             ttl=self._ttl,
             retry_policy=Never(),
+            encryptor=NoPickledErrors(),
             env={},
             autostart=False,
         )

@@ -209,3 +209,32 @@ def test_execution_running_in_a_killed_process_is_redelivered_on_reopen(tmp_path
         assert (row.state, row.ename, row.execution_count) == ("rejected", "KernelExitInterruption", 7)
     finally:
         cat.close()
+
+
+def test_planted_pickle_in_a_rejection_is_never_unpickled(tmp_path: Path) -> None:
+    """Whoever can write the store must not be able to run code in a kernel
+    through the SDK's ``__py_pickle`` error payload."""
+    import base64
+    import pickle
+
+    from kernel.store.outside import settle_request
+
+    marker = tmp_path / "pwned"
+
+    class Exploit(Exception):
+        def __reduce__(self):  # type: ignore[override]
+            return (open, (str(marker), "w"))
+
+    store = EmbeddedStore(tmp_path / "store.sqlite3", "s")
+    runtime = DurableRuntime(store, session="s", dispatcher=CellDispatcher()).start()
+    try:
+        runtime.create("exec:planted", int(time.time() * 1000) + 60_000, {"x": 1}, {})
+        planted = {"__type": "error", "message": "boom", "__py_pickle": base64.b64encode(pickle.dumps(Exploit())).decode()}
+        store.apply(settle_request("exec:planted", "rejected", planted))
+        record = runtime.wait_settled("exec:planted", timeout=10)
+        assert record.state == "rejected"
+        assert "__py_pickle" not in record.value.data
+        assert not marker.exists()
+    finally:
+        runtime.stop()
+        store.close()
