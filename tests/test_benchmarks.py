@@ -1,0 +1,24 @@
+"""The checkpoint benchmark runs at a small size in CI (figures are printed, not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import SCRUBBED
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_checkpoint_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark itself checks every restored value after the kill -9.
+    assert "restore after kill -9" in done.stdout and "store on disk" in done.stdout
+    print(done.stdout)
