@@ -258,13 +258,6 @@ class PgSessionLock:
         self.held = True
         return self
 
-    def try_acquire(self) -> bool:
-        try:
-            self.acquire()
-        except StoreLockedError:
-            return False
-        return True
-
     def release(self) -> None:
         if self.held:
             self.held = False
