@@ -20,7 +20,7 @@ from typing import Any
 from ipykernel.ipkernel import IPythonKernel
 from resonate.types import PromiseRecord
 import zmq
-from traitlets import Enum, Float, Unicode
+from traitlets import Enum, Float, TraitError, Unicode
 
 from kernel import __version__
 from kernel.errors import EngineConnectionError, PyRepl3Error
@@ -99,15 +99,13 @@ class DurableKernel(IPythonKernel):
     def __init__(self, **kwargs: Any) -> None:
         _route_logs()
         super().__init__(**kwargs)
-        if os.environ.get("PYREPL3_NOTICES"):
-            self.notices_to = os.environ["PYREPL3_NOTICES"]
         self.notices: list[str] = []
+        self._setting_from_env("PYREPL3_NOTICES", "notices_to")
+        self._setting_from_env("PYREPL3_HEADLESS_INPUT", "headless_input")
         self._skipped_reported: dict[str, str] = {}
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
         connection_file = getattr(self.parent, "connection_file", "") or ""
-        if os.environ.get("PYREPL3_HEADLESS_INPUT"):
-            self.headless_input = os.environ["PYREPL3_HEADLESS_INPUT"]
         self.keeper = SessionKeeper(
             lambda: DurableSession.open(
                 home=self.home, store=self.store, connection_file=connection_file, input_timeout=self.input_timeout
@@ -124,6 +122,17 @@ class DurableKernel(IPythonKernel):
             self.shell.user_ns["durable"] = DurableAPI(self)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
             self._restore_namespace()
+
+    def _setting_from_env(self, variable: str, trait: str) -> None:
+        """An environment variable overrides a traitlet; a wrong value is named, not fatal."""
+        value = os.environ.get(variable)
+        if not value:
+            return
+        try:
+            setattr(self, trait, value)
+        except TraitError:
+            allowed = ", ".join(self.traits()[trait].values)
+            self._notice(f"{variable}={value!r} is not one of {allowed}; using {getattr(self, trait)!r}")
 
     def _restore_namespace(self) -> None:
         """A kernel starting for a session with checkpoints gets its namespace back."""

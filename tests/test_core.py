@@ -401,3 +401,13 @@ def test_execution_count_without_history_matches_the_reply(kernel: Kernel, home:
     rows = executions(home, kernel.session)
     assert rows[exec_id(quiet.msg_id)]["execution_count"] == quiet.content["execution_count"]
     assert rows[exec_id(after.msg_id)]["execution_count"] == after.content["execution_count"]
+
+
+def test_wrong_settings_are_named_and_not_fatal(kernels: KernelFactory, home: Path) -> None:
+    env = kernel_env(home, "bad-settings", PYREPL3_NOTICES="loud", PYREPL3_INPUT_TIMEOUT="soon")
+    kernel = kernels.start(env=env)
+    run = kernel.ok("print(6 * 7)")
+    assert run.stream("stdout") == "42\n"
+    message = run.stream("stderr")
+    assert "PYREPL3_NOTICES='loud' is not one of cell, log" in message
+    assert "durability is off: PYREPL3_INPUT_TIMEOUT='soon'" in message
