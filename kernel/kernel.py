@@ -26,8 +26,9 @@ from kernel import __version__
 from kernel.errors import EngineConnectionError, PyRepl3Error
 from kernel.ids import exec_id
 from kernel.models import CellError, CellResult, ExecutionParams, Timings
-from kernel.outputs import OutputRecorder, publish
-from kernel.runtime import Orphan, ResolvedPromise, interrupted_by_exit
+from kernel.outputs import OutputRecorder, flush_std, publish
+from kernel.resume import ResumeMixin
+from kernel.runtime import ResolvedPromise
 from kernel.session import DurableSession, SessionKeeper, reconnect_interval
 from kernel.store.catalog import error_of
 
@@ -46,13 +47,11 @@ def _route_logs() -> None:
         package.setLevel(logging.INFO if os.environ.get("PYREPL3_DEBUG") else logging.WARNING)
         package.propagate = False
 
-#: Seconds to wait for the engine to re-deliver an execution a dead kernel left pending.
-ORPHAN_WAIT = 10.0
 #: Seconds a re-sent msg_id waits for its earlier execution to be settled before replaying.
 REPLAY_WAIT = 10.0
 
 
-class DurableKernel(IPythonKernel):
+class DurableKernel(ResumeMixin, IPythonKernel):
     implementation = "pyrepl3"
     implementation_version = __version__
     banner = "PyREPL3 — Python with durable execution (IPython kernel)"
@@ -341,7 +340,7 @@ class DurableKernel(IPythonKernel):
                 with ds.prompts.executing(eid), ds.steps.executing(eid):
                     reply = await super().do_execute(*args, **kw)
             finally:
-                _flush_std()
+                flush_std()
             outputs = self.recorder.end()
             finished = time.time()
             timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
@@ -367,125 +366,11 @@ class DurableKernel(IPythonKernel):
         self._flush_notices(self.get_parent("shell") or {})
         return reply
 
-    # -- interrupted executions ------------------------------------------------
-
-    def _take_interrupted(self, ds: DurableSession, eid: str) -> Orphan | None:
-        """A re-sent request for an execution a dead kernel left pending resumes it."""
-        if eid not in ds.interrupted:
-            return None
-        ds.interrupted.remove(eid)
-        return ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
-
-    def _reject_interrupted(self, ds: DurableSession) -> None:
-        """A new cell means the user moved on: interrupted executions that were
-        not resumed are rejected as interrupted by kernel exit. (Replayed
-        requests and ``%durable resume`` do not count as moving on.)"""
-        for other in list(ds.interrupted):
-            ds.interrupted.remove(other)
-            orphan = ds.dispatcher.take_orphan(other, ORPHAN_WAIT)
-            if orphan is None:
-                continue
-            orphan.outcome.set_result(interrupted_by_exit(orphan.params))
-            self._notice(
-                f"execution {orphan.params.execution_count} ({other}) was interrupted by kernel exit and is "
-                "marked failed; the namespace is the one after the last completed execution. "
-                "(Run `%durable resume` as the first cell after a restart, or set PYREPL3_AUTO_RESUME=1, to re-run it instead.)"
-            )
-
-    def _admit_resume(self, ds: DurableSession, orphan: Orphan) -> bool:
-        """Count a resume attempt durably; past the limit, reject instead of resuming."""
-        eid = orphan.execution_id
-        attempt = 1
-        while ds.runtime.find(f"{eid}:resume:{attempt}") is not None:
-            attempt += 1
-        if attempt > ds.resume_limit:
-            orphan.outcome.set_result(
-                interrupted_by_exit(
-                    orphan.params,
-                    f", and it crashed the kernel {attempt - 1} times when resumed; "
-                    f"it is not resumed again (PYREPL3_RESUME_LIMIT={ds.resume_limit})",
-                )
-            )
-            self._notice(f"{eid} was not resumed: it crashed the kernel {attempt - 1} times (PYREPL3_RESUME_LIMIT)")
-            return False
-        far = int((time.time() + 365 * 86400) * 1000)
-        ds.runtime.create(f"{eid}:resume:{attempt}", far, {"attempt": attempt, "kernel_pid": os.getpid()}, {})
-        ds.runtime.settle(f"{eid}:resume:{attempt}", "resolved", {"started_at": time.time()})
-        return True
-
-    def resume_interrupted(self) -> list[str]:
-        """Re-run interrupted executions under their own ids, inside the current cell.
-
-        Used by ``%durable resume`` and by ``PYREPL3_AUTO_RESUME``. Completed
-        durable steps and answered prompts are replayed, not repeated.
-        """
-        ds = self.durable
-        if ds is None:
-            return []
-        report = []
-        for eid in list(ds.interrupted):
-            ds.interrupted.remove(eid)
-            orphan = ds.dispatcher.take_orphan(eid, ORPHAN_WAIT)
-            if orphan is None:
-                report.append(f"{eid}: the engine did not deliver it; nothing to resume")
-                continue
-            if not self._admit_resume(ds, orphan):
-                report.append(f"{eid}: not resumed (crashed the kernel too often)")
-                continue
-            report.append(self._run_nested(ds, orphan))
-        return report
-
-    def _run_nested(self, ds: DurableSession, orphan: Orphan) -> str:
-        eid, params = orphan.execution_id, orphan.params
-        started = time.time()
-        self.recorder.push()
-        try:
-            with ds.prompts.executing(eid), ds.steps.executing(eid):
-                result = self.shell.run_cell(params.code, store_history=False, silent=False)
-        finally:
-            _flush_std()
-            outputs = self.recorder.pop()
-        finished = time.time()
-        timings = Timings(started=started, finished=finished, duration_ms=(finished - started) * 1000)
-        err = result.error_before_exec or result.error_in_exec
-        if err is None:
-            orphan.outcome.set_result(
-                CellResult(execution_id=eid, execution_count=params.execution_count, outputs=outputs, timings=timings)
-            )
-        else:
-            orphan.outcome.set_result(
-                CellError(
-                    execution_id=eid,
-                    execution_count=params.execution_count,
-                    ename=type(err).__name__,
-                    evalue=str(err),
-                    outputs=outputs,
-                    timings=timings,
-                )
-            )
-        ds.runtime.store_resolved(self._capture(ds, params.code, params.execution_count, params.msg_id), after=eid)
-        state = "completed" if err is None else f"failed ({type(err).__name__})"
-        return f"{eid} (execution {params.execution_count}): resumed and {state}"
-
     def start(self) -> None:
         super().start()
         ds = self.durable
         if ds is not None and ds.interrupted and ds.auto_resume:
             self.io_loop.add_callback(self._auto_resume)
-
-    def _auto_resume(self) -> None:
-        """PYREPL3_AUTO_RESUME: resume interrupted executions as soon as the kernel runs."""
-        request = self.session.msg("execute_request", {"code": "%durable resume", "silent": False})
-        self.set_parent([], request, "shell")
-        self.recorder.begin(request["header"]["msg_id"])
-        try:
-            for line in self.resume_interrupted():
-                log.warning("PyREPL3 auto-resume: %s", line)
-                self._notice(f"auto-resume: {line}")
-        except Exception:
-            log.exception("auto-resume failed")
-        finally:
-            self.recorder.end()
 
     def _replay(self, record: PromiseRecord, parent: dict[str, Any]) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""
@@ -553,12 +438,6 @@ class DurableKernel(IPythonKernel):
             self.durable.close()
             self.durable = None
         return super().do_shutdown(restart)
-
-
-def _flush_std() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
 
 
 def _params_of(record: PromiseRecord) -> dict[str, Any]:

@@ -7,6 +7,7 @@ in order, without touching IPython's display machinery.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,13 @@ class OutputRecorder:
         self.parent_msg_id = None
         outputs, self.outputs = self.outputs, []
         return outputs
+
+
+def flush_std() -> None:
+    """Push buffered stdout/stderr to iopub now (ipykernel's streams buffer)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
 
 
 def publish(session: Any, socket: Any, parent: dict[str, Any], outputs: list[dict[str, Any]], topic: Callable[[str], bytes]) -> None:
