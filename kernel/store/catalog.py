@@ -53,6 +53,14 @@ def error_of(value: Any) -> CellError | None:
     return None
 
 
+def matching(placeholder: str, **columns: Any) -> tuple[str, list[Any]]:
+    """`` AND col = ?`` for every column whose value is not None, and the values
+    (``placeholder`` is ``?`` for SQLite, ``%s`` for psycopg). Every engine's
+    read side filters its optional session/kind arguments with it."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return "".join(f" AND {c} = {placeholder}" for c in given), list(given.values())
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -77,12 +85,8 @@ class Catalog:
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
         if self._db is None:
             return []
-        sql = "SELECT session, record FROM promises WHERE kind = 'exec'"
-        args: list[Any] = []
-        if session is not None:
-            sql += " AND session = ?"
-            args.append(session)
-        sql += " ORDER BY created_at DESC"
+        where, args = matching("?", session=session)
+        sql = "SELECT session, record FROM promises WHERE kind = 'exec'" + where + " ORDER BY created_at DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -128,14 +132,8 @@ class Catalog:
     def pending(self, session: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         if self._db is None:
             return []
-        sql = "SELECT session, record FROM promises WHERE state = 'pending'"
-        args: list[Any] = []
-        if session is not None:
-            sql += " AND session = ?"
-            args.append(session)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
+        where, args = matching("?", session=session, kind=kind)
+        sql = "SELECT session, record FROM promises WHERE state = 'pending'" + where
         out = []
         for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall():
             rec = decode_record(blob)

@@ -46,6 +46,7 @@ from resonate_pg import PostgresConnection
 from kernel.config import redact, scrub
 from kernel.errors import EngineConnectionError, StoreError, StoreLockedError
 from kernel.ids import kind_of
+from kernel.store.catalog import matching
 from kernel.models import ExecutionSummary
 
 log = logging.getLogger(__name__)
@@ -499,12 +500,11 @@ class PgCatalog:
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
         from kernel.store.catalog import execution_summary
 
-        sql = f"SELECT {RECORD_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id WHERE i.kind = 'exec'"
-        args: list[Any] = []
-        if session is not None:
-            sql += " AND i.session = %s"
-            args.append(session)
-        sql += " ORDER BY i.created_at DESC, i.id DESC"
+        where, args = matching("%s", **{"i.session": session})
+        sql = (
+            f"SELECT {RECORD_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
+            f"WHERE i.kind = 'exec'{where} ORDER BY i.created_at DESC, i.id DESC"
+        )
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
@@ -541,13 +541,9 @@ class PgCatalog:
             f"SELECT {RECORD_COLUMNS} FROM resonate.promises p JOIN pyrepl3.promises i ON i.id = p.id "
             "WHERE p.state = 'pending' AND p.timeout_at > %s"
         )
-        args: list[Any] = [now]
-        if session is not None:
-            sql += " AND i.session = %s"
-            args.append(session)
-        if kind is not None:
-            sql += " AND i.kind = %s"
-            args.append(kind)
+        where, filters = matching("%s", **{"i.session": session, "i.kind": kind})
+        sql += where
+        args: list[Any] = [now, *filters]
         return [record(row, now) for row in self._rows(sql + " ORDER BY p.created_at, p.id", tuple(args))]
 
 

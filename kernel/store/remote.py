@@ -40,6 +40,7 @@ from resonate_base.error import ConnectorError
 from kernel.config import BlobsSpec, EngineSpec, redact, scrub
 from kernel.errors import ConfigurationError, EngineConnectionError, PyRepl3Error
 from kernel.ids import kind_of
+from kernel.store.catalog import matching
 from kernel.models import ExecutionSummary
 from kernel.store.engines import Engine, Lock
 from kernel.store.locks import session_key
@@ -135,13 +136,8 @@ class SqliteIndex:
             self._db.execute("INSERT OR IGNORE INTO promises VALUES (?, ?, ?, ?, NULL)", (pid, session, kind, created_at))
 
     def rows(self, session: str | None = None, kind: str | None = None, *, open_only: bool = False) -> list[tuple[Any, ...]]:
-        sql, args = "SELECT id, session, kind, created_at, state FROM promises WHERE 1=1", []
-        if session is not None:
-            sql += " AND session = ?"
-            args.append(session)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
+        where, args = matching("?", session=session, kind=kind)
+        sql = "SELECT id, session, kind, created_at, state FROM promises WHERE 1=1" + where
         if open_only:
             sql += " AND state IS NULL"
         with self._lock:
@@ -185,13 +181,8 @@ class PgIndex:
         )
 
     def rows(self, session: str | None = None, kind: str | None = None, *, open_only: bool = False) -> list[tuple[Any, ...]]:
-        sql, args = "SELECT id, session, kind, created_at, state FROM pyrepl3.promises WHERE true", []
-        if session is not None:
-            sql += " AND session = %s"
-            args.append(session)
-        if kind is not None:
-            sql += " AND kind = %s"
-            args.append(kind)
+        where, args = matching("%s", session=session, kind=kind)
+        sql = "SELECT id, session, kind, created_at, state FROM pyrepl3.promises WHERE true" + where
         if open_only:
             sql += " AND state IS NULL"
         return self._run(sql + " ORDER BY created_at, id", tuple(args)).fetchall()
