@@ -147,10 +147,10 @@ def install(kind: str) -> type:
 
     from resonate.connections.local import ServerState
 
-    from kernel.kernel import DurableKernel
-    from kernel.outputs import OutputRecorder
-    from kernel.runtime import CellDispatcher, DurableRuntime
-    from kernel.store.embedded import EmbeddedStore
+    from kernel.jupyter.kernel import DurableKernel
+    from kernel.jupyter.outputs import OutputRecorder
+    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.store.embedded.store import EmbeddedStore
 
     orig_do = DurableKernel.do_execute
 
@@ -173,7 +173,7 @@ def install(kind: str) -> type:
     wrap(OutputRecorder, "end", "main: OutputRecorder.end", marks=True)
 
     wrap(OutputRecorder, "_record", "main: OutputRecorder._record (nbformat output_from_msg)")
-    import kernel.kernel as kk
+    import kernel.jupyter.kernel as kk
 
     orig_outcome = kk._outcome
 
@@ -182,7 +182,7 @@ def install(kind: str) -> type:
         try:
             return orig_outcome(*args, **kwargs)
         finally:
-            _add("main: kernel.kernel._outcome (CellResult)", _now() - t0)
+            _add("main: kernel.jupyter.kernel._outcome (CellResult)", _now() - t0)
 
     kk._outcome = outcome
 
@@ -204,7 +204,7 @@ def install(kind: str) -> type:
 
         setattr(DurableRuntime, meth, make(orig_coro, label))
 
-    from kernel.runtime import durable_execute  # noqa: F401  (registered by name at start)
+    from kernel.durable.runtime import durable_execute  # noqa: F401  (registered by name at start)
 
     orig_dispatch = CellDispatcher.dispatch
 

@@ -270,11 +270,11 @@ def prefill_store(home: Path, session: str, count: int) -> float:
     -> ticket.result -> outcome.set_result(CellResult) -> wait_settled), minus
     IPython: the engine, the state machine and the SQLite writes are the real ones.
     """
-    from kernel.config import store_path
-    from kernel.models import CellResult, ExecutionParams, Timings
-    from kernel.runtime import CellDispatcher, DurableRuntime
-    from kernel.store.embedded import EmbeddedStore
-    from kernel.store.locks import SessionLock
+    from kernel.core.settings import store_path
+    from kernel.core.models import CellResult, ExecutionParams, Timings
+    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.store.embedded.store import EmbeddedStore
+    from kernel.store.embedded.locks import SessionLock
 
     t0 = time.perf_counter()
     lock = SessionLock(home, session).acquire()
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prefill",
         choices=("store", "kernel"),
         default="store",
-        help="how to create the history: 'store' drives kernel.store/kernel.runtime in-process (fast, default); "
+        help="how to create the history: 'store' drives kernel.store/kernel.durable.runtime in-process (fast, default); "
         "'kernel' runs `pass` cells through a real PyREPL3 kernel",
     )
     ap.add_argument("--block", type=int, default=25, help="executions per kernel per round-robin turn (default 25)")
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.prefill == "store":
                 took = prefill_store(homeh, session, history)
                 how = (
-                    "in-process: kernel.store.embedded.EmbeddedStore + kernel.runtime.DurableRuntime on the same "
+                    "in-process: kernel.store.embedded.store.EmbeddedStore + kernel.durable.runtime.DurableRuntime on the same "
                     "store file and session; each exec promise created, handed off and resolved as kernel.py does"
                 )
             else:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_prompts.py [--n 30]
 
 A headless pyrepl3 kernel runs ``input()`` N times; each prompt is answered
-through the Python API (``kernel.hitl.answer``) and, separately, through the
+through the Python API (``kernel.durable.hitl.answer``) and, separately, through the
 ``pyrepl3 answer`` command. The cell records ``time.time()`` the moment
 ``input()`` returns; the figure is that minus the moment the answer was given.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
-from kernel import hitl
+from kernel.durable import hitl
 
 CELL = "x = input('q? '); import time as _t; print(repr(_t.time()))"
 
@@ -77,7 +77,7 @@ def main() -> None:
         km.shutdown_kernel(now=True)
     print("out-of-band answer -> cell continues (ms)")
     print(f"{'path':<28}{'n':>4}{'median':>10}{'p90':>10}{'max':>10}")
-    for name, xs in (("python API (kernel.hitl)", api), ("pyrepl3 answer (CLI)", cli)):
+    for name, xs in (("python API (kernel.durable.hitl)", api), ("pyrepl3 answer (CLI)", cli)):
         xs = sorted(xs)
         print(f"{name:<28}{len(xs):>4}{statistics.median(xs):>10.1f}{xs[int(len(xs) * 0.9) - 1]:>10.1f}{xs[-1]:>10.1f}")
     print("(the CLI figure includes starting a Python process)")

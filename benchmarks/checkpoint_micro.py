@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.checkpoint import Checkpointer, Manifest
-from kernel.store.blobs import BlobStore
+from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+from kernel.store.embedded.blobs import BlobStore
 
 SETUP = """
 import numpy as np
@@ -127,8 +127,8 @@ def run(home: Path, cells: int) -> None:
         f"""
         import time, pathlib
         t0 = time.perf_counter()
-        from kernel.checkpoint import Checkpointer, Manifest
-        from kernel.store.blobs import BlobStore
+        from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+        from kernel.store.embedded.blobs import BlobStore
         home = pathlib.Path({str(home)!r})
         m = Manifest.model_validate_json((home / "manifest.json").read_text())
         ns = {{"__name__": "__main__"}}

@@ -2,7 +2,7 @@
 
 from ipykernel.kernelapp import IPKernelApp
 
-from kernel.kernel import DurableKernel
+from kernel.jupyter.kernel import DurableKernel
 
 if __name__ == "__main__":
     IPKernelApp.launch_instance(kernel_class=DurableKernel)

@@ -1,4 +1,4 @@
-"""Namespace checkpoints (kernel.checkpoint, kernel.store.blobs): real files, no mocks, no timing asserts."""
+"""Namespace checkpoints (kernel.checkpoint.checkpointer, kernel.store.embedded.blobs): real files, no mocks, no timing asserts."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel.checkpoint import Checkpointer, Manifest, is_ipython_name, scan_cell
-from kernel.errors import StoreError
-from kernel.store.blobs import BlobCorruptError, BlobMissingError, BlobStore, digest_of
+from kernel.checkpoint.checkpointer import Checkpointer, Manifest, is_ipython_name, scan_cell
+from kernel.core.errors import StoreError
+from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, BlobStore, digest_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, pathlib
-        from kernel.store.blobs import BlobStore, digest_of
+        from kernel.store.embedded.blobs import BlobStore, digest_of
         data = np.full(16_000_000, 7, dtype=np.float64)  # 128 MB
         print(digest_of(memoryview(data).cast("B")), flush=True)
         BlobStore(pathlib.Path({str(tmp_path / "blobs")!r})).put(memoryview(data))
@@ -195,8 +195,8 @@ def test_notebook_class_instances_restore_in_a_fresh_process(nb: Notebook, tmp_p
     script = textwrap.dedent(
         f"""
         import json, pathlib
-        from kernel.checkpoint import Checkpointer, Manifest
-        from kernel.store.blobs import BlobStore
+        from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+        from kernel.store.embedded.blobs import BlobStore
         m = Manifest.model_validate_json(pathlib.Path({str(tmp_path / "m.json")!r}).read_text())
         ns = {{"__name__": "__main__"}}
         report = Checkpointer(BlobStore(pathlib.Path({str(nb.blobs.root)!r}))).restore(m, ns)

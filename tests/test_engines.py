@@ -24,9 +24,9 @@ import pytest
 from conftest import PG_DSN
 from harness import TIMEOUT, KernelFactory, Store, cli, cli_json, executions, kernel_env, show, wait_for
 
-from kernel import hitl
-from kernel.config import redact, resolve_blobs, resolve_engine, scrub
-from kernel.errors import ConfigurationError, EngineConnectionError
+from kernel.durable import hitl
+from kernel.core.settings import redact, resolve_blobs, resolve_engine, scrub
+from kernel.core.errors import ConfigurationError, EngineConnectionError
 from kernel.store.engines import EmbeddedEngine, open_engine
 
 SECRET = "s3cr3t-pw-" + uuid.uuid4().hex[:8]
@@ -332,10 +332,10 @@ def test_a_corrupted_blob_in_postgres_is_reported_and_the_rest_restored(kernels:
 @pytest.mark.engines("postgres")
 def test_postgres_blob_store(store: Store) -> None:
     """The Postgres blob store keeps the file store's contract (put/get/has/size, batches, corruption)."""
-    from kernel.errors import StoreError
-    from kernel.store.blobs import BlobCorruptError, BlobMissingError, digest_of
-    from kernel.store.pg import PgLink, ensure_schema
-    from kernel.store.pgblobs import PgBlobStore
+    from kernel.core.errors import StoreError
+    from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, digest_of
+    from kernel.store.postgres.pg import PgLink, ensure_schema
+    from kernel.store.postgres.blobs import PgBlobStore
 
     link = PgLink(store.dsn)
     try:

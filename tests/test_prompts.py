@@ -124,7 +124,7 @@ def test_timeout_gives_a_clear_error(kernels: KernelFactory, home: Path) -> None
     assert f"exec:{run.msg_id}:input:1" in run.content["evalue"]
     assert "PYREPL3_INPUT_TIMEOUT" in run.content["evalue"]
     assert show(home, f"exec:{run.msg_id}:input:1")["state"] == "rejected_timedout"
-    kernel.ok("from kernel.prompts import PromptTimeoutError\nassert issubclass(PromptTimeoutError, TimeoutError)")
+    kernel.ok("from kernel.durable.prompts import PromptTimeoutError\nassert issubclass(PromptTimeoutError, TimeoutError)")
 
 
 @pytest.mark.parametrize("allow_stdin", [True, False], ids=["stdin", "out-of-band"])
@@ -177,9 +177,9 @@ def test_approvals_over_stdin_and_out_of_band(kernels: KernelFactory, home: Path
 def test_replayed_execution_does_not_ask_again(tmp_path: Path) -> None:
     """The broker over a real store: a second run of the same execution id gets
     the stored answers, without sending any input request."""
-    from kernel.prompts import PromptBroker
-    from kernel.runtime import CellDispatcher, DurableRuntime
-    from kernel.store.embedded import EmbeddedStore
+    from kernel.durable.prompts import PromptBroker
+    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.store.embedded.store import EmbeddedStore
 
     class RecordingChannel:
         def __init__(self, answers: list[str]) -> None:

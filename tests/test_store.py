@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from kernel.models import CellError, CellOutcome, CellResult, ExecutionParams, Timings
-from kernel.runtime import CellDispatcher, DurableRuntime
-from kernel.store.catalog import Catalog
-from kernel.store.embedded import EmbeddedStore
+from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, Timings
+from kernel.durable.runtime import CellDispatcher, DurableRuntime
+from kernel.store.embedded.catalog import Catalog
+from kernel.store.embedded.store import EmbeddedStore
 
 SESSION = "store-test"
 WAIT = 10.0
@@ -217,7 +217,7 @@ def test_planted_pickle_in_a_rejection_is_never_unpickled(tmp_path: Path) -> Non
     import base64
     import pickle
 
-    from kernel.store.outside import settle_request
+    from kernel.store.embedded.outside import settle_request
 
     marker = tmp_path / "pwned"
 

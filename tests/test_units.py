@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from jupyter_core.paths import jupyter_data_dir
 
-from kernel.config import bool_setting, float_setting, resolve_home, resolve_session, store_path
-from kernel.errors import ConfigurationError, StoreLockedError
-from kernel.ids import exec_id, execution_of, input_id, kind_of, step_id
-from kernel.store.locks import SessionLock, session_key
+from kernel.core.settings import bool_setting, float_setting, resolve_home, resolve_session, store_path
+from kernel.core.errors import ConfigurationError, StoreLockedError
+from kernel.core.ids import exec_id, execution_of, input_id, kind_of, step_id
+from kernel.store.embedded.locks import SessionLock, session_key
 
 # -- ids -------------------------------------------------------------------------
 

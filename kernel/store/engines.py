@@ -1,7 +1,7 @@
 """One setting, three engines: what a durable session is built on.
 
 ``PYREPL3_STORE`` (or the traitlet ``DurableKernel.store``) is resolved by
-:func:`kernel.config.resolve_engine`; :func:`open_engine` turns the result into
+:func:`kernel.core.settings.resolve_engine`; :func:`open_engine` turns the result into
 an :class:`Engine`, which gives the session everything that depends on where
 the state lives:
 
@@ -20,7 +20,7 @@ A kernel calls :meth:`Engine.network`, :meth:`Engine.lock`,
 :meth:`Engine.interrupted_executions` and :meth:`Engine.blobs` once at start;
 the CLI and ``%durable`` use :meth:`Engine.catalog` and
 :meth:`Engine.settle_from_outside`. An engine that cannot be reached raises
-:class:`~kernel.errors.EngineConnectionError` (RES004) with the DSN/URL redacted.
+:class:`~kernel.core.errors.EngineConnectionError` (RES004) with the DSN/URL redacted.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 from resonate_base.connections import Network, Source
 
-from kernel.config import EngineSpec, bool_setting, float_setting, redact, resolve_blobs, resolve_engine, resolve_home, store_path
-from kernel.errors import ConfigurationError, PyRepl3Error
-from kernel.store.locks import session_key
+from kernel.core.settings import EngineSpec, bool_setting, float_setting, redact, resolve_blobs, resolve_engine, resolve_home, store_path
+from kernel.core.errors import ConfigurationError, PyRepl3Error
+from kernel.store.embedded.locks import session_key
 
 
 class Lock(Protocol):
@@ -105,12 +105,12 @@ class EmbeddedEngine(Engine):
         return self.path
 
     def lock(self, session: str, wait: float = 0.0) -> Lock:
-        from kernel.store.locks import SessionLock
+        from kernel.store.embedded.locks import SessionLock
 
         return SessionLock(self.home, session).acquire(wait=wait)
 
     def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
-        from kernel.store.embedded import EmbeddedStore
+        from kernel.store.embedded.store import EmbeddedStore
 
         self._store = EmbeddedStore(self.path, session, pid=pid, **self._durability)
         return self._store, None
@@ -120,17 +120,17 @@ class EmbeddedEngine(Engine):
         return self._store.interrupted_executions() if self._store is not None else []
 
     def catalog(self) -> Any:
-        from kernel.store.catalog import Catalog
+        from kernel.store.embedded.catalog import Catalog
 
         return Catalog(self.path)
 
     def blobs(self) -> Any:
-        from kernel.store.blobs import BlobStore
+        from kernel.store.embedded.blobs import BlobStore
 
         return BlobStore(self.home / "blobs", **self._durability)
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> dict[str, Any]:
-        from kernel.store.outside import settle_from_outside
+        from kernel.store.embedded.outside import settle_from_outside
 
         return settle_from_outside(self.home, self.path, promise_id, state, data, wait=wait)
 
@@ -147,7 +147,7 @@ class PostgresEngine(Engine):
     """resonate-pg in a Postgres database: the engine every machine can share."""
 
     def __init__(self, spec: EngineSpec, *, timeout: float | None = None) -> None:
-        from kernel.store.pg import DEFAULT_TIMEOUT, PgLink, ensure_schema
+        from kernel.store.postgres.pg import DEFAULT_TIMEOUT, PgLink, ensure_schema
 
         self.spec = spec
         self.dsn = spec.target
@@ -166,36 +166,36 @@ class PostgresEngine(Engine):
         return f"pyrepl3-{session_key(session)}"
 
     def lock(self, session: str, wait: float = 0.0) -> Lock:
-        from kernel.store.pg import PgSessionLock
+        from kernel.store.postgres.pg import PgSessionLock
 
         return PgSessionLock(self.link, session).acquire(wait=wait)
 
     def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
-        from kernel.store.pg import PgNetwork
+        from kernel.store.postgres.pg import PgNetwork
 
         self._network = PgNetwork(self.dsn, pid=pid, group=self.group(session), timeout=self.timeout)
         return self._network, None
 
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
-        from kernel.store.pg import interrupted_executions, release_dead_leases
+        from kernel.store.postgres.pg import interrupted_executions, release_dead_leases
 
         pending = interrupted_executions(self.link, session)
         release_dead_leases(self.link, pending, pid)
         return pending
 
     def catalog(self) -> Any:
-        from kernel.store.pg import PgCatalog
+        from kernel.store.postgres.pg import PgCatalog
 
         return PgCatalog(self.link)
 
     def blobs(self) -> Any:
-        from kernel.store.pgblobs import PgBlobStore
+        from kernel.store.postgres.blobs import PgBlobStore
 
         return PgBlobStore(self.link)
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> dict[str, Any]:
         """The database is the server: settle through resonate-pg's protocol, no inbox needed."""
-        from kernel.store.pg import PgCatalog, settle, unreachable
+        from kernel.store.postgres.pg import PgCatalog, settle, unreachable
 
         catalog = PgCatalog(self.link)
         record = catalog.promise(promise_id)
@@ -246,14 +246,14 @@ def open_engine(
         return EmbeddedEngine(spec, resolve_home(env, home), fsync=bool_setting(env, "PYREPL3_FSYNC", False))
     if spec.kind == "postgres":
         return PostgresEngine(spec, timeout=timeout)
-    from kernel.store.remote import HttpEngine
+    from kernel.store.http.remote import HttpEngine
 
     return HttpEngine(spec, resolve_blobs(env), resolve_home(env, home), timeout=timeout, env=env)
 
 
 @contextlib.contextmanager
 def opened(env: Mapping[str, str] | None = None, *, store: str = "", home: str = "") -> Any:
-    """``with opened(...) as engine:`` for one-shot users (the CLI, ``kernel.hitl``)."""
+    """``with opened(...) as engine:`` for one-shot users (the CLI, ``kernel.durable.hitl``)."""
     engine = open_engine(env, store=store, home=home)
     try:
         yield engine

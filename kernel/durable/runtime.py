@@ -32,8 +32,8 @@ from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
-from kernel.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
-from kernel.models import CellError, CellOutcome, CellResult, ExecutionParams
+from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
+from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Human in the loop from any process: answer, approve or deny a waiting prompt.
 
-    from kernel.hitl import pending, answer, approve, deny
+    from kernel.durable.hitl import pending, answer, approve, deny
     for p in pending():
         answer(p["id"], "42")
 
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kernel.errors import PyRepl3Error
+from kernel.core.errors import PyRepl3Error
 from kernel.store.engines import Engine, opened
 
 

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 from resonate.types import PromiseRecord
 
-from kernel.errors import PromiseTimeoutError, PyRepl3Error
-from kernel.ids import ChildNumbering, input_id
-from kernel.runtime import DurableRuntime
+from kernel.core.errors import PromiseTimeoutError, PyRepl3Error
+from kernel.core.ids import ChildNumbering, input_id
+from kernel.durable.runtime import DurableRuntime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kernel.errors import AuthenticationError, ConfigurationError
+from kernel.core.errors import AuthenticationError, ConfigurationError
 
 KEY_ENV = "PYREPL3_KEY"
 SIGNATURE_BYTES = 32

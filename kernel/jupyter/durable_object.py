@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kernel.errors import PyRepl3Error
-from kernel.prompts import Approval, ApprovalDenied
-from kernel.steps import _MISSING
+from kernel.core.errors import PyRepl3Error
+from kernel.durable.prompts import Approval, ApprovalDenied
+from kernel.durable.steps import _MISSING
 
 if TYPE_CHECKING:
-    from kernel.kernel import DurableKernel
+    from kernel.jupyter.kernel import DurableKernel
 
 __all__ = ["Approval", "ApprovalDenied", "DurableAPI"]
 

@@ -1,10 +1,10 @@
 """Namespace checkpoints as durable promises: save after every execution,
 restore the latest at start, travel back to any execution.
 
-The values live in the blob store (:mod:`kernel.store.blobs`) and are captured
-by :class:`kernel.checkpoint.Checkpointer`; this module gives each capture a
+The values live in the blob store (:mod:`kernel.store.embedded.blobs`) and are captured
+by :class:`kernel.checkpoint.checkpointer.Checkpointer`; this module gives each capture a
 durable promise ``ckpt:<session-key>:<seq>`` holding the manifest, signed with
-the user's key (:mod:`kernel.signing`). The manifest names every blob by its
+the user's key (:mod:`kernel.checkpoint.signing`). The manifest names every blob by its
 SHA-256, and the blob store checks content against that hash before anything
 is unpickled, so the manifest's signature authenticates the blobs too. The
 promise is created only after every blob is durable: a crash mid-checkpoint
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.checkpoint import CaptureReport, Checkpointer, Manifest, RestoreReport
-from kernel.errors import CheckpointNotFoundError
-from kernel.runtime import DurableRuntime, ResolvedPromise
-from kernel.signing import Signer
-from kernel.store.locks import session_key
+from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, Manifest, RestoreReport
+from kernel.core.errors import CheckpointNotFoundError
+from kernel.durable.runtime import DurableRuntime, ResolvedPromise
+from kernel.checkpoint.signing import Signer
+from kernel.store.embedded.locks import session_key
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel import hitl
-from kernel.errors import PyRepl3Error
-from kernel.store.catalog import error_of
+from kernel.durable import hitl
+from kernel.core.errors import PyRepl3Error
+from kernel.store.embedded.catalog import error_of
 from kernel.store.engines import open_engine
 
 
@@ -145,7 +145,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kernel.notebook_run import run_notebook
+    from kernel.cli.run import run_notebook
 
     env = {"PYREPL3_HOME": args.home} if args.home else {}
     if args.store:

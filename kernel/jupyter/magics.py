@@ -20,12 +20,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.display import display
 
-from kernel.errors import PyRepl3Error
+from kernel.core.errors import PyRepl3Error
 
 if TYPE_CHECKING:
-    from kernel.kernel import DurableKernel
-    from kernel.models import ExecutionSummary
-    from kernel.snapshots import StoredCheckpoint
+    from kernel.jupyter.kernel import DurableKernel
+    from kernel.core.models import ExecutionSummary
+    from kernel.checkpoint.history import StoredCheckpoint
 
 
 def _when(ms: int | None) -> str:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kernel.errors import StoreCorruptError, StoreError
+from kernel.core.errors import StoreCorruptError, StoreError
 
 HASH_NAME = "sha256"
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")

@@ -1,6 +1,6 @@
 """Read-side queries over the embedded store, safe while a kernel is writing.
 
-(The Postgres engine's read side is :class:`kernel.store.pg.PgCatalog`, same methods.)
+(The Postgres engine's read side is :class:`kernel.store.postgres.pg.PgCatalog`, same methods.)
 
 Used by the CLI and the ``%durable`` magic. SQLite in WAL mode lets readers see
 every committed write without blocking the kernel.
@@ -15,9 +15,9 @@ import msgspec
 from resonate.codec import Codec, NoopEncryptor
 from resonate.types import PromiseRecord
 
-from kernel.ids import kind_of
-from kernel.models import CellError, ExecutionSummary
-from kernel.store.embedded import connect, decode_promise
+from kernel.core.ids import kind_of
+from kernel.core.models import CellError, ExecutionSummary
+from kernel.store.embedded.store import connect, decode_promise
 
 _codec = Codec(NoopEncryptor())
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from kernel.errors import StoreLockedError
+from kernel.core.errors import StoreLockedError
 
 
 def session_key(session: str) -> str:

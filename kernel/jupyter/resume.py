@@ -1,14 +1,14 @@
 """Executions a dead kernel left unfinished: resume them or reject them.
 
 A kernel that starts for a session with pending ``exec:`` promises gets them
-back from the engine as orphans (:class:`kernel.runtime.Orphan`). They are
+back from the engine as orphans (:class:`kernel.durable.runtime.Orphan`). They are
 resumed by ``%durable resume``, by ``PYREPL3_AUTO_RESUME=1``, or by the frontend
 re-sending the same msg_id (what ``pyrepl3 run`` does), and rejected as
 ``KernelExitInterruption`` as soon as the user runs any other new cell.
 Resume attempts are counted durably, so a cell that kills its kernel every
 time is rejected after ``PYREPL3_RESUME_LIMIT`` attempts.
 
-This is a mixin of :class:`kernel.kernel.DurableKernel`: resuming runs cell
+This is a mixin of :class:`kernel.jupyter.kernel.DurableKernel`: resuming runs cell
 code on the kernel's shell, inside the current request.
 """
 
@@ -19,12 +19,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from kernel.models import CellError, CellResult, Timings
-from kernel.outputs import flush_std
-from kernel.runtime import Orphan, interrupted_by_exit
+from kernel.core.models import CellError, CellResult, Timings
+from kernel.jupyter.outputs import flush_std
+from kernel.durable.runtime import Orphan, interrupted_by_exit
 
 if TYPE_CHECKING:
-    from kernel.session import DurableSession
+    from kernel.durable.session import DurableSession
 
 log = logging.getLogger(__name__)
 

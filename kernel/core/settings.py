@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from jupyter_core.paths import jupyter_data_dir
 
-from kernel.errors import ConfigurationError
+from kernel.core.errors import ConfigurationError
 
 STORE_FILE = "store.sqlite3"
 

@@ -14,7 +14,7 @@ through and evicted from memory, so the per-request cost depends on what is in
 flight, not on how many cells ran before. Requests for ids that are no longer
 in memory page them back in from disk first.
 
-One kernel owns a session's rows at a time (see :mod:`kernel.store.locks`).
+One kernel owns a session's rows at a time (see :mod:`kernel.store.embedded.locks`).
 Other processes -- the CLI answering a prompt, say -- never write a live
 session's promises directly; they append a request to the ``inbox`` table,
 which the owning store applies through its state machine within a tick.
@@ -42,8 +42,8 @@ from resonate.connections.local import (
 )
 from resonate.timing import now_ms
 
-from kernel.errors import StoreCorruptError
-from kernel.ids import kind_of
+from kernel.core.errors import StoreCorruptError
+from kernel.core.ids import kind_of
 
 log = logging.getLogger(__name__)
 

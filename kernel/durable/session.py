@@ -20,14 +20,14 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 
-from kernel.checkpoint import Checkpointer
-from kernel.config import bool_setting, float_setting, redact, resolve_home, resolve_session
-from kernel.errors import EngineConnectionError, PyRepl3Error
-from kernel.prompts import PromptBroker, answer_command
-from kernel.runtime import CellDispatcher, DurableRuntime
-from kernel.signing import Signer, load_key
-from kernel.snapshots import NamespaceCheckpoints
-from kernel.steps import StepJournal
+from kernel.checkpoint.checkpointer import Checkpointer
+from kernel.core.settings import bool_setting, float_setting, redact, resolve_home, resolve_session
+from kernel.core.errors import EngineConnectionError, PyRepl3Error
+from kernel.durable.prompts import PromptBroker, answer_command
+from kernel.durable.runtime import CellDispatcher, DurableRuntime
+from kernel.checkpoint.signing import Signer, load_key
+from kernel.checkpoint.history import NamespaceCheckpoints
+from kernel.durable.steps import StepJournal
 from kernel.store.engines import EmbeddedEngine, Engine, Lock, open_engine
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A checkpoint is a small :class:`Manifest` (name -> content hash, type, size,
 how to restore) that the kernel stores in a durable promise. The values live in
-the content-addressed :class:`~kernel.store.blobs.BlobStore`, written once per
+the content-addressed :class:`~kernel.store.embedded.blobs.BlobStore`, written once per
 distinct content, so any older manifest can be restored the same way (time
 travel) and unchanged values cost nothing to keep.
 
@@ -82,8 +82,8 @@ from typing import Any, Literal
 import cloudpickle
 from pydantic import BaseModel, Field
 
-from kernel.errors import StoreError
-from kernel.store.blobs import HASH_NAME, BlobStore
+from kernel.core.errors import StoreError
+from kernel.store.embedded.blobs import HASH_NAME, BlobStore
 
 FORMAT = 1
 PROTOCOL = 5
@@ -1100,7 +1100,7 @@ def _same_entry(old: Entry | None, new: Entry) -> bool:
 
 
 def _blob_problem(exc: StoreError) -> str:
-    from kernel.store.blobs import BlobCorruptError, BlobMissingError
+    from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError
 
     if isinstance(exc, BlobMissingError):
         return f"its saved data is missing ({exc})"

@@ -25,9 +25,9 @@ from typing import Any
 
 import cloudpickle
 
-from kernel.errors import CheckpointNotFoundError, PyRepl3Error
-from kernel.ids import ChildNumbering, step_id
-from kernel.runtime import DurableRuntime
+from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
+from kernel.core.ids import ChildNumbering, step_id
+from kernel.durable.runtime import DurableRuntime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _MISSING: Any = object()

@@ -37,14 +37,14 @@ from resonate.types import Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
-from kernel.config import BlobsSpec, EngineSpec, redact, scrub
-from kernel.errors import ConfigurationError, EngineConnectionError, PyRepl3Error
-from kernel.ids import kind_of
-from kernel.store.catalog import matching
-from kernel.models import ExecutionSummary
+from kernel.core.settings import BlobsSpec, EngineSpec, redact, scrub
+from kernel.core.errors import ConfigurationError, EngineConnectionError, PyRepl3Error
+from kernel.core.ids import kind_of
+from kernel.store.embedded.catalog import matching
+from kernel.core.models import ExecutionSummary
 from kernel.store.engines import Engine, Lock
-from kernel.store.locks import session_key
-from kernel.store.pg import DEFAULT_TIMEOUT, _index_entry, one_line
+from kernel.store.embedded.locks import session_key
+from kernel.store.postgres.pg import DEFAULT_TIMEOUT, _index_entry, one_line
 
 log = logging.getLogger(__name__)
 _codec = Codec(NoopEncryptor())
@@ -94,7 +94,7 @@ class Server:
 
 
 def record(p: dict[str, Any], session: str | None) -> dict[str, Any]:
-    """A catalog record (as :func:`kernel.store.catalog.decode_record` gives) from the wire shape."""
+    """A catalog record (as :func:`kernel.store.embedded.catalog.decode_record` gives) from the wire shape."""
 
     def decode(v: Any) -> Any:
         data = (v or {}).get("data") if isinstance(v, dict) else None
@@ -166,7 +166,7 @@ class PgIndex:
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         import psycopg
 
-        from kernel.store.pg import unreachable
+        from kernel.store.postgres.pg import unreachable
 
         try:
             with self.link.lock:
@@ -230,7 +230,7 @@ class IndexingNetwork:
 
 
 class RemoteCatalog:
-    """The read side for the http engine (same methods as :class:`kernel.store.catalog.Catalog`)."""
+    """The read side for the http engine (same methods as :class:`kernel.store.embedded.catalog.Catalog`)."""
 
     def __init__(self, index: Any, server: Server) -> None:
         self.index = index
@@ -265,7 +265,7 @@ class RemoteCatalog:
         return sorted(by_session.values(), key=lambda s: s["last_at"], reverse=True)
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
-        from kernel.store.catalog import execution_summary
+        from kernel.store.embedded.catalog import execution_summary
 
         rows = self.index.rows(session, "exec")
         if limit is not None:
@@ -323,7 +323,7 @@ class HttpEngine(Engine):
         self.server.rpc("promise.get", {"id": f"pyrepl3-probe-{uuid.uuid4().hex}"})  # reachable at all?
         self.link: Any = None
         if blobs.kind == "postgres":
-            from kernel.store.pg import PgLink, ensure_schema
+            from kernel.store.postgres.pg import PgLink, ensure_schema
 
             self.link = PgLink(blobs.target, timeout=self.timeout)
             try:
@@ -348,10 +348,10 @@ class HttpEngine(Engine):
 
     def lock(self, session: str, wait: float = 0.0) -> Lock:
         if self.link is not None:
-            from kernel.store.pg import PgSessionLock
+            from kernel.store.postgres.pg import PgSessionLock
 
             return PgSessionLock(self.link, session).acquire(wait=wait)
-        from kernel.store.locks import SessionLock
+        from kernel.store.embedded.locks import SessionLock
 
         return SessionLock(self.shared, session).acquire(wait=wait)
 
@@ -374,10 +374,10 @@ class HttpEngine(Engine):
 
     def blobs(self) -> Any:
         if self.link is not None:
-            from kernel.store.pgblobs import PgBlobStore
+            from kernel.store.postgres.blobs import PgBlobStore
 
             return PgBlobStore(self.link)
-        from kernel.store.blobs import BlobStore
+        from kernel.store.embedded.blobs import BlobStore
 
         return BlobStore(self.shared / "blobs")
 

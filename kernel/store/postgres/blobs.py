@@ -1,4 +1,4 @@
-"""Checkpoint blobs in Postgres: the same API as :class:`kernel.store.blobs.BlobStore`,
+"""Checkpoint blobs in Postgres: the same API as :class:`kernel.store.embedded.blobs.BlobStore`,
 stored in the engine's own database so every machine can reach them.
 
 A blob is a header row in ``pyrepl3.blobs`` (digest, size, chunk count) and its
@@ -24,10 +24,10 @@ from typing import Any
 
 import psycopg
 
-from kernel.config import redact
-from kernel.errors import StoreError
-from kernel.store.blobs import HASH_NAME, BlobCorruptError, BlobMissingError, byte_view, digest_of
-from kernel.store.pg import PgLink, unreachable
+from kernel.core.settings import redact
+from kernel.core.errors import StoreError
+from kernel.store.embedded.blobs import HASH_NAME, BlobCorruptError, BlobMissingError, byte_view, digest_of
+from kernel.store.postgres.pg import PgLink, unreachable
 
 #: Bytes per chunk row: big enough that round trips don't matter, small enough
 #: that one chunk in flight is noise next to the value itself.

@@ -80,7 +80,7 @@ class ChildNumbering:
 
     def next_child(self, make_id: Callable[[str, int], str], what: str) -> str:
         if self.execution_id is None:
-            from kernel.errors import PyRepl3Error
+            from kernel.core.errors import PyRepl3Error
 
             raise PyRepl3Error(f"{what} can only be used inside a cell's execution")
         self._count += 1

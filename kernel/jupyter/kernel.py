@@ -23,14 +23,14 @@ import zmq
 from traitlets import Enum, Float, TraitError, Unicode
 
 from kernel import __version__
-from kernel.errors import EngineConnectionError, PyRepl3Error
-from kernel.ids import exec_id
-from kernel.models import CellError, CellResult, ExecutionParams, Timings
-from kernel.outputs import OutputRecorder, flush_std, publish
-from kernel.resume import ResumeMixin
-from kernel.runtime import ResolvedPromise
-from kernel.session import DurableSession, SessionKeeper, reconnect_interval
-from kernel.store.catalog import error_of
+from kernel.core.errors import EngineConnectionError, PyRepl3Error
+from kernel.core.ids import exec_id
+from kernel.core.models import CellError, CellResult, ExecutionParams, Timings
+from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
+from kernel.jupyter.resume import ResumeMixin
+from kernel.durable.runtime import ResolvedPromise
+from kernel.durable.session import DurableSession, SessionKeeper, reconnect_interval
+from kernel.store.embedded.catalog import error_of
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class DurableKernel(ResumeMixin, IPythonKernel):
             interval=reconnect_interval(os.environ),
         )
         self.durable = self.keeper.open()
-        from kernel.api import DurableAPI
-        from kernel.magics import DurableMagics
+        from kernel.jupyter.durable_object import DurableAPI
+        from kernel.jupyter.magics import DurableMagics
 
         if self.shell is not None:
             self.shell.register_magics(DurableMagics(self.shell, kernel=self))
@@ -482,7 +482,7 @@ def _jsonable(value: Any) -> bool:
 
 
 class FrontendStdin:
-    """The stdin channel of the current request, as :mod:`kernel.prompts` uses it.
+    """The stdin channel of the current request, as :mod:`kernel.durable.prompts` uses it.
 
     ipykernel's own ``_input_request`` blocks until the frontend replies; a
     durable prompt must also notice an out-of-band answer or its timeout, so

@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 from resonate.codec import Codec, NoopEncryptor
 
-from kernel.errors import PyRepl3Error
-from kernel.store.catalog import Catalog
-from kernel.store.embedded import EmbeddedStore, connect
-from kernel.store.locks import SessionLock
+from kernel.core.errors import PyRepl3Error
+from kernel.store.embedded.catalog import Catalog
+from kernel.store.embedded.store import EmbeddedStore, connect
+from kernel.store.embedded.locks import SessionLock
 
 _codec = Codec(NoopEncryptor())
 

@@ -10,15 +10,15 @@ SDK's ``Network`` and its ``Source``. PyREPL3 adds a small schema of its own,
                          the index row is written in the same statement as the
                          promise itself, so the two never disagree.
 ``pyrepl3.sessions``     who holds a session (for the "in use by" message).
-``pyrepl3.blobs`` and    checkpoint blobs, chunked (see :mod:`kernel.store.pgblobs`).
+``pyrepl3.blobs`` and    checkpoint blobs, chunked (see :mod:`kernel.store.postgres.blobs`).
 ``pyrepl3.blob_chunks``
 
 One live kernel per session is a session-level advisory lock
 (``pg_try_advisory_lock``) held on a dedicated connection: Postgres drops it
 when that connection ends, including when the kernel is killed.
 
-Every message that names the database goes through :func:`kernel.config.redact`
-/ :func:`kernel.config.scrub`: a DSN's password never reaches a log or a cell.
+Every message that names the database goes through :func:`kernel.core.settings.redact`
+/ :func:`kernel.core.settings.scrub`: a DSN's password never reaches a log or a cell.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from resonate.types import Value
 from resonate_base.error import ConnectorError
 from resonate_pg import PostgresConnection
 
-from kernel.config import redact, scrub
-from kernel.errors import EngineConnectionError, StoreError, StoreLockedError
-from kernel.ids import kind_of
-from kernel.store.catalog import matching
-from kernel.models import ExecutionSummary
+from kernel.core.settings import redact, scrub
+from kernel.core.errors import EngineConnectionError, StoreError, StoreLockedError
+from kernel.core.ids import kind_of
+from kernel.store.embedded.catalog import matching
+from kernel.core.models import ExecutionSummary
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ SCHEMA_VERSION = 2
 DEFAULT_TIMEOUT = 5.0
 #: Seconds a pooled connection may sit idle before it is checked on checkout.
 CHECK_AFTER_IDLE = 2.0
-SESSION_TAG = "pyrepl3:session"  # = kernel.runtime.SESSION_TAG (not imported: no cycle)
+SESSION_TAG = "pyrepl3:session"  # = kernel.durable.runtime.SESSION_TAG (not imported: no cycle)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS pyrepl3.meta (key text PRIMARY KEY, value text NOT NULL);
@@ -438,7 +438,7 @@ def _decode(data: str | None) -> Any:
 
 
 def record(row: tuple[Any, ...], now_ms: int | None = None) -> dict[str, Any]:
-    """A catalog record (as :func:`kernel.store.catalog.decode_record` gives) from :data:`RECORD_COLUMNS`."""
+    """A catalog record (as :func:`kernel.store.embedded.catalog.decode_record` gives) from :data:`RECORD_COLUMNS`."""
     pid, session, state, param, value, tags, timeout_at, created_at, settled_at, is_timer = row
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     if state == "pending" and timeout_at <= now_ms:  # resonate-pg times promises out on read
@@ -458,7 +458,7 @@ def record(row: tuple[Any, ...], now_ms: int | None = None) -> dict[str, Any]:
 
 
 class PgCatalog:
-    """The read side over Postgres (same methods as :class:`kernel.store.catalog.Catalog`).
+    """The read side over Postgres (same methods as :class:`kernel.store.embedded.catalog.Catalog`).
 
     Reads join PyREPL3's index with resonate-pg's promise table, so the role
     needs SELECT on ``resonate.promises`` (see README, "Scale out").
@@ -498,7 +498,7 @@ class PgCatalog:
         return [{"session": s, "executions": n, "pending": p, "first_at": a, "last_at": b} for s, n, p, a, b in rows]
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
-        from kernel.store.catalog import execution_summary
+        from kernel.store.embedded.catalog import execution_summary
 
         where, args = matching("%s", **{"i.session": session})
         sql = (
