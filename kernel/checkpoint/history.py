@@ -24,7 +24,7 @@ from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, Manifest
 from kernel.core.errors import CheckpointNotFoundError
 from kernel.durable.runtime import DurableRuntime, ResolvedPromise
 from kernel.checkpoint.signing import Signer
-from kernel.store.embedded.locks import session_key
+from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class NamespaceCheckpoints:
         self.signer = signer
         self.session = session
         self._records = records
-        self._prefix = f"ckpt:{session_key(session)}:"
+        self._key = session_key(session)
+        self._prefix = checkpoint_prefix(self._key)
         self.previous: Manifest | None = None
         existing = records()
         self._seq = int(existing[-1]["id"].rsplit(":", 1)[-1]) if existing else 0
@@ -85,10 +86,10 @@ class NamespaceCheckpoints:
             "size": manifest.total_size,
         }
         promise = ResolvedPromise(
-            id=f"{self._prefix}{self._seq:010d}",
+            id=checkpoint_id(self._key, self._seq),
             timeout_at_ms=int((time.time() + 10 * 365 * 86400) * 1000),
             param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id},
-            tags={"pyrepl3:kind": "checkpoint"},
+            tags={KIND_TAG: "checkpoint"},
             value=value,
         )
         self.previous = manifest

@@ -3,20 +3,39 @@
 ``exec:<msg_id>``                  a cell's execution (the execute_request's msg_id)
 ``exec:<msg_id>:input:<n>``        the n-th prompt (input/getpass/approval) in it
 ``exec:<msg_id>:step:<n>``         the n-th durable step in it
-``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named checkpoint in it
+``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named step value (``durable.checkpoint``) in it
+``exec:<msg_id>:resume:<k>``       the k-th resume attempt of an interrupted execution
 ``ckpt:<session-key>:<count>``     a namespace checkpoint manifest
+
+Tags: :data:`SESSION_TAG` (which session a promise belongs to) and
+:data:`KIND_TAG` (input / step), set on every promise PyREPL3 creates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 
 EXEC_PREFIX = "exec:"
+CKPT_PREFIX = "ckpt:"
+SESSION_TAG = "pyrepl3:session"
+KIND_TAG = "pyrepl3:kind"
+EXTERNAL_TAG = "resonate:external"
+
+
+def session_key(session: str) -> str:
+    """A file-name-safe, stable key for a session id (which may be a path)."""
+    return hashlib.sha256(session.encode()).hexdigest()[:24]
 
 
 def exec_id(msg_id: str) -> str:
     return f"{EXEC_PREFIX}{msg_id}"
+
+
+def msg_id_of(execution_id: str) -> str:
+    """The msg_id inside ``exec:<msg_id>``."""
+    return execution_id[len(EXEC_PREFIX) :] if execution_id.startswith(EXEC_PREFIX) else execution_id
 
 
 def input_id(execution_id: str, n: int) -> str:
@@ -25,6 +44,24 @@ def input_id(execution_id: str, n: int) -> str:
 
 def step_id(execution_id: str, n: int) -> str:
     return f"{execution_id}:step:{n}"
+
+
+def step_value_id(execution_id: str, name: str, version: int) -> str:
+    return f"{execution_id}:ckpt:{name}:{version}"
+
+
+def resume_attempt_id(execution_id: str, attempt: int) -> str:
+    return f"{execution_id}:resume:{attempt}"
+
+
+def checkpoint_prefix(session_key: str) -> str:
+    """Every namespace checkpoint of a session starts with this."""
+    return f"{CKPT_PREFIX}{session_key}:"
+
+
+def checkpoint_id(session_key: str, seq: int) -> str:
+    """Zero-padded, so the ids of a session sort in sequence order."""
+    return f"{checkpoint_prefix(session_key)}{seq:010d}"
 
 
 def kind_of(promise_id: str) -> str:
@@ -38,7 +75,7 @@ def kind_of(promise_id: str) -> str:
         if len(rest) == 4 and rest[1] == "ckpt":
             return "step"
         return "other"
-    if promise_id.startswith("ckpt:"):
+    if promise_id.startswith(CKPT_PREFIX):
         return "checkpoint"
     return "other"
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from resonate.types import PromiseRecord
 
 from kernel.core.errors import PromiseTimeoutError, PyRepl3Error
-from kernel.core.ids import ChildNumbering, input_id
+from kernel.core.ids import EXTERNAL_TAG, KIND_TAG, ChildNumbering, input_id
 from kernel.durable.runtime import DurableRuntime
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class PromptBroker(ChildNumbering):
         pid = self.next_child(input_id, "durable prompts")
         timeout_at = int((self._clock() + self.timeout) * 1000)
         param = {**param, "execution_id": self.execution_id, "n": self._count, "timeout": self.timeout}
-        record = self.runtime.create(pid, timeout_at, param, {"resonate:external": "true", "pyrepl3:kind": "input"})
+        record = self.runtime.create(pid, timeout_at, param, {EXTERNAL_TAG: "true", KIND_TAG: "input"})
         return record, pid
 
     def _announce(self, pid: str, prompt: str, *, approval: bool = False) -> None:

@@ -32,6 +32,7 @@ from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
+from kernel.core.ids import SESSION_TAG, exec_id
 from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
 from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams
 
@@ -40,7 +41,6 @@ T = TypeVar("T")
 
 #: How long an execution promise may stay pending before the engine times it out.
 EXECUTION_TIMEOUT = timedelta(days=7)
-SESSION_TAG = "pyrepl3:session"
 
 
 class NoPickledErrors:
@@ -109,17 +109,17 @@ class Orphan:
 
     @property
     def execution_id(self) -> str:
-        return f"exec:{self.params.msg_id}"
+        return exec_id(self.params.msg_id)
 
 
 def interrupted_by_exit(params: ExecutionParams, detail: str = "") -> CellError:
     """The structured error an execution gets when its kernel died during it."""
     return CellError(
-        execution_id=f"exec:{params.msg_id}",
+        execution_id=exec_id(params.msg_id),
         execution_count=params.execution_count,
         ename="KernelExitInterruption",
         evalue=(
-            f"execution {params.execution_count} (exec:{params.msg_id}) was interrupted "
+            f"execution {params.execution_count} ({exec_id(params.msg_id)}) was interrupted "
             f"by kernel exit before it finished{detail}"
         ),
     )
@@ -329,7 +329,7 @@ class DurableRuntime:
 
     async def _submit(self, params: ExecutionParams) -> PromiseRecord:
         assert self.resonate is not None
-        eid = f"exec:{params.msg_id}"
+        eid = exec_id(params.msg_id)
         now = int(time.time() * 1000)
         return await self.resonate.promises.create(
             eid,

@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
-from kernel.core.ids import ChildNumbering, step_id
+from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
 from kernel.durable.runtime import DurableRuntime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -69,7 +69,7 @@ class StepJournal(ChildNumbering):
 
     def _open(self, pid: str, param: dict[str, Any]) -> Any:
         far = int((self._clock() + 365 * 86400) * 1000)
-        return self.runtime.create(pid, far, param, {"pyrepl3:kind": "step"})
+        return self.runtime.create(pid, far, param, {KIND_TAG: "step"})
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         pid = self._next_id()
@@ -108,7 +108,7 @@ class StepJournal(ChildNumbering):
             raise PyRepl3Error("durable checkpoints can only be used inside a cell's execution")
         if not _NAME.match(name):
             raise PyRepl3Error(f"checkpoint name {name!r} must be 1-100 letters, digits, '_', '.' or '-'")
-        return f"{self.execution_id}:ckpt:{name}:{version}"
+        return step_value_id(self.execution_id, name, version)
 
     def _latest(self, name: str) -> tuple[int, Any]:
         """(newest version, its record) or (0, None), in O(log n) lookups."""
@@ -129,7 +129,7 @@ class StepJournal(ChildNumbering):
         version, _ = self._latest(name)
         pid = self._ckpt_id(name, version + 1)
         far = int((self._clock() + 365 * 86400) * 1000)
-        self.runtime.create(pid, far, {"kind": "checkpoint", "name": name}, {"pyrepl3:kind": "step"})
+        self.runtime.create(pid, far, {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"})
         self.runtime.settle(pid, "resolved", encoded)
 
     def get_checkpoint(self, name: str, default: Any = _MISSING) -> Any:

@@ -19,6 +19,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from kernel.core.ids import resume_attempt_id
 from kernel.core.models import CellError, CellResult, Timings
 from kernel.jupyter.outputs import flush_std
 from kernel.durable.runtime import Orphan, interrupted_by_exit
@@ -64,7 +65,7 @@ class ResumeMixin:
         """Count a resume attempt durably; past the limit, reject instead of resuming."""
         eid = orphan.execution_id
         attempt = 1
-        while ds.runtime.find(f"{eid}:resume:{attempt}") is not None:
+        while ds.runtime.find(resume_attempt_id(eid, attempt)) is not None:
             attempt += 1
         if attempt > ds.resume_limit:
             orphan.outcome.set_result(
@@ -77,8 +78,8 @@ class ResumeMixin:
             self._notice(f"{eid} was not resumed: it crashed the kernel {attempt - 1} times (PYREPL3_RESUME_LIMIT)")
             return False
         far = int((time.time() + 365 * 86400) * 1000)
-        ds.runtime.create(f"{eid}:resume:{attempt}", far, {"attempt": attempt, "kernel_pid": os.getpid()}, {})
-        ds.runtime.settle(f"{eid}:resume:{attempt}", "resolved", {"started_at": time.time()})
+        ds.runtime.create(resume_attempt_id(eid, attempt), far, {"attempt": attempt, "kernel_pid": os.getpid()}, {})
+        ds.runtime.settle(resume_attempt_id(eid, attempt), "resolved", {"started_at": time.time()})
         return True
 
     def resume_interrupted(self) -> list[str]:

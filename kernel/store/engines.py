@@ -34,7 +34,7 @@ from resonate_base.connections import Network, Source
 
 from kernel.core.settings import EngineSpec, bool_setting, float_setting, redact, resolve_blobs, resolve_engine, resolve_home, store_path
 from kernel.core.errors import ConfigurationError, PyRepl3Error
-from kernel.store.embedded.locks import session_key
+from kernel.core.ids import session_key
 
 
 class Lock(Protocol):

@@ -7,17 +7,12 @@ so a crashed kernel never leaves a stale lock behind.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import time
 from pathlib import Path
 
 from kernel.core.errors import StoreLockedError
-
-
-def session_key(session: str) -> str:
-    """A file-name-safe, stable key for a session id (which may be a path)."""
-    return hashlib.sha256(session.encode()).hexdigest()[:24]
+from kernel.core.ids import session_key
 
 
 class SessionLock:

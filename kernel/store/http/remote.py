@@ -43,7 +43,7 @@ from kernel.core.ids import kind_of
 from kernel.store.embedded.catalog import matching
 from kernel.core.models import ExecutionSummary
 from kernel.store.engines import Engine, Lock
-from kernel.store.embedded.locks import session_key
+from kernel.core.ids import session_key
 from kernel.store.postgres.pg import DEFAULT_TIMEOUT, _index_entry, one_line
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from resonate_pg import PostgresConnection
 
 from kernel.core.settings import redact, scrub
 from kernel.core.errors import EngineConnectionError, StoreError, StoreLockedError
-from kernel.core.ids import kind_of
+from kernel.core.ids import SESSION_TAG, kind_of
 from kernel.store.embedded.catalog import matching
 from kernel.core.models import ExecutionSummary
 
@@ -57,7 +57,6 @@ SCHEMA_VERSION = 2
 DEFAULT_TIMEOUT = 5.0
 #: Seconds a pooled connection may sit idle before it is checked on checkout.
 CHECK_AFTER_IDLE = 2.0
-SESSION_TAG = "pyrepl3:session"  # = kernel.durable.runtime.SESSION_TAG (not imported: no cycle)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS pyrepl3.meta (key text PRIMARY KEY, value text NOT NULL);
@@ -216,7 +215,7 @@ class PgLink:
 
 def lock_key(session: str) -> int:
     """A signed 64-bit advisory-lock key for a session."""
-    return int.from_bytes(hashlib.sha256(b"pyrepl3:session:" + session.encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(hashlib.sha256(f"{SESSION_TAG}:{session}".encode()).digest()[:8], "big", signed=True)
 
 
 def _owner() -> str:
