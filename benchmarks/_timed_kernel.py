@@ -250,14 +250,16 @@ def install(kind: str) -> type:
     wrap(EmbeddedStore, "tick", "rt: EmbeddedStore.tick")
     wrap(ServerState, "apply", "rt: ServerState.apply")
 
-    orig_init = EmbeddedStore.__init__
+    orig_open = EmbeddedStore.open
 
-    @functools.wraps(orig_init)
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        orig_init(self, *args, **kwargs)
-        self._db = _TimedDB(self._db)
+    @functools.wraps(orig_open)
+    def open_timed(self: Any) -> Any:
+        orig_open(self)
+        if not isinstance(self._db_conn, _TimedDB):
+            self._db_conn = _TimedDB(self._db_conn)
+        return self
 
-    EmbeddedStore.__init__ = init  # type: ignore[method-assign]
+    EmbeddedStore.open = open_timed  # type: ignore[method-assign]
 
     # Busy time of the runtime thread's event loop (every callback it runs).
     orig_run = asyncio.events.Handle._run

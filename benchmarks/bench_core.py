@@ -274,14 +274,14 @@ def prefill_store(home: Path, session: str, count: int) -> float:
     from kernel.core.models import CellResult, ExecutionParams, Timings
     from kernel.durable.runtime import CellDispatcher, DurableRuntime
     from kernel.store.embedded.store import EmbeddedStore
-    from kernel.store.embedded.locks import SessionLock
+    from kernel.store.embedded.locks import FlockSessionLock
 
     t0 = time.perf_counter()
-    lock = SessionLock(home, session).acquire()
+    lock = FlockSessionLock(home, session).acquire()
     store = runtime = None
     try:
         pid = uuid.uuid4().hex
-        store = EmbeddedStore(store_path(home), session, pid=pid)
+        store = EmbeddedStore(store_path(home), session, pid=pid).open()
         dispatcher = CellDispatcher()
         runtime = DurableRuntime(store, session=session, dispatcher=dispatcher, pid=pid).start()
         for i in range(1, count + 1):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kernel.checkpoint.checkpointer import Checkpointer, Manifest
-from kernel.store.embedded.blobs import BlobStore
+from kernel.store.embedded.blobs import FileBlobStore
 
 SETUP = """
 import numpy as np
@@ -69,7 +69,7 @@ def run(home: Path, cells: int) -> None:
     data = sum(ns[f"arr{i}"].nbytes for i in range(4))
     print(f"namespace: 4 arrays = {data / 1e6:.0f} MB, {len(ns['points'])} Point instances")
 
-    blobs = BlobStore(home / "blobs")
+    blobs = FileBlobStore(home / "blobs").open()
     cp = Checkpointer(blobs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
@@ -118,7 +118,7 @@ def run(home: Path, cells: int) -> None:
 
     fresh: dict = {"__name__": "__main__"}
     t = time.perf_counter()
-    restored = Checkpointer(BlobStore(home / "blobs")).restore(Manifest.model_validate(dumped), fresh)
+    restored = Checkpointer(FileBlobStore(home / "blobs").open()).restore(Manifest.model_validate(dumped), fresh)
     print(f"restore (same process): {(time.perf_counter() - t) * 1e3:8.1f} ms  {restored.summary()[:90]}")
     assert fresh["arr1"][0] == 1.0 and fresh["points"][7].i == -1 and fresh["arr0"].flags.writeable
 
@@ -128,12 +128,12 @@ def run(home: Path, cells: int) -> None:
         import time, pathlib
         t0 = time.perf_counter()
         from kernel.checkpoint.checkpointer import Checkpointer, Manifest
-        from kernel.store.embedded.blobs import BlobStore
+        from kernel.store.embedded.blobs import FileBlobStore
         home = pathlib.Path({str(home)!r})
         m = Manifest.model_validate_json((home / "manifest.json").read_text())
         ns = {{"__name__": "__main__"}}
         t = time.perf_counter()
-        r = Checkpointer(BlobStore(home / "blobs")).restore(m, ns)
+        r = Checkpointer(FileBlobStore(home / "blobs").open()).restore(m, ns)
         print(f"restore (fresh process):{{(time.perf_counter() - t) * 1e3:8.1f}} ms  (imports {{(t - t0) * 1e3:.0f}} ms)  norm={{ns['points'][3].norm()}}")
         """
     )

@@ -16,7 +16,7 @@ import pytest
 
 from kernel.checkpoint.checkpointer import Checkpointer, Manifest, is_ipython_name, scan_cell
 from kernel.core.errors import StoreError
-from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, BlobStore, digest_of
+from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, FileBlobStore, digest_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ class Notebook:
     """A ``__main__``-like namespace whose cells are checkpointed like the kernel will do it."""
 
     def __init__(self, root: Path, **options: object) -> None:
-        self.blobs = BlobStore(root / "blobs")
+        self.blobs = FileBlobStore(root / "blobs").open()
         self.cp = Checkpointer(self.blobs, **options)  # type: ignore[arg-type]
         self.ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         self.manifest: Manifest | None = None
@@ -42,7 +42,7 @@ class Notebook:
 
     def restore_fresh(self, manifest: Manifest | None = None):
         ns: dict = {"__name__": "__main__"}
-        report = Checkpointer(BlobStore(self.blobs.root)).restore(manifest or self.manifest, ns)  # type: ignore[arg-type]
+        report = Checkpointer(FileBlobStore(self.blobs.root).open()).restore(manifest or self.manifest, ns)  # type: ignore[arg-type]
         return ns, report
 
 
@@ -55,7 +55,7 @@ def nb(tmp_path: Path) -> Notebook:
 
 
 def test_blobstore_put_get_is_content_addressed_and_verified(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs").open()
     digest = store.put(b"hello")
     assert digest == digest_of(b"hello") and store.has(digest) and store.size(digest) == 5
     assert store.put(memoryview(b"hello")) == digest  # same content, same blob
@@ -81,10 +81,10 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, pathlib
-        from kernel.store.embedded.blobs import BlobStore, digest_of
+        from kernel.store.embedded.blobs import FileBlobStore, digest_of
         data = np.full(16_000_000, 7, dtype=np.float64)  # 128 MB
         print(digest_of(memoryview(data).cast("B")), flush=True)
-        BlobStore(pathlib.Path({str(tmp_path / "blobs")!r})).put(memoryview(data))
+        FileBlobStore(pathlib.Path({str(tmp_path / "blobs")!r})).open().put(memoryview(data))
         print("done", flush=True)
         """
     )
@@ -95,7 +95,7 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
         time.sleep(0.0005)
     child.kill()
     child.wait()
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs").open()
     if store.has(digest):  # the write won the race: then the blob must be whole
         assert digest_of(store.get(digest)) == digest
     else:
@@ -105,7 +105,7 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
 
 
 def test_blobstore_rewrites_a_truncated_blob_and_maps_buffers_privately(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs").open()
     data = np.arange(100_000, dtype=np.float64)
     digest = store.put(memoryview(data))
     store.path(digest).write_bytes(b"\0" * 10)  # a crash-truncated copy under the real name
@@ -196,10 +196,10 @@ def test_notebook_class_instances_restore_in_a_fresh_process(nb: Notebook, tmp_p
         f"""
         import json, pathlib
         from kernel.checkpoint.checkpointer import Checkpointer, Manifest
-        from kernel.store.embedded.blobs import BlobStore
+        from kernel.store.embedded.blobs import FileBlobStore
         m = Manifest.model_validate_json(pathlib.Path({str(tmp_path / "m.json")!r}).read_text())
         ns = {{"__name__": "__main__"}}
-        report = Checkpointer(BlobStore(pathlib.Path({str(nb.blobs.root)!r}))).restore(m, ns)
+        report = Checkpointer(FileBlobStore(pathlib.Path({str(nb.blobs.root)!r})).open()).restore(m, ns)
         a = ns["accounts"][1]
         print(json.dumps([report.restored, a.owner, a.net(), isinstance(a, ns["Account"]), ns["Account"].fee]))
         """
@@ -400,7 +400,7 @@ def test_time_travel_and_incremental_after_restore(seeded: Notebook) -> None:
     assert ns["lst"] == [1] and ns["x"] == 5 and not report.skipped
 
     # The checkpointer that restored continues incrementally from that manifest.
-    blobs = BlobStore(seeded.blobs.root)
+    blobs = FileBlobStore(seeded.blobs.root).open()
     cp = Checkpointer(blobs)
     ns = {"__name__": "__main__"}
     cp.restore(first, ns)

@@ -27,7 +27,8 @@ from harness import TIMEOUT, KernelFactory, Store, cli, cli_json, executions, ke
 from kernel.durable import hitl
 from kernel.core.settings import redact, resolve_blobs, resolve_engine, scrub
 from kernel.core.errors import ConfigurationError, EngineConnectionError
-from kernel.store.engines import EmbeddedEngine, open_engine
+from kernel.store.embedded.engine import EmbeddedEngine
+from kernel.store.registry import open_engine
 
 SECRET = "s3cr3t-pw-" + uuid.uuid4().hex[:8]
 
@@ -333,13 +334,13 @@ def test_a_corrupted_blob_in_postgres_is_reported_and_the_rest_restored(kernels:
 def test_postgres_blob_store(store: Store) -> None:
     """The Postgres blob store keeps the file store's contract (put/get/has/size, batches, corruption)."""
     from kernel.core.errors import StoreError
-    from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, digest_of
-    from kernel.store.postgres.pg import PgLink, ensure_schema
+    from kernel.store.base import BlobCorruptError, BlobMissingError
+    from kernel.store.digests import digest_of
+    from kernel.store.postgres.link import PgLink
     from kernel.store.postgres.blobs import PgBlobStore
 
-    link = PgLink(store.dsn)
+    link = PgLink(store.dsn).open(schema=True)
     try:
-        ensure_schema(link.conn, store.dsn)
         blobs = PgBlobStore(link, chunk_size=1000)
         data = uuid.uuid4().bytes * 300  # 4800 bytes: 5 chunks
         digest = blobs.put(memoryview(data))

@@ -191,7 +191,7 @@ def test_replayed_execution_does_not_ask_again(tmp_path: Path) -> None:
         def poll_reply(self, timeout: float) -> str | None:
             return self.answers.pop(0) if self.answers else None
 
-    store = EmbeddedStore(tmp_path / "store.sqlite3", "s")
+    store = EmbeddedStore(tmp_path / "store.sqlite3", "s").open()
     runtime = DurableRuntime(store, session="s", dispatcher=CellDispatcher()).start()
     try:
         broker = PromptBroker(runtime, timeout=5)

@@ -22,7 +22,7 @@ import pytest
 
 from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, Timings
 from kernel.durable.runtime import CellDispatcher, DurableRuntime
-from kernel.store.embedded.catalog import Catalog
+from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.store import EmbeddedStore
 
 SESSION = "store-test"
@@ -61,7 +61,7 @@ class Engine:
         self.dispatcher = CellDispatcher()
         # Executions this engine should receive as soon as it starts.
         self.tickets = {eid: self.dispatcher.expect(eid) for eid in expect}
-        self.store = EmbeddedStore(path, SESSION, pid=pid)
+        self.store = EmbeddedStore(path, SESSION, pid=pid).open()
         self.runtime = DurableRuntime(self.store, session=SESSION, dispatcher=self.dispatcher, pid=pid).start()
 
     def start(self, p: ExecutionParams) -> Any:
@@ -114,7 +114,7 @@ def test_promises_survive_close_and_reopen(tmp_path: Path, engines: list[Engine]
     assert ok.value.data["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "print('one')"}]
     assert e2.runtime.get("exec:err-2").state == "rejected"
 
-    cat = Catalog(path)
+    cat = EmbeddedCatalog(path).open()
     try:
         rows = cat.executions(SESSION)
         assert [(r.id, r.state, r.ename) for r in rows] == [
@@ -188,7 +188,7 @@ def test_execution_running_in_a_killed_process_is_redelivered_on_reopen(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=WAIT)
 
-    cat = Catalog(path)
+    cat = EmbeddedCatalog(path).open()
     try:
         assert [(r.id, r.state) for r in cat.executions(SESSION)] == [("exec:stuck", "pending")]
     finally:
@@ -203,7 +203,7 @@ def test_execution_running_in_a_killed_process_is_redelivered_on_reopen(tmp_path
         CellError(execution_id="exec:stuck", execution_count=7, ename="KernelExitInterruption", evalue="killed")
     )
     assert e.runtime.wait_settled("exec:stuck", timeout=WAIT).state == "rejected"
-    cat = Catalog(path)
+    cat = EmbeddedCatalog(path).open()
     try:
         [row] = cat.executions(SESSION)
         assert (row.state, row.ename, row.execution_count) == ("rejected", "KernelExitInterruption", 7)
@@ -225,7 +225,7 @@ def test_planted_pickle_in_a_rejection_is_never_unpickled(tmp_path: Path) -> Non
         def __reduce__(self):  # type: ignore[override]
             return (open, (str(marker), "w"))
 
-    store = EmbeddedStore(tmp_path / "store.sqlite3", "s")
+    store = EmbeddedStore(tmp_path / "store.sqlite3", "s").open()
     runtime = DurableRuntime(store, session="s", dispatcher=CellDispatcher()).start()
     try:
         runtime.create("exec:planted", int(time.time() * 1000) + 60_000, {"x": 1}, {})

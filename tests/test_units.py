@@ -10,7 +10,7 @@ from jupyter_core.paths import jupyter_data_dir
 from kernel.core.settings import bool_setting, float_setting, resolve_home, resolve_session, store_path
 from kernel.core.errors import ConfigurationError, StoreLockedError
 from kernel.core.ids import exec_id, execution_of, input_id, kind_of, step_id
-from kernel.store.embedded.locks import SessionLock, session_key
+from kernel.store.embedded.locks import FlockSessionLock, session_key
 
 # -- ids -------------------------------------------------------------------------
 
@@ -86,14 +86,14 @@ def test_numeric_and_boolean_settings() -> None:
 
 
 def test_session_lock_is_exclusive_and_released(tmp_path: Path) -> None:
-    first = SessionLock(tmp_path, "nb/one.ipynb").acquire()
+    first = FlockSessionLock(tmp_path, "nb/one.ipynb").acquire()
     assert first.path.name == f"{session_key('nb/one.ipynb')}.lock"
     with pytest.raises(StoreLockedError, match="in use by a live kernel"):
-        SessionLock(tmp_path, "nb/one.ipynb").acquire()
-    other = SessionLock(tmp_path, "nb/two.ipynb")
+        FlockSessionLock(tmp_path, "nb/one.ipynb").acquire()
+    other = FlockSessionLock(tmp_path, "nb/two.ipynb")
     assert other.try_acquire(), "another session is not blocked"
     first.release()
-    again = SessionLock(tmp_path, "nb/one.ipynb")
+    again = FlockSessionLock(tmp_path, "nb/one.ipynb")
     assert again.try_acquire()
     again.release()
     other.release()

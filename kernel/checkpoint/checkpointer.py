@@ -2,7 +2,7 @@
 
 A checkpoint is a small :class:`Manifest` (name -> content hash, type, size,
 how to restore) that the kernel stores in a durable promise. The values live in
-the content-addressed :class:`~kernel.store.embedded.blobs.BlobStore`, written once per
+the content-addressed :class:`~kernel.store.base.BlobStore`, written once per
 distinct content, so any older manifest can be restored the same way (time
 travel) and unchanged values cost nothing to keep.
 
@@ -83,7 +83,8 @@ import cloudpickle
 from pydantic import BaseModel, Field
 
 from kernel.core.errors import StoreError
-from kernel.store.embedded.blobs import HASH_NAME, BlobStore
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobStore
+from kernel.store.digests import HASH_NAME
 
 FORMAT = 1
 PROTOCOL = 5
@@ -1100,8 +1101,6 @@ def _same_entry(old: Entry | None, new: Entry) -> bool:
 
 
 def _blob_problem(exc: StoreError) -> str:
-    from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError
-
     if isinstance(exc, BlobMissingError):
         return f"its saved data is missing ({exc})"
     if isinstance(exc, BlobCorruptError):

@@ -27,8 +27,8 @@ from typing import Any
 
 from kernel.durable import hitl
 from kernel.core.errors import PyRepl3Error
-from kernel.store.embedded.catalog import error_of
-from kernel.store.engines import open_engine
+from kernel.store.records import error_of
+from kernel.store.registry import open_engine
 
 
 def _when(ms: int | None) -> str:

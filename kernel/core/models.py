@@ -6,7 +6,7 @@ the CLI and the tests read the same thing.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
 
@@ -70,3 +70,29 @@ class ExecutionSummary(BaseModel):
     created_at: int
     settled_at: int | None = None
     ename: str | None = None
+
+
+class PromiseRecord(TypedDict):
+    """A promise as every engine's read side returns it: param and value decoded to plain data."""
+
+    id: str
+    kind: str
+    state: str
+    param: Any
+    value: Any
+    tags: dict[str, str]
+    timeout_at: int
+    created_at: int
+    settled_at: int | None
+    #: The PyREPL3 session the promise belongs to (None if it is not indexed as one of ours).
+    session: str | None
+
+
+class SessionSummary(TypedDict):
+    """One row of ``pyrepl3 sessions``."""
+
+    session: str
+    executions: int
+    pending: int
+    first_at: int
+    last_at: int

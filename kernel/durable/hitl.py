@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from kernel.core.errors import PyRepl3Error
-from kernel.store.engines import Engine, opened
+from kernel.store.base import Engine
+from kernel.store.registry import opened
 
 
 def _engine(home: str | Path | None, store: str | None) -> Any:

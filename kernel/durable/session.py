@@ -28,7 +28,9 @@ from kernel.durable.runtime import CellDispatcher, DurableRuntime
 from kernel.checkpoint.signing import Signer, load_key
 from kernel.checkpoint.history import NamespaceCheckpoints
 from kernel.durable.steps import StepJournal
-from kernel.store.engines import EmbeddedEngine, Engine, Lock, open_engine
+from kernel.store.base import Engine, SessionLock
+from kernel.store.embedded.engine import EmbeddedEngine
+from kernel.store.registry import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class DurableSession:
     #: Where the state lives, for messages and ``%durable`` (a path, or the engine with credentials redacted).
     store_path: Path | str
     engine: Engine
-    lock: Lock
+    lock: SessionLock
     runtime: DurableRuntime
     dispatcher: CellDispatcher
     #: Seconds the kernel waits for the engine to hand a submitted cell back.
@@ -93,7 +95,7 @@ class DurableSession:
         max_bytes = int(float_setting(env, "PYREPL3_CHECKPOINT_MAX_BYTES", float(checkpoint_max_bytes or 0))) or None
         engine = open_engine(env, store=store, home=home)
         runtime: DurableRuntime | None = None
-        lock: Lock | None = None
+        lock: SessionLock | None = None
         try:
             lock = engine.lock(session, wait=float_setting(env, "PYREPL3_LOCK_WAIT", 3.0))
             pid = uuid.uuid4().hex

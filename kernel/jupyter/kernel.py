@@ -30,7 +30,7 @@ from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
 from kernel.jupyter.resume import ResumeMixin
 from kernel.durable.runtime import ResolvedPromise
 from kernel.durable.session import DurableSession, SessionKeeper, reconnect_interval
-from kernel.store.embedded.catalog import error_of
+from kernel.store.records import error_of
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,4 @@
-"""Read-side queries over the embedded store, safe while a kernel is writing.
-
-(The Postgres engine's read side is :class:`kernel.store.postgres.pg.PgCatalog`, same methods.)
+"""The embedded engine's read side (:class:`kernel.store.base.Catalog`), safe while a kernel is writing.
 
 Used by the CLI and the ``%durable`` magic. SQLite in WAL mode lets readers see
 every committed write without blocking the kernel.
@@ -8,27 +6,28 @@ every committed write without blocking the kernel.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from resonate.codec import Codec, NoopEncryptor
-from resonate.types import PromiseRecord
+from resonate.types import PromiseRecord as WireRecord
 
 from kernel.core.ids import kind_of
-from kernel.core.models import CellError, ExecutionSummary
-from kernel.store.embedded.store import connect, decode_promise
+from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
+from kernel.store.embedded.database import connect, decode_promise
+from kernel.store.records import execution_summary, matching
 
 _codec = Codec(NoopEncryptor())
 
 
-def decode_record(blob: bytes) -> dict[str, Any]:
-    """A stored promise with its param and value decoded to plain data."""
+def decode_record(blob: bytes, session: str | None) -> PromiseRecord:
+    """A stored promise (of ``session``) with its param and value decoded to plain data."""
     p = decode_promise(blob)
     raw = p.to_record()
     raw["param"] = raw.get("param") or {}
     raw["value"] = raw.get("value") or {}
-    record = msgspec.convert(raw, PromiseRecord)
+    record = msgspec.convert(raw, WireRecord)
     record = _codec.decode_promise(record)
     return {
         "id": record.id,
@@ -40,37 +39,27 @@ def decode_record(blob: bytes) -> dict[str, Any]:
         "timeout_at": record.timeout_at,
         "created_at": record.created_at,
         "settled_at": record.settled_at,
+        "session": session,
     }
 
 
-def error_of(value: Any) -> CellError | None:
-    """The structured error a rejected execution carries, if it is one of ours."""
-    if isinstance(value, dict) and value.get("__type") == "error":
-        try:
-            return CellError.model_validate_json(value.get("message", ""))
-        except ValueError:
-            return None
-    return None
+class EmbeddedCatalog:
+    """Queries over ``path``; a store file that does not exist yet reads as empty."""
 
-
-def matching(placeholder: str, **columns: Any) -> tuple[str, list[Any]]:
-    """`` AND col = ?`` for every column whose value is not None, and the values
-    (``placeholder`` is ``?`` for SQLite, ``%s`` for psycopg). Every engine's
-    read side filters its optional session/kind arguments with it."""
-    given = {c: v for c, v in columns.items() if v is not None}
-    return "".join(f" AND {c} = {placeholder}" for c in given), list(given.values())
-
-
-class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._db = connect(self.path, readonly=True) if self.path.exists() else None
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> EmbeddedCatalog:
+        if self._db is None and self.path.exists():
+            self._db = connect(self.path, readonly=True)
+        return self
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
 
-    def sessions(self) -> list[dict[str, Any]]:
+    def sessions(self) -> list[SessionSummary]:
         if self._db is None:
             return []
         rows = self._db.execute(
@@ -92,9 +81,7 @@ class Catalog:
             args.append(limit)
         out = []
         for sess, blob in self._db.execute(sql, args).fetchall():
-            rec = decode_record(blob)
-            rec["session"] = sess
-            out.append(execution_summary(rec))
+            out.append(execution_summary(decode_record(blob, sess)))
         out.reverse()
         return out
 
@@ -107,7 +94,7 @@ class Catalog:
         ).fetchall()
         return dict(rows)
 
-    def promise(self, promise_id: str) -> dict[str, Any] | None:
+    def promise(self, promise_id: str) -> PromiseRecord | None:
         if self._db is None:
             return None
         row = self._db.execute(
@@ -115,11 +102,9 @@ class Catalog:
         ).fetchone()
         if row is None:
             return None
-        rec = decode_record(row[1])
-        rec["session"] = row[0]
-        return rec
+        return decode_record(row[1], row[0])
 
-    def checkpoints(self, session: str) -> list[dict[str, Any]]:
+    def checkpoints(self, session: str) -> list[PromiseRecord]:
         """This session's resolved checkpoint records, oldest first."""
         if self._db is None:
             return []
@@ -127,44 +112,14 @@ class Catalog:
             "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id",
             (session,),
         ).fetchall()
-        return [decode_record(blob) for (blob,) in rows]
+        return [decode_record(blob, session) for (blob,) in rows]
 
-    def pending(self, session: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         if self._db is None:
             return []
         where, args = matching("?", session=session, kind=kind)
         sql = "SELECT session, record FROM promises WHERE state = 'pending'" + where
-        out = []
-        for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall():
-            rec = decode_record(blob)
-            rec["session"] = sess
-            out.append(rec)
-        return out
+        return [decode_record(blob, sess) for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall()]
 
 
-def execution_summary(rec: dict[str, Any]) -> ExecutionSummary:
-    """One row of ``pyrepl3 executions`` from a decoded ``exec:`` record (any engine)."""
-    param = _task_args(rec["param"])
-    err = error_of(rec["value"]) if rec["state"] != "resolved" else None
-    return ExecutionSummary(
-        id=rec["id"],
-        session=rec["session"],
-        state=rec["state"],
-        execution_count=param.get("execution_count"),
-        code=param.get("code", ""),
-        created_at=rec["created_at"],
-        settled_at=rec["settled_at"],
-        ename=err.ename if err else None,
-    )
-
-
-def _task_args(param: Any) -> dict[str, Any]:
-    """The ExecutionParams dict inside an exec promise's TaskData param."""
-    if isinstance(param, dict):
-        args = param.get("args") or []
-        if args and isinstance(args[0], dict):
-            return args[0]
-    return {}
-
-
-__all__ = ["Catalog", "decode_record", "error_of", "execution_summary"]
+__all__ = ["EmbeddedCatalog", "decode_record"]

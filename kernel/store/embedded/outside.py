@@ -8,35 +8,48 @@ a tick -- so the kernel's in-memory state and the file never disagree.
 
 from __future__ import annotations
 
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from resonate.codec import Codec, NoopEncryptor
 
+from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import PyRepl3Error
-from kernel.store.embedded.catalog import Catalog
-from kernel.store.embedded.store import EmbeddedStore, connect
-from kernel.store.embedded.locks import SessionLock
+from kernel.core.models import PromiseRecord
+from kernel.store.embedded.catalog import EmbeddedCatalog
+from kernel.store.embedded.database import connect
+from kernel.store.embedded.locks import FlockSessionLock
+from kernel.store.embedded.store import EmbeddedStore
+from kernel.store.protocol import encode_value
 
-_codec = Codec(NoopEncryptor())
+#: Seconds between looks at the store while waiting for the owner to apply a settle.
+POLL_INTERVAL = 0.02
 
 
 def settle_request(promise_id: str, state: str, data: Any) -> dict[str, Any]:
     """A flat ``promise.settle`` request as the state machine takes it."""
     return {
         "kind": "promise.settle",
-        "corrId": f"outside-{time.time_ns()}",
+        "corrId": f"outside-{uuid.uuid4().hex}",
         "id": promise_id,
         "state": state,
-        "value": msgspec.to_builtins(_codec.encode(data)),
+        "value": encode_value(data),
     }
 
 
-def settle_from_outside(home: Path, store_file: Path, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> dict[str, Any]:
+def settle_from_outside(
+    home: Path,
+    store_file: Path,
+    promise_id: str,
+    state: str,
+    data: Any,
+    *,
+    wait: float = 5.0,
+    clock: Clock = SYSTEM,
+) -> PromiseRecord:
     """Settle ``promise_id`` and return its record once the store shows it settled."""
-    catalog = Catalog(store_file)
+    catalog = EmbeddedCatalog(store_file).open()
     try:
         record = catalog.promise(promise_id)
         if record is None:
@@ -44,11 +57,12 @@ def settle_from_outside(home: Path, store_file: Path, promise_id: str, state: st
         if record["state"] != "pending":
             raise PyRepl3Error(f"{promise_id} is already {record['state']}; nothing was changed")
         session = record["session"]
+        assert session is not None
         request = settle_request(promise_id, state, data)
-        lock = SessionLock(home, session)
+        lock = FlockSessionLock(home, session, clock=clock)
         if lock.try_acquire():
             try:
-                store = EmbeddedStore(store_file, session)
+                store = EmbeddedStore(store_file, session).open()
                 try:
                     store.apply(request)
                 finally:
@@ -61,16 +75,17 @@ def settle_from_outside(home: Path, store_file: Path, promise_id: str, state: st
                 db.execute("INSERT INTO inbox (session, request) VALUES (?, ?)", (session, msgspec.json.encode(request).decode()))
             finally:
                 db.close()
-        deadline = time.monotonic() + wait
-        while True:
-            record = catalog.promise(promise_id)
-            if record is not None and record["state"] != "pending":
-                return record
-            if time.monotonic() >= deadline:
-                raise PyRepl3Error(
-                    f"the kernel owning session {session!r} did not apply the answer to {promise_id} within {wait:g}s; "
-                    "it stays queued and will be applied when that kernel next runs"
-                )
-            time.sleep(0.02)
+
+        def settled() -> PromiseRecord | None:
+            found = catalog.promise(promise_id)
+            return found if found is not None and found["state"] != "pending" else None
+
+        settled_record = clock.wait_for(settled, wait, interval=POLL_INTERVAL)
+        if settled_record is None:
+            raise PyRepl3Error(
+                f"the kernel owning session {session!r} did not apply the answer to {promise_id} within {wait:g}s; "
+                "it stays queued and will be applied when that kernel next runs"
+            )
+        return settled_record
     finally:
         catalog.close()

@@ -42,169 +42,14 @@ from resonate.connections.local import (
 )
 from resonate.timing import now_ms
 
-from kernel.core.errors import StoreCorruptError
+from kernel.core.errors import StoreError
 from kernel.core.ids import kind_of
+from kernel.store.embedded.database import connect, decode_promise, decode_task, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
 
 SCHEME = "pyrepl3"
-SCHEMA_VERSION = 1
 PENDING_RETRY_MS = 30_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS promises (
-    id TEXT PRIMARY KEY,
-    session TEXT NOT NULL,
-    state TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    branch TEXT,
-    created_at INTEGER NOT NULL,
-    settled_at INTEGER,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS promises_by_session ON promises (session, kind, created_at);
-CREATE INDEX IF NOT EXISTS promises_by_branch ON promises (branch);
-CREATE INDEX IF NOT EXISTS promises_pending ON promises (session) WHERE state = 'pending';
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    session TEXT NOT NULL,
-    state TEXT NOT NULL,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks (session) WHERE state != 'fulfilled';
-CREATE TABLE IF NOT EXISTS inbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    session TEXT NOT NULL,
-    request TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox (session, seq);
-"""
-
-
-class _StoredPromise(msgspec.Struct, kw_only=True):
-    """A promise as written to disk: the state machine's record minus the
-    listener addresses, which name processes that will not outlive a restart."""
-
-    id: str
-    state: str
-    param: Any
-    value: Any
-    tags: dict[str, str]
-    timeout_at: int
-    created_at: int
-    settled_at: int | None
-    awaiters: list[str] = []
-
-
-class _StoredTask(msgspec.Struct, kw_only=True):
-    id: str
-    state: str
-    version: int
-    pid: str | None
-    ttl: int | None
-    resumes: list[str] = []
-
-
-def connect(path: Path, *, readonly: bool = False, fsync: bool = False) -> sqlite3.Connection:
-    """Open the store database, creating the schema when writable.
-
-    A file that is not a SQLite database, or one whose schema is newer than this
-    code, raises :class:`StoreCorruptError` naming the file; nothing is modified.
-    """
-    try:
-        if readonly:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False
-            )
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL survives a crash of the process (kill -9); FULL also power loss.
-            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
-            conn.executescript(SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                msg = f"store {path} has schema version {row[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
-                raise StoreCorruptError(msg)
-        else:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        msg = f"store database {path} is unreadable or corrupt ({exc}); it was left untouched"
-        raise StoreCorruptError(msg) from exc
-    return conn
-
-
-def _promise_row(session: str, p: DurablePromise) -> tuple[Any, ...]:
-    stored = _StoredPromise(
-        id=p.id,
-        state=p.state,
-        param=p.param,
-        value=p.value,
-        tags=p.tags,
-        timeout_at=p.timeout_at,
-        created_at=p.created_at,
-        settled_at=p.settled_at,
-        awaiters=sorted(p.awaiters),
-    )
-    return (
-        p.id,
-        session,
-        p.state,
-        kind_of(p.id),
-        p.tags.get("resonate:branch"),
-        p.created_at,
-        p.settled_at,
-        msgspec.json.encode(stored),
-    )
-
-
-def _task_row(session: str, t: Task) -> tuple[Any, ...]:
-    stored = _StoredTask(
-        id=t.id, state=t.state, version=t.version, pid=t.pid, ttl=t.ttl, resumes=sorted(t.resumes)
-    )
-    return (t.id, session, t.state, msgspec.json.encode(stored))
-
-
-def decode_promise(blob: bytes) -> DurablePromise:
-    s = msgspec.json.decode(blob, type=_StoredPromise)
-    return DurablePromise(
-        id=s.id,
-        state=s.state,  # type: ignore[arg-type]
-        param=s.param,
-        value=s.value,
-        tags=s.tags,
-        timeout_at=s.timeout_at,
-        created_at=s.created_at,
-        settled_at=s.settled_at,
-        awaiters=set(s.awaiters),
-        subscribers=set(),
-    )
-
-
-def _decode_task(blob: bytes) -> Task:
-    s = msgspec.json.decode(blob, type=_StoredTask)
-    return Task(
-        id=s.id,
-        state=s.state,  # type: ignore[arg-type]
-        version=s.version,
-        pid=s.pid,
-        ttl=s.ttl,
-        resumes=set(s.resumes),
-    )
-
-
-def _promise_sig(p: DurablePromise) -> tuple[Any, ...]:
-    return (p.state, p.settled_at, p.timeout_at, frozenset(p.awaiters))
-
-
-def _task_sig(t: Task) -> tuple[Any, ...]:
-    return (t.state, t.version, t.pid, t.ttl, frozenset(t.resumes))
 
 
 def _referenced_ids(req: Any) -> list[str]:
@@ -241,8 +86,9 @@ class EmbeddedStore:
     """A Resonate ``Network`` and ``Source`` backed by a SQLite file.
 
     ``session`` names the rows this store owns; the caller must hold that
-    session's lock. ``clock``, ``sleeper`` and ``tick_interval`` are seams for
-    tests, as in the SDK's own connections.
+    session's lock. ``clock`` and ``tick_interval`` are seams for tests, as in
+    the SDK's own connections. The constructor touches nothing; :meth:`open`
+    opens the file and loads the session's unfinished work.
     """
 
     def __init__(
@@ -262,7 +108,8 @@ class EmbeddedStore:
         self._group = group
         self._clock = clock
         self._tick_interval = tick_interval
-        self._db = connect(self.path, fsync=fsync)
+        self._fsync = fsync
+        self._db_conn: sqlite3.Connection | None = None
         self.state = ServerState()
         self._saved: dict[str, tuple[Any, ...]] = {}
         self._saved_tasks: dict[str, tuple[Any, ...]] = {}
@@ -271,7 +118,19 @@ class EmbeddedStore:
         self._tick_task: asyncio.Task[None] | None = None
         # Requests left in the inbox before this start are applied too.
         self._inbox_seq = 0
-        self._load_live()
+
+    def open(self) -> EmbeddedStore:
+        """Open the database (:class:`StoreCorruptError` if it is not one of ours) and load the live session."""
+        if self._db_conn is None:
+            self._db_conn = connect(self.path, fsync=self._fsync)
+            self._load_live()
+        return self
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._db_conn is None:
+            raise StoreError(f"the embedded store {self.path} is not open (call open() first)")
+        return self._db_conn
 
     # -- Source -----------------------------------------------------------
 
@@ -297,8 +156,10 @@ class EmbeddedStore:
         self._subscribers.clear()
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        db, self._db_conn = self._db_conn, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
 
     # -- Network ----------------------------------------------------------
 
@@ -345,7 +206,7 @@ class EmbeddedStore:
         for (blob,) in self._db.execute(
             "SELECT record FROM tasks WHERE session = ? AND state != 'fulfilled'", (self.session,)
         ):
-            t = _decode_task(blob)
+            t = decode_task(blob)
             if t.state == "acquired":
                 t.state, t.version, t.pid, t.ttl = "pending", t.version + 1, None, None
             self._adopt_task(t, now, redeliver_now=True)
@@ -359,7 +220,7 @@ class EmbeddedStore:
 
     def _adopt_promise(self, p: DurablePromise) -> None:
         self.state.promises[p.id] = p
-        self._saved[p.id] = _promise_sig(p)
+        self._saved[p.id] = promise_sig(p)
         if p.state == "pending" and "resonate:target" in p.tags:
             self.state.set_p_timeout(p.id, p.timeout_at)
 
@@ -382,9 +243,9 @@ class EmbeddedStore:
             self._adopt_promise(p)
             trow = self._db.execute("SELECT record FROM tasks WHERE id = ?", (pid,)).fetchone()
             if trow is not None:
-                t = _decode_task(trow[0])
+                t = decode_task(trow[0])
                 self._adopt_task(t, self._clock())
-                self._saved_tasks[t.id] = _task_sig(t)
+                self._saved_tasks[t.id] = task_sig(t)
             if p.state == "pending" and (b := p.tags.get("resonate:branch")) and b != p.id:
                 self._page_in([b])
 
@@ -392,15 +253,15 @@ class EmbeddedStore:
         """Write what changed in one transaction, then evict settled lineages."""
         promise_rows = []
         for pid, p in self.state.promises.items():
-            sig = _promise_sig(p)
+            sig = promise_sig(p)
             if self._saved.get(pid) != sig:
-                promise_rows.append(_promise_row(self.session, p))
+                promise_rows.append(promise_row(self.session, p))
                 self._saved[pid] = sig
         task_rows = []
         for tid, t in self.state.tasks.items():
-            sig = _task_sig(t)
+            sig = task_sig(t)
             if self._saved_tasks.get(tid) != sig:
-                task_rows.append(_task_row(self.session, t))
+                task_rows.append(task_row(self.session, t))
                 self._saved_tasks[tid] = sig
         if promise_rows or task_rows:
             with self._transaction():

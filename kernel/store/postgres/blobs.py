@@ -1,4 +1,4 @@
-"""Checkpoint blobs in Postgres: the same API as :class:`kernel.store.embedded.blobs.BlobStore`,
+"""Checkpoint blobs in Postgres: the same API as :class:`kernel.store.base.BlobStore` (as :class:`kernel.store.embedded.blobs.FileBlobStore`),
 stored in the engine's own database so every machine can reach them.
 
 A blob is a header row in ``pyrepl3.blobs`` (digest, size, chunk count) and its
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -26,31 +24,25 @@ import psycopg
 
 from kernel.core.settings import redact
 from kernel.core.errors import StoreError
-from kernel.store.embedded.blobs import HASH_NAME, BlobCorruptError, BlobMissingError, byte_view, digest_of
-from kernel.store.postgres.pg import PgLink, unreachable
+from kernel.core.clock import SYSTEM, Clock
+from kernel.store.base import BlobCorruptError, BlobMissingError
+from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
+from kernel.store.postgres.link import PgLink, unreachable
 
 #: Bytes per chunk row: big enough that round trips don't matter, small enough
 #: that one chunk in flight is noise next to the value itself.
 CHUNK = 4 << 20
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class PgBlobStore:
     """Immutable, content-addressed blobs in the ``pyrepl3`` schema of ``link``'s database."""
 
-    def __init__(self, link: PgLink, *, chunk_size: int = CHUNK) -> None:
+    def __init__(self, link: PgLink, *, chunk_size: int = CHUNK, clock: Clock = SYSTEM) -> None:
         self.link = link
+        self.clock = clock
         self.chunk_size = chunk_size
         self._batch: contextlib.ExitStack | None = None
         self.where = redact(link.dsn)
-
-    # -- naming ----------------------------------------------------------------
-
-    @staticmethod
-    def _check(digest: str) -> str:
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-            raise StoreError(f"not a blob digest: {digest!r}")
-        return digest
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -62,11 +54,11 @@ class PgBlobStore:
 
     def has(self, digest: str) -> bool:
         with self._conn() as conn:
-            return conn.execute("SELECT 1 FROM pyrepl3.blobs WHERE digest = %s", (self._check(digest),)).fetchone() is not None
+            return conn.execute("SELECT 1 FROM pyrepl3.blobs WHERE digest = %s", (check_digest(digest),)).fetchone() is not None
 
     def size(self, digest: str) -> int:
         with self._conn() as conn:
-            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (self._check(digest),)).fetchone()
+            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (check_digest(digest),)).fetchone()
         if row is None:
             raise BlobMissingError(f"blob {digest} is missing (Postgres blob store at {self.where})")
         return int(row[0])
@@ -125,7 +117,7 @@ class PgBlobStore:
             chunks = (size + self.chunk_size - 1) // self.chunk_size
             claimed = conn.execute(
                 "INSERT INTO pyrepl3.blobs VALUES (%s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
-                (digest, size, chunks, int(time.time() * 1000)),
+                (digest, size, chunks, self.clock.now_ms()),
             ).rowcount
             if not claimed:  # another kernel wrote the same content just now
                 return 0
@@ -146,7 +138,7 @@ class PgBlobStore:
 
     def get(self, digest: str) -> bytearray:
         """The blob's bytes, verified against its digest."""
-        self._check(digest)
+        check_digest(digest)
         with self._conn() as conn:
             row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
             if row is None:

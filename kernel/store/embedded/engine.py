@@ -1,0 +1,72 @@
+"""The embedded engine: the SQLite store under a home directory, one kernel per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resonate_base.connections import Network, Source
+
+from kernel.core.errors import ConfigurationError
+from kernel.core.models import PromiseRecord
+from kernel.core.settings import EngineSpec, store_path
+from kernel.store.embedded.blobs import FileBlobStore
+from kernel.store.embedded.catalog import EmbeddedCatalog
+from kernel.store.embedded.locks import FlockSessionLock
+from kernel.store.embedded.outside import settle_from_outside
+from kernel.store.embedded.store import EmbeddedStore
+
+
+class EmbeddedEngine:
+    """The SQLite store under ``home`` (or under the path ``PYREPL3_STORE`` names)."""
+
+    def __init__(self, spec: EngineSpec, home: Path, *, fsync: bool = False) -> None:
+        """``fsync`` (PYREPL3_FSYNC): survive power loss too (SQLite synchronous=FULL, fsynced blobs)."""
+        self.spec = spec
+        self.home = Path(spec.target).expanduser() if spec.target else home
+        self.fsync = fsync
+        self.path = store_path(self.home)
+        self._store: EmbeddedStore | None = None
+
+    def open(self) -> EmbeddedEngine:
+        if self.home.exists() and not self.home.is_dir():
+            raise ConfigurationError(f"{self.spec.setting} points at {self.home}, which is not a directory")
+        return self
+
+    @property
+    def where(self) -> Path:
+        return self.path
+
+    def group(self, session: str) -> str:
+        return "pyrepl3"
+
+    def lock(self, session: str, wait: float = 0.0) -> FlockSessionLock:
+        return FlockSessionLock(self.home, session).acquire(wait=wait)
+
+    def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
+        self._store = EmbeddedStore(self.path, session, pid=pid, fsync=self.fsync).open()
+        return self._store, None
+
+    def interrupted_executions(self, session: str, pid: str) -> list[str]:
+        # The store released the dead owner's leases when it loaded the session.
+        return self._store.interrupted_executions() if self._store is not None else []
+
+    def catalog(self) -> EmbeddedCatalog:
+        return EmbeddedCatalog(self.path).open()
+
+    def blobs(self) -> FileBlobStore:
+        return FileBlobStore(self.home / "blobs", fsync=self.fsync).open()
+
+    def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
+        return settle_from_outside(self.home, self.path, promise_id, state, data, wait=wait)
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+__all__ = ["EmbeddedEngine"]

@@ -1,0 +1,72 @@
+"""The read side's shared vocabulary: filters, error payloads, execution rows.
+
+Every engine's catalog answers with the same shapes
+(:class:`~kernel.core.models.PromiseRecord`,
+:class:`~kernel.core.models.ExecutionSummary`); the helpers that build them
+from a decoded record live here, so no engine imports another for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resonate.codec import Codec, NoopEncryptor
+from resonate.types import Value
+
+from kernel.core.models import CellError, ExecutionSummary, PromiseRecord
+
+_codec = Codec(NoopEncryptor())
+
+#: The states a promise never leaves.
+TERMINAL = ("resolved", "rejected", "rejected_canceled", "rejected_timedout")
+
+
+def matching(placeholder: str, **columns: Any) -> tuple[str, list[Any]]:
+    """`` AND col = ?`` for every column whose value is not None, and the values
+    (``placeholder`` is ``?`` for SQLite, ``%s`` for psycopg). Every engine's
+    read side filters its optional session/kind arguments with it."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return "".join(f" AND {c} = {placeholder}" for c in given), list(given.values())
+
+
+def decode_value(data: str | None) -> Any:
+    """A promise param/value as stored on the wire (base64 JSON) to plain data; None if empty."""
+    return _codec.decode(Value(headers=None, data=data)) if data else None
+
+
+def error_of(value: Any) -> CellError | None:
+    """The structured error a rejected execution carries, if it is one of ours."""
+    if isinstance(value, dict) and value.get("__type") == "error":
+        try:
+            return CellError.model_validate_json(value.get("message", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def execution_summary(rec: PromiseRecord) -> ExecutionSummary:
+    """One row of ``pyrepl3 executions`` from a decoded ``exec:`` record (any engine)."""
+    param = _task_args(rec["param"])
+    err = error_of(rec["value"]) if rec["state"] != "resolved" else None
+    return ExecutionSummary(
+        id=rec["id"],
+        session=rec["session"],  # type: ignore[arg-type]
+        state=rec["state"],
+        execution_count=param.get("execution_count"),
+        code=param.get("code", ""),
+        created_at=rec["created_at"],
+        settled_at=rec["settled_at"],
+        ename=err.ename if err else None,
+    )
+
+
+def _task_args(param: Any) -> dict[str, Any]:
+    """The ExecutionParams dict inside an exec promise's TaskData param."""
+    if isinstance(param, dict):
+        args = param.get("args") or []
+        if args and isinstance(args[0], dict):
+            return args[0]
+    return {}
+
+
+__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "matching"]
