@@ -9,12 +9,16 @@ SHA-256, and the blob store checks content against that hash before anything
 is unpickled, so the manifest's signature authenticates the blobs too. The
 promise is created only after every blob is durable: a crash mid-checkpoint
 leaves the previous checkpoint as the latest.
+
+The manifest is kept as JSON in the promise value (not msgpack): it holds only
+text and numbers -- every byte of data is in a blob -- the engines store
+promise values as JSON anyway, and ``%durable checkpoints`` / the catalog read
+its fields without decoding anything else.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,13 +32,12 @@ from kernel.core.errors import CheckpointNotFoundError
 from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
 from kernel.core.models import ResolvedPromise
 
-log = logging.getLogger(__name__)
-
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers: its JSON with sorted keys and no spaces."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -56,7 +59,7 @@ class NamespaceCheckpoints:
     """A session's checkpoints as promises: the next one to store, the stored ones to restore.
 
     ``records`` lists this session's stored checkpoint records, oldest first
-    (the engine's own index: the embedded store's catalog). Nothing here talks
+    (the engine's own index: its catalog). Nothing here talks
     to the engine: :meth:`capture` returns the promise, and the caller stores
     it with the execution's outcome."""
 
@@ -75,10 +78,10 @@ class NamespaceCheckpoints:
         self.session = session
         self._records = records
         self._key = session_key(session)
-        self._prefix = checkpoint_prefix(self._key)
         self.previous: Manifest | None = None
         existing = records()
-        self._seq = int(existing[-1]["id"].rsplit(":", 1)[-1]) if existing else 0
+        #: The sequence number of the newest stored checkpoint (what follows the session's prefix in its id).
+        self._seq = int(existing[-1]["id"].removeprefix(checkpoint_prefix(self._key))) if existing else 0
 
     # -- saving ----------------------------------------------------------------
 
