@@ -190,6 +190,21 @@ def test_python_and_unregistered_shell_names_are_left_out() -> None:
     assert is_user_name("open", 3, hidden) and is_user_name("durable", 3, hidden)
 
 
+def test_restored_names_stay_the_users_when_the_shell_hides_them(tmp_path: Path) -> None:
+    """IPython's hide_initial_ns registers everything in user_ns at app start -- restored names too -- as hidden."""
+    blobs = BlobStore(tmp_path / "blobs")
+    ns: dict = {"__name__": "__main__", "a": 1, "b": [2]}
+    manifest, _report = Checkpointer(blobs).capture(ns, code=None, previous=None)
+    hidden: dict = {}
+    cp = Checkpointer(blobs, hidden=hidden)
+    fresh: dict = {"__name__": "__main__"}
+    cp.restore(manifest, fresh)
+    hidden.update(fresh)  # what IPython's InteractiveShellApp.init_code does
+    exec("c = 3", fresh)
+    after, report = cp.capture(fresh, code="c = 3", previous=manifest)
+    assert sorted(after.entries) == ["a", "b", "c"] and not report.removed
+
+
 def test_ipython_names_are_left_out(tmp_path: Path) -> None:
     """A real IPython shell: what it puts in user_ns (registered in user_ns_hidden or not) is never saved."""
     script = textwrap.dedent(

@@ -110,6 +110,16 @@ class Checkpointer:
         self._secret_ids.add(id(secret))
         return secret
 
+    def is_user_name(self, name: object, value: Any) -> bool:
+        """Whether ``name`` belongs in a checkpoint (see :mod:`kernel.checkpoint.names`).
+
+        A name this checkpointer last saved or restored stays the user's even
+        if the shell has since registered it as hidden: IPython's
+        ``hide_initial_ns`` adds everything in ``user_ns`` at app start to
+        ``user_ns_hidden`` -- including the names the kernel just restored.
+        """
+        return name in self._state.slots or is_user_name(name, value, self.hidden)
+
     # -- capture ---------------------------------------------------------------
 
     def capture(self, namespace: dict, *, code: str | None, previous: Manifest | None) -> tuple[Manifest, CaptureReport]:
@@ -198,7 +208,7 @@ class Checkpointer:
         candidates: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         for name, value in list(namespace.items()):
-            if not is_user_name(name, value, self.hidden):
+            if not self.is_user_name(name, value):
                 continue
             if name in self.exclude:
                 skipped[name] = "excluded"

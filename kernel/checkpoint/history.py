@@ -139,22 +139,20 @@ class NamespaceCheckpoints:
     def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
         manifest = self._verified(rec)
         if clear:
-            for name in [n for n in list(namespace) if self._travel_may_delete(n) and n not in manifest.entries]:
+            for name in [n for n in list(namespace) if self._travel_may_delete(n, namespace) and n not in manifest.entries]:
                 del namespace[name]
         report = self.checkpointer.restore(manifest, namespace)
         self.previous = manifest
         return _summary(rec), report
 
-    def _travel_may_delete(self, name: str) -> bool:
-        """Whether time travel may delete ``name``: not the shell's (``hidden``), not excluded.
+    def _travel_may_delete(self, name: str, namespace: dict) -> bool:
+        """Whether time travel may delete ``name``: the user's (not the shell's), not excluded.
 
-        A name the shell put there (``In``, ``exit``, the kernel's ``durable``)
-        stays even if the user rebound it. Names with a leading underscore are
-        left alone, as they always were (so a user's ``_x`` newer than the
-        checkpoint survives time travel).
+        Names with a leading underscore are left alone, as they always were
+        (so a user's ``_x`` newer than the checkpoint survives time travel).
         """
         cp = self.checkpointer
-        return not name.startswith("_") and name not in cp.exclude and name not in cp.hidden
+        return not name.startswith("_") and name not in cp.exclude and cp.is_user_name(name, namespace.get(name))
 
 
 def _summary(rec: dict[str, Any]) -> StoredCheckpoint:

@@ -12,7 +12,11 @@ very object -- IPython's own ``%who`` rule -- so a user who rebinds ``open`` or
 
 The checkpointer is handed that mapping (a live view: names IPython adds
 later count as soon as it adds them); everything else about IPython's names
-is in :data:`_NOT_REGISTERED`, in this one place.
+is in :data:`_NOT_REGISTERED`, in this one place. One catch: IPython's
+``hide_initial_ns`` registers *everything* in ``user_ns`` at app start, the
+names the kernel has just restored included, so the checkpointer also keeps
+as the user's every name it last saved or restored
+(:meth:`kernel.checkpoint.checkpointer.Checkpointer.is_user_name`).
 """
 
 from __future__ import annotations
