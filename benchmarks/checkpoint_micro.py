@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+from kernel.checkpoint.checkpointer import Checkpointer
+from kernel.checkpoint.manifest import Manifest
 from kernel.store.embedded.blobs import FileBlobStore
 
 SETUP = """
@@ -127,7 +128,8 @@ def run(home: Path, cells: int) -> None:
         f"""
         import time, pathlib
         t0 = time.perf_counter()
-        from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+        from kernel.checkpoint.checkpointer import Checkpointer
+        from kernel.checkpoint.manifest import Manifest
         from kernel.store.embedded.blobs import FileBlobStore
         home = pathlib.Path({str(home)!r})
         m = Manifest.model_validate_json((home / "manifest.json").read_text())

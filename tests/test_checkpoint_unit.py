@@ -1,4 +1,4 @@
-"""Namespace checkpoints (kernel.checkpoint.checkpointer, kernel.store.embedded.blobs): real files, no mocks, no timing asserts."""
+"""Namespace checkpoints (kernel.checkpoint.*, kernel.store.embedded.blobs): real files, no mocks, no timing asserts."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import sys
 import textwrap
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kernel.checkpoint.checkpointer import Checkpointer, Manifest, is_ipython_name, scan_cell
+from kernel.checkpoint.checkpointer import Checkpointer
+from kernel.checkpoint.manifest import Manifest
+from kernel.checkpoint.names import is_user_name
+from kernel.checkpoint.pickling import CLOUDPICKLE_VERIFIED
+from kernel.checkpoint.scan import scan_cell
 from kernel.core.errors import StoreError
 from kernel.store.embedded.blobs import BlobCorruptError, BlobMissingError, FileBlobStore, digest_of
 
@@ -166,14 +171,83 @@ def test_round_trip_of_plain_values_functions_and_shared_objects(nb: Notebook) -
     assert restored.summary().startswith("restored 14 names (")
 
 
-def test_ipython_names_are_left_out() -> None:
-    for name in ["In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_i7", "_7", "_oh", "_ih", "_dh", "exit", "quit",
-                 "get_ipython", "__builtins__", "__name__", "__doc__", "__builtin__", "__spec__", "__loader__",
-                 "__package__", "_exit_code"]:  # fmt: skip
-        assert is_ipython_name(name, None), name
-    for name in ["_cache", "_x1", "data", "i7", "_ix"]:
-        assert not is_ipython_name(name, 1), name
-    assert is_ipython_name("open", open) and not is_ipython_name("open", 3)
+#: What IPython (and Python) put in a notebook namespace; none of it is ever checkpointed.
+SHELL_NAMES = ["In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_i7", "_7", "_oh", "_ih", "_dh", "exit", "quit",
+               "get_ipython", "__builtins__", "__name__", "__doc__", "__builtin__", "__spec__", "__loader__",
+               "__package__", "_exit_code", "open"]  # fmt: skip
+USER_NAMES = ["_cache", "_x1", "data", "i7", "_ix"]
+
+
+def test_python_and_unregistered_shell_names_are_left_out() -> None:
+    for name in ["__builtins__", "__name__", "__doc__", "__builtin__", "__spec__", "__loader__", "__package__", "_exit_code"]:
+        assert not is_user_name(name, None, {}), name
+    for name in USER_NAMES:
+        assert is_user_name(name, 1, {}), name
+    # A name the shell registered is the shell's only while it holds the shell's object (IPython's %who rule).
+    kernel_object, ipython_open = object(), object()
+    hidden = {"durable": kernel_object, "open": ipython_open}
+    assert not is_user_name("durable", kernel_object, hidden) and not is_user_name("open", ipython_open, hidden)
+    assert is_user_name("open", 3, hidden) and is_user_name("durable", 3, hidden)
+
+
+def test_restored_names_stay_the_users_when_the_shell_hides_them(tmp_path: Path) -> None:
+    """IPython's hide_initial_ns registers everything in user_ns at app start -- restored names too -- as hidden."""
+    blobs = FileBlobStore(tmp_path / "blobs").open()
+    ns: dict = {"__name__": "__main__", "a": 1, "b": [2]}
+    manifest, _report = Checkpointer(blobs).capture(ns, code=None, previous=None)
+    hidden: dict = {}
+    cp = Checkpointer(blobs, hidden=hidden)
+    fresh: dict = {"__name__": "__main__"}
+    cp.restore(manifest, fresh)
+    hidden.update(fresh)  # what IPython's InteractiveShellApp.init_code does
+    exec("c = 3", fresh)
+    after, report = cp.capture(fresh, code="c = 3", previous=manifest)
+    assert sorted(after.entries) == ["a", "b", "c"] and not report.removed
+
+
+def test_ipython_names_are_left_out(tmp_path: Path) -> None:
+    """A real IPython shell: what it puts in user_ns (registered in user_ns_hidden or not) is never saved."""
+    script = textwrap.dedent(
+        f"""
+        import json, pathlib
+        from IPython.core.interactiveshell import InteractiveShell
+        from kernel.checkpoint.checkpointer import Checkpointer
+        from kernel.store.embedded.blobs import FileBlobStore
+        shell = InteractiveShell.instance()
+        cp = Checkpointer(FileBlobStore(pathlib.Path({str(tmp_path / "blobs")!r})).open(), hidden=shell.user_ns_hidden)
+        cells = ["data = 1", "_cache = {{}}", "_x1, i7, _ix = 1, 2, 3", "data", "data + 1", "7", "data * 7", "!true"]
+        for cell in cells:
+            assert shell.run_cell(cell, store_history=True).success, cell
+        present = sorted(n for n in {SHELL_NAMES!r} if n in shell.user_ns)
+        first, _report = cp.capture(shell.user_ns, code=None, previous=None)
+        shell.run_cell("open = 3", store_history=True)
+        second, _report = cp.capture(shell.user_ns, code="open = 3", previous=first)
+        print(json.dumps([present, sorted(first.entries), first.skipped, sorted(second.entries)]))
+        """
+    )
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    present, first, skipped, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert present == sorted(SHELL_NAMES)  # the shell really made every one of them
+    assert first == sorted(USER_NAMES) and skipped == {}
+    assert second == sorted([*USER_NAMES, "open"])  # the user's own `open` is theirs
+
+
+def test_cloudpickle_is_a_version_whose_private_api_was_verified() -> None:
+    """kernel.checkpoint.pickling uses two private parts of cloudpickle; pyproject pins the range they were verified on."""
+    import cloudpickle
+
+    installed = tuple(int(p) for p in cloudpickle.__version__.split(".")[:2])
+    low, high = CLOUDPICKLE_VERIFIED
+    assert low <= installed < high, (
+        f"cloudpickle {cloudpickle.__version__} is installed, but kernel/checkpoint/pickling.py was verified on "
+        f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}: re-verify its private API use, then widen the range"
+    )
+    assert callable(getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)), cloudpickle.__version__
+    assert callable(getattr(cloudpickle.Pickler, "_dynamic_function_reduce", None)), cloudpickle.__version__
+    pin = f"cloudpickle>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert pin in dependencies, f"pyproject.toml should pin {pin!r} (the verified range); it has {dependencies}"
 
 
 def test_notebook_class_instances_restore_in_a_fresh_process(nb: Notebook, tmp_path: Path) -> None:
@@ -195,7 +269,8 @@ def test_notebook_class_instances_restore_in_a_fresh_process(nb: Notebook, tmp_p
     script = textwrap.dedent(
         f"""
         import json, pathlib
-        from kernel.checkpoint.checkpointer import Checkpointer, Manifest
+        from kernel.checkpoint.checkpointer import Checkpointer
+        from kernel.checkpoint.manifest import Manifest
         from kernel.store.embedded.blobs import FileBlobStore
         m = Manifest.model_validate_json(pathlib.Path({str(tmp_path / "m.json")!r}).read_text())
         ns = {{"__name__": "__main__"}}

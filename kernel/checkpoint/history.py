@@ -1,7 +1,7 @@
 """Namespace checkpoints as durable promises: save after every execution,
 restore the latest at start, travel back to any execution.
 
-The values live in the blob store (:mod:`kernel.store.embedded.blobs`) and are captured
+The values live in the blob store (:class:`kernel.store.base.BlobStore`) and are captured
 by :class:`kernel.checkpoint.checkpointer.Checkpointer`; this module gives each capture a
 durable promise ``ckpt:<session-key>:<seq>`` holding the manifest, signed with
 the user's key (:mod:`kernel.checkpoint.signing`). The manifest names every blob by its
@@ -9,27 +9,35 @@ SHA-256, and the blob store checks content against that hash before anything
 is unpickled, so the manifest's signature authenticates the blobs too. The
 promise is created only after every blob is durable: a crash mid-checkpoint
 leaves the previous checkpoint as the latest.
+
+The manifest is kept as JSON in the promise value (not msgpack): it holds only
+text and numbers -- every byte of data is in a blob -- the engines store
+promise values as JSON anyway, and ``%durable checkpoints`` / the catalog read
+its fields without decoding anything else.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, Manifest, RestoreReport
-from kernel.core.errors import CheckpointNotFoundError
-from kernel.durable.runtime import DurableRuntime, ResolvedPromise
+from kernel.checkpoint.checkpointer import Checkpointer
+from kernel.checkpoint.manifest import CaptureReport, Manifest, RestoreReport
 from kernel.checkpoint.signing import Signer
+from kernel.core.clock import SYSTEM, Clock
+from kernel.core.errors import CheckpointNotFoundError
 from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
+from kernel.core.models import ResolvedPromise
 
-log = logging.getLogger(__name__)
+#: A checkpoint promise never times out on its own; its deadline is far enough away.
+CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers: its JSON with sorted keys and no spaces."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -48,27 +56,32 @@ class StoredCheckpoint:
 
 
 class NamespaceCheckpoints:
-    """``records`` lists this session's stored checkpoint records, oldest first
-    (the engine's own index: the embedded store's catalog)."""
+    """A session's checkpoints as promises: the next one to store, the stored ones to restore.
+
+    ``records`` lists this session's stored checkpoint records, oldest first
+    (the engine's own index: its catalog). Nothing here talks
+    to the engine: :meth:`capture` returns the promise, and the caller stores
+    it with the execution's outcome."""
 
     def __init__(
         self,
-        runtime: DurableRuntime,
         checkpointer: Checkpointer,
         signer: Signer,
         session: str,
         records: Callable[[], list[dict[str, Any]]],
+        *,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.runtime = runtime
+        self.clock = clock
         self.checkpointer = checkpointer
         self.signer = signer
         self.session = session
         self._records = records
         self._key = session_key(session)
-        self._prefix = checkpoint_prefix(self._key)
         self.previous: Manifest | None = None
         existing = records()
-        self._seq = int(existing[-1]["id"].rsplit(":", 1)[-1]) if existing else 0
+        #: The sequence number of the newest stored checkpoint (what follows the session's prefix in its id).
+        self._seq = int(existing[-1]["id"].removeprefix(checkpoint_prefix(self._key))) if existing else 0
 
     # -- saving ----------------------------------------------------------------
 
@@ -87,7 +100,7 @@ class NamespaceCheckpoints:
         }
         promise = ResolvedPromise(
             id=checkpoint_id(self._key, self._seq),
-            timeout_at_ms=int((time.time() + 10 * 365 * 86400) * 1000),
+            timeout_at_ms=self.clock.ms_after(CHECKPOINT_LIFETIME),
             param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id},
             tags={KIND_TAG: "checkpoint"},
             value=value,
@@ -126,14 +139,20 @@ class NamespaceCheckpoints:
     def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
         manifest = self._verified(rec)
         if clear:
-            for name in [n for n in list(namespace) if self._is_user_name(n, namespace) and n not in manifest.entries]:
+            for name in [n for n in list(namespace) if self._travel_may_delete(n, namespace) and n not in manifest.entries]:
                 del namespace[name]
         report = self.checkpointer.restore(manifest, namespace)
         self.previous = manifest
         return _summary(rec), report
 
-    def _is_user_name(self, name: str, namespace: dict) -> bool:
-        return not name.startswith("_") and name not in self.checkpointer.exclude and name not in _IPYTHON_KEEP
+    def _travel_may_delete(self, name: str, namespace: dict) -> bool:
+        """Whether time travel may delete ``name``: the user's (not the shell's), not excluded.
+
+        Names with a leading underscore are left alone, as they always were
+        (so a user's ``_x`` newer than the checkpoint survives time travel).
+        """
+        cp = self.checkpointer
+        return not name.startswith("_") and name not in cp.exclude and cp.is_user_name(name, namespace.get(name))
 
 
 def _summary(rec: dict[str, Any]) -> StoredCheckpoint:
@@ -150,6 +169,3 @@ def _summary(rec: dict[str, Any]) -> StoredCheckpoint:
         skipped=dict(body.get("skipped", {})),
     )
 
-
-#: Names IPython and PyREPL3 put into every namespace; time travel keeps them.
-_IPYTHON_KEEP = frozenset({"In", "Out", "exit", "quit", "get_ipython", "durable"})

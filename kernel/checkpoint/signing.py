@@ -1,9 +1,10 @@
 """HMAC signatures for checkpoint data, as Jupyter signs its messages.
 
 A checkpoint is a pickle: whoever can write the store could make every kernel
-that restores it run their code. Every manifest and blob is therefore signed
-with a key only the user has, and restoring refuses anything unsigned or
-signed with another key, naming what it refused.
+that restores it run their code. Every manifest is therefore signed with a
+key only the user has (it names each blob by its SHA-256, which the blob store
+checks, so that covers the blobs too), and restoring refuses anything unsigned
+or signed with another key, naming what it refused.
 
 The key is ``PYREPL3_KEY`` (hex or any string), else the file
 ``<jupyter data dir>/pyrepl3/key`` (created 0600 on first use).

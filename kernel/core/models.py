@@ -6,6 +6,7 @@ the CLI and the tests read the same thing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field
@@ -57,6 +58,21 @@ class CellError(BaseModel):
 
 
 CellOutcome = CellResult | CellError
+
+
+@dataclass
+class ResolvedPromise:
+    """A promise to create and resolve in one go (a checkpoint manifest, say).
+
+    Built by the layer that knows the value (kernel.checkpoint) and stored by the
+    one that talks to the engine (kernel.durable.runtime), so it lives below both.
+    """
+
+    id: str
+    timeout_at_ms: int
+    param: Any
+    tags: dict[str, str]
+    value: Any
 
 
 class ExecutionSummary(BaseModel):

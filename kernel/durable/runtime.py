@@ -34,7 +34,7 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.ids import SESSION_TAG, exec_id
 from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
-from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams
+from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, ResolvedPromise
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,17 +77,6 @@ class CellFailed(Exception):
 
     def __init__(self, error: CellError | str) -> None:
         super().__init__(error if isinstance(error, str) else error.model_dump_json())
-
-
-@dataclass
-class ResolvedPromise:
-    """A promise to create and resolve in one go (a checkpoint manifest, say)."""
-
-    id: str
-    timeout_at_ms: int
-    param: Any
-    tags: dict[str, str]
-    value: Any
 
 
 @dataclass

@@ -80,6 +80,7 @@ class DurableSession:
         checkpoint_exclude: set[str] | None = None,
         checkpoint_max_bytes: int | None = None,
         ttl: timedelta | None = None,
+        namespace_hidden: Mapping[str, object] | None = None,
     ) -> DurableSession:
         env = os.environ if env is None else env
         session = resolve_session(env, connection_file)
@@ -106,8 +107,8 @@ class DurableSession:
             ).start()
             interrupted = engine.interrupted_executions(session, pid)
             catalog = engine.catalog()
-            checkpointer = Checkpointer(engine.blobs(), exclude=exclude, size_limit=max_bytes, hidden={"durable"})
-            checkpoints = NamespaceCheckpoints(runtime, checkpointer, signer, session, lambda: catalog.checkpoints(session))
+            checkpointer = Checkpointer(engine.blobs(), exclude=exclude, size_limit=max_bytes, hidden=namespace_hidden)
+            checkpoints = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session))
         except BaseException:
             if runtime is not None:
                 runtime.stop()

@@ -107,7 +107,8 @@ class DurableKernel(ResumeMixin, IPythonKernel):
         connection_file = getattr(self.parent, "connection_file", "") or ""
         self.keeper = SessionKeeper(
             lambda: DurableSession.open(
-                home=self.home, store=self.store, connection_file=connection_file, input_timeout=self.input_timeout
+                home=self.home, store=self.store, connection_file=connection_file, input_timeout=self.input_timeout,
+                namespace_hidden=self.shell.user_ns_hidden if self.shell is not None else None,
             ),
             self._notice,
             interval=reconnect_interval(os.environ),
