@@ -149,7 +149,8 @@ def install(kind: str) -> type:
 
     from kernel.jupyter.kernel import DurableKernel
     from kernel.jupyter.outputs import OutputRecorder
-    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.durable.dispatcher import CellDispatcher
+    from kernel.durable.runtime import DurableRuntime
     from kernel.store.embedded.store import EmbeddedStore
 
     orig_do = DurableKernel.do_execute
