@@ -17,7 +17,6 @@ from resonate.types import PromiseRecord
 from kernel.core.models import CellOutcome, ExecutionParams
 
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass

@@ -109,6 +109,7 @@ class SessionKeeper:
             return
 
     def _carry_over(self, old: DurableSession, new: DurableSession) -> None:
+        """Outcomes the lost session could not store are stored by the new one."""
         for eid in new.carry_over(old):
             self._notice(f"{eid} finished while the engine was away; its outcome is stored now")
 
