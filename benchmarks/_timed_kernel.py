@@ -149,7 +149,8 @@ def install(kind: str) -> type:
 
     from kernel.jupyter.kernel import DurableKernel
     from kernel.jupyter.outputs import OutputRecorder
-    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.durable.dispatcher import CellDispatcher
+    from kernel.durable.runtime import DurableRuntime
     from kernel.store.embedded.store import EmbeddedStore
 
     orig_do = DurableKernel.do_execute
@@ -175,16 +176,16 @@ def install(kind: str) -> type:
     wrap(OutputRecorder, "_record", "main: OutputRecorder._record (nbformat output_from_msg)")
     import kernel.jupyter.kernel as kk
 
-    orig_outcome = kk._outcome
+    orig_outcome = kk.outcome_of_reply
 
     def outcome(*args: Any, **kwargs: Any) -> Any:
         t0 = _now()
         try:
             return orig_outcome(*args, **kwargs)
         finally:
-            _add("main: kernel.jupyter.kernel._outcome (CellResult)", _now() - t0)
+            _add("main: kernel.jupyter.replies.outcome_of_reply (CellResult)", _now() - t0)
 
-    kk._outcome = outcome
+    kk.outcome_of_reply = outcome
 
     for meth, label in (("_submit", "rt: DurableRuntime._submit (coroutine)"), ("_wait_settled", "rt: DurableRuntime._wait_settled (coroutine)")):
         orig_coro = getattr(DurableRuntime, meth)

@@ -272,7 +272,8 @@ def prefill_store(home: Path, session: str, count: int) -> float:
     """
     from kernel.core.settings import store_path
     from kernel.core.models import CellResult, ExecutionParams, Timings
-    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.durable.dispatcher import CellDispatcher
+    from kernel.durable.runtime import DurableRuntime
     from kernel.store.embedded.store import EmbeddedStore
     from kernel.store.embedded.locks import FlockSessionLock
 

@@ -178,7 +178,8 @@ def test_replayed_execution_does_not_ask_again(tmp_path: Path) -> None:
     """The broker over a real store: a second run of the same execution id gets
     the stored answers, without sending any input request."""
     from kernel.durable.prompts import PromptBroker
-    from kernel.durable.runtime import CellDispatcher, DurableRuntime
+    from kernel.durable.dispatcher import CellDispatcher
+    from kernel.durable.runtime import DurableRuntime
     from kernel.store.embedded.store import EmbeddedStore
 
     class RecordingChannel:

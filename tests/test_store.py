@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, Timings
-from kernel.durable.runtime import CellDispatcher, DurableRuntime
+from kernel.durable.dispatcher import CellDispatcher
+from kernel.durable.runtime import DurableRuntime
 from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.store import EmbeddedStore
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from resonate.types import PromiseRecord
 
+from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import PromiseTimeoutError, PyRepl3Error
 from kernel.core.ids import EXTERNAL_TAG, KIND_TAG, ChildNumbering, input_id
 from kernel.durable.runtime import DurableRuntime
@@ -76,7 +76,7 @@ class PromptBroker(ChildNumbering):
         timeout: float,
         timeout_setting: str = "PYREPL3_INPUT_TIMEOUT",
         answer_command: str = "pyrepl3",
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.runtime = runtime
         self.timeout = timeout
@@ -131,9 +131,8 @@ class PromptBroker(ChildNumbering):
 
     def _open(self, param: dict[str, Any]) -> tuple[PromiseRecord, str]:
         pid = self.next_child(input_id, "durable prompts")
-        timeout_at = int((self._clock() + self.timeout) * 1000)
         param = {**param, "execution_id": self.execution_id, "n": self._count, "timeout": self.timeout}
-        record = self.runtime.create(pid, timeout_at, param, {EXTERNAL_TAG: "true", KIND_TAG: "input"})
+        record = self.runtime.create(pid, self._clock.ms_after(self.timeout), param, {EXTERNAL_TAG: "true", KIND_TAG: "input"})
         return record, pid
 
     def _announce(self, pid: str, prompt: str, *, approval: bool = False) -> None:
@@ -160,7 +159,7 @@ class PromptBroker(ChildNumbering):
         parse: Callable[[str], dict[str, Any]] | None = None,
     ) -> str:
         """Wait for the stdin reply or an out-of-band settle, whichever comes first."""
-        deadline = self._clock() + self.timeout
+        deadline = self._clock.wall() + self.timeout
         watcher = self.runtime.watch(pid) if store else None
         try:
             while True:
@@ -187,7 +186,7 @@ class PromptBroker(ChildNumbering):
                         watcher.result(timeout=POLL_SECONDS * 5)
                     except TimeoutError:
                         pass
-                if self._clock() >= deadline:
+                if self._clock.wall() >= deadline:
                     record = self.runtime.get(pid)  # the engine times it out on read
                     if record.state == "pending":
                         record = self.runtime.settle(pid, "rejected", {"reason": "timed out"})

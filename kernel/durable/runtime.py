@@ -4,7 +4,7 @@ Cell code must run on the kernel's main thread (IPython, signals, GUI loops),
 while Resonate needs an asyncio loop of its own. The kernel therefore *asks*
 for a cell by creating the durable promise ``exec:<msg_id>``; the engine
 delivers that task to ``durable_execute`` here, which hands the execution to the
-main thread through the :class:`CellDispatcher` and settles the promise with
+main thread through the :class:`~kernel.durable.dispatcher.CellDispatcher` and settles the promise with
 the outcome it gets back. An execution nobody in this process is waiting for
 (one left pending by a kernel that died) reaches ``durable_execute`` too, and
 is settled by the dispatcher's orphan policy.
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import json
 import logging
 import threading
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -32,43 +29,18 @@ from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
-from kernel.core.ids import SESSION_TAG, exec_id
+from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
-from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, ResolvedPromise
+from kernel.core.ids import SESSION_TAG, exec_id
+from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
+from kernel.durable.codec import NoPickledErrors
+from kernel.durable.dispatcher import CellDispatcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: How long an execution promise may stay pending before the engine times it out.
 EXECUTION_TIMEOUT = timedelta(days=7)
-
-
-class NoPickledErrors:
-    """The SDK codec's ``Encryptor`` seam, used to keep pickles out of promise values.
-
-    The SDK stores a rejected promise's exception as JSON plus a
-    ``__py_pickle`` payload, and unpickles that payload when a result is
-    awaited: whoever can write the engine's promises could then run code in
-    this kernel. PyREPL3 carries errors as JSON (:class:`CellError`), so the
-    payload is dropped both on the way out and on the way in. The byte search
-    keeps the common case (no error payload) a no-op.
-    """
-
-    MARK = b'"__py_pickle"'
-
-    def encrypt(self, data: bytes) -> bytes:
-        return self._strip(data)
-
-    def decrypt(self, data: bytes) -> bytes:
-        return self._strip(data)
-
-    def _strip(self, data: bytes) -> bytes:
-        if self.MARK not in data:
-            return data
-        value = json.loads(data)
-        if isinstance(value, dict):
-            value.pop("__py_pickle", None)
-        return json.dumps(value).encode()
 
 
 class CellFailed(Exception):
@@ -79,118 +51,10 @@ class CellFailed(Exception):
         super().__init__(error if isinstance(error, str) else error.model_dump_json())
 
 
-@dataclass
-class Handoff:
-    """What the main thread receives when its execution starts."""
-
-    params: ExecutionParams
-    outcome: cf.Future[CellOutcome]
-
-
-@dataclass
-class Orphan:
-    """An execution delivered to this process that no request here is waiting
-    for: one left pending by a kernel that died. The kernel decides its fate by
-    completing ``outcome`` (resume it, or reject it as interrupted)."""
-
-    params: ExecutionParams
-    outcome: cf.Future[CellOutcome]
-
-    @property
-    def execution_id(self) -> str:
-        return exec_id(self.params.msg_id)
-
-
-def interrupted_by_exit(params: ExecutionParams, detail: str = "") -> CellError:
-    """The structured error an execution gets when its kernel died during it."""
-    return CellError(
-        execution_id=exec_id(params.msg_id),
-        execution_count=params.execution_count,
-        ename="KernelExitInterruption",
-        evalue=(
-            f"execution {params.execution_count} ({exec_id(params.msg_id)}) was interrupted "
-            f"by kernel exit before it finished{detail}"
-        ),
-    )
-
-
-class CellDispatcher:
-    """Meets ``durable_execute`` (runtime thread) and the kernel (main thread)."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, cf.Future[Handoff]] = {}
-        self._orphans: dict[str, Orphan] = {}
-        self._recent: dict[str, cf.Future[CellOutcome]] = {}
-        self._lock = threading.Lock()
-        self._orphan_arrived = threading.Condition(self._lock)
-
-    def expect(self, execution_id: str) -> cf.Future[Handoff]:
-        fut: cf.Future[Handoff] = cf.Future()
-        with self._lock:
-            self._waiting[execution_id] = fut
-        return fut
-
-    def abandon(self, ticket: cf.Future[Handoff], error: CellOutcome) -> None:
-        """The kernel will not run this execution: settle it with ``error``
-        whenever (or if already) the engine delivers it, so it is never left pending."""
-
-        def settle(done: cf.Future[Handoff]) -> None:
-            outcome = done.result().outcome
-            if not outcome.done():
-                outcome.set_result(error)
-
-        ticket.add_done_callback(settle)
-
-    def forget(self, execution_id: str) -> None:
-        with self._lock:
-            self._waiting.pop(execution_id, None)
-
-    async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
-        with self._lock:
-            ticket = self._waiting.pop(execution_id, None)
-            if ticket is None:
-                orphan = self._orphans.get(execution_id)
-                if orphan is None or orphan.outcome.done():
-                    orphan = Orphan(params, cf.Future())
-                    self._orphans[execution_id] = orphan
-                    self._orphan_arrived.notify_all()
-        if ticket is None:
-            self._remember(execution_id, orphan.outcome)
-            return await asyncio.wrap_future(orphan.outcome)
-        outcome: cf.Future[CellOutcome] = cf.Future()
-        self._remember(execution_id, outcome)
-        ticket.set_result(Handoff(params, outcome))
-        return await asyncio.wrap_future(outcome)
-
-    #: How many recent outcomes :meth:`outcome_of` remembers.
-    REMEMBERED = 32
-
-    def _remember(self, execution_id: str, outcome: cf.Future[CellOutcome]) -> None:
-        with self._lock:
-            self._recent[execution_id] = outcome
-            while len(self._recent) > self.REMEMBERED:
-                self._recent.pop(next(iter(self._recent)))
-
-    def outcome_of(self, execution_id: str) -> CellOutcome | None:
-        """The outcome this process handed the engine for ``execution_id`` (one of
-        the last few): when the engine was lost before storing it, the session
-        that reconnects stores it then."""
-        with self._lock:
-            fut = self._recent.get(execution_id)
-        return fut.result() if fut is not None and fut.done() and not fut.cancelled() else None
-
-    def take_orphan(self, execution_id: str, timeout: float) -> Orphan | None:
-        """Wait up to ``timeout`` for the engine to deliver an expected orphan."""
-        with self._lock:
-            self._orphan_arrived.wait_for(lambda: execution_id in self._orphans, timeout)
-            return self._orphans.pop(execution_id, None)
-
-
 class ExecutionServices:
     """The collaborators of one execution, built fresh for it by the factory."""
 
     def __init__(self, ctx: Context, dispatcher: CellDispatcher) -> None:
-        self.ctx = ctx
         self.execution_id = ctx.info.id
         self._dispatcher = dispatcher
 
@@ -245,6 +109,7 @@ class DurableRuntime:
         group: str = "pyrepl3",
         ttl: timedelta = timedelta(seconds=30),
         call_timeout: float = 30.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.network = network
         self.session = session
@@ -254,6 +119,7 @@ class DurableRuntime:
         self._pid = pid
         self._ttl = ttl
         self.call_timeout = call_timeout
+        self._clock = clock
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
         self.resonate: Resonate | None = None
@@ -319,10 +185,9 @@ class DurableRuntime:
     async def _submit(self, params: ExecutionParams) -> PromiseRecord:
         assert self.resonate is not None
         eid = exec_id(params.msg_id)
-        now = int(time.time() * 1000)
         return await self.resonate.promises.create(
             eid,
-            now + int(EXECUTION_TIMEOUT.total_seconds() * 1000),
+            self._clock.ms_after(EXECUTION_TIMEOUT),
             Value(data=TaskData(func="durable_execute", args=(params.model_dump(mode="json"),))),
             {
                 "resonate:scope": "global",
@@ -395,11 +260,9 @@ class DurableRuntime:
 
 
 __all__ = [
-    "CellDispatcher",
     "CellFailed",
-    "CellResult",
     "DurableRuntime",
     "ExecutionServicesFactory",
-    "Handoff",
+    "ResolvedPromise",
     "durable_execute",
 ]

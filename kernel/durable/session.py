@@ -1,38 +1,54 @@
-"""The durable side of one kernel: settings, session lock, engine, runtime.
+"""The durable side of one kernel, and the cell protocol it runs.
 
-Built once at kernel start. Opening can fail for reasons the user must hear
-about (a corrupt or locked store, a wrong setting); the kernel then runs
-without durability and says why, instead of refusing to start.
+Built once at kernel start (and again by the keeper after a lost engine).
+Opening can fail for reasons the user must hear about (a corrupt or locked
+store, a wrong setting); the kernel then runs without durability and says why,
+instead of refusing to start.
+
+Every cell is ``exec:<msg_id>``: :meth:`DurableSession.execute` submits it,
+waits for the engine to hand it back to this thread, runs it through the
+kernel's :class:`~kernel.durable.cells.CellRequest`, settles it with the
+outcome and stores the namespace checkpoint after it. A msg_id that has a
+promise already is replayed from the store, never run twice. The kernel only
+translates between this and the Jupyter protocol.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import os
 import shlex
-import threading
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_core.paths import jupyter_data_dir
+from resonate.types import PromiseRecord
 
-from kernel.checkpoint.checkpointer import Checkpointer
-from kernel.core.settings import bool_setting, float_setting, redact, resolve_home, resolve_session
-from kernel.core.errors import EngineConnectionError, PyRepl3Error
-from kernel.durable.prompts import PromptBroker, answer_command
-from kernel.durable.runtime import CellDispatcher, DurableRuntime
+from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, RestoreReport
+from kernel.checkpoint.history import NamespaceCheckpoints, StoredCheckpoint
 from kernel.checkpoint.signing import Signer, load_key
-from kernel.checkpoint.history import NamespaceCheckpoints
-from kernel.durable.steps import StepJournal
+from kernel.core.clock import SYSTEM, Clock
+from kernel.core.errors import EngineConnectionError, PyRepl3Error
+from kernel.core.ids import exec_id
+from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
+from kernel.core.settings import bool_setting, float_setting, redact, resolve_session
+from kernel.durable.cells import CellRequest, SessionHost
+from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
+from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
+from kernel.durable.resume import ResumePolicy
+from kernel.durable.runtime import DurableRuntime
+from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
 from kernel.store.embedded.engine import EmbeddedEngine
 from kernel.store.registry import open_engine
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 #: The lease on a running cell (``Resonate(ttl=...)``; PYREPL3_LEASE_SECONDS).
 #: The SDK heartbeats every ttl/2 from the runtime's own loop thread, which
@@ -41,17 +57,35 @@ log = logging.getLogger(__name__)
 #: without a successor stays leased; a successor on the same session gives such
 #: leases back at start, so recovery after a crash does not wait for it.
 DEFAULT_LEASE = timedelta(seconds=15)
-#: Seconds between attempts to reach a lost engine again (PYREPL3_RECONNECT_SECONDS).
-DEFAULT_RECONNECT = 5.0
+#: Seconds a re-sent msg_id waits for its earlier execution to be settled before replaying.
+REPLAY_WAIT = 10.0
 #: Seconds a reconnected session waits for the engine to hand back an execution
 #: whose outcome the lost session could not store.
 CARRY_OVER_WAIT = 10.0
+#: A cell whose code starts with this resumes interrupted executions: it is not "moving on".
+RESUME_MAGIC = "%durable resume"
+
+
+class SkippedNames:
+    """Names the namespace checkpoints leave out, reported when they start being
+    skipped, not again every cell (the reason may be worded differently from one
+    capture to the next). The kernel keeps one across reconnected sessions."""
+
+    def __init__(self) -> None:
+        self._reported: dict[str, str] = {}
+
+    def restored(self, report: RestoreReport) -> None:
+        self._reported = dict(report.skipped)
+
+    def newly_skipped(self, report: CaptureReport) -> dict[str, str]:
+        fresh = {n: why for n, why in report.skipped.items() if n not in self._reported}
+        self._reported = dict(report.skipped)
+        return fresh
 
 
 @dataclass
 class DurableSession:
     session: str
-    home: Path
     #: Where the state lives, for messages and ``%durable`` (a path, or the engine with credentials redacted).
     store_path: Path | str
     engine: Engine
@@ -62,15 +96,16 @@ class DurableSession:
     start_timeout: float
     prompts: PromptBroker
     steps: StepJournal
-    #: ``exec:`` ids a dead kernel of this session left pending, oldest first.
-    interrupted: list[str]
-    auto_resume: bool
-    resume_limit: int
-    checkpoints: NamespaceCheckpoints
+    resume: ResumePolicy
+    history: NamespaceCheckpoints
+    host: SessionHost
+    skipped: SkippedNames = field(default_factory=SkippedNames)
+    clock: Clock = SYSTEM
 
     @classmethod
     def open(
         cls,
+        host: SessionHost,
         *,
         env: Mapping[str, str] | None = None,
         home: str = "",
@@ -81,6 +116,8 @@ class DurableSession:
         checkpoint_max_bytes: int | None = None,
         ttl: timedelta | None = None,
         namespace_hidden: Mapping[str, object] | None = None,
+        skipped: SkippedNames | None = None,
+        clock: Clock = SYSTEM,
     ) -> DurableSession:
         env = os.environ if env is None else env
         session = resolve_session(env, connection_file)
@@ -103,12 +140,13 @@ class DurableSession:
             network, sources = engine.network(session, pid)
             dispatcher = CellDispatcher()
             runtime = DurableRuntime(
-                network, sources=sources, session=session, dispatcher=dispatcher, pid=pid, ttl=ttl, group=engine.group(session)
+                network, sources=sources, session=session, dispatcher=dispatcher, pid=pid, ttl=ttl,
+                group=engine.group(session), clock=clock,
             ).start()
             interrupted = engine.interrupted_executions(session, pid)
             catalog = engine.catalog()
             checkpointer = Checkpointer(engine.blobs(), exclude=exclude, size_limit=max_bytes, hidden=namespace_hidden)
-            checkpoints = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session))
+            history = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session), clock=clock)
         except BaseException:
             if runtime is not None:
                 runtime.stop()
@@ -120,25 +158,273 @@ class DurableSession:
             runtime,
             timeout=input_timeout,
             answer_command=_answer_command(engine, env.get("PYREPL3_HOME") or home or None),
+            clock=clock,
         )
-        home_path = engine.home if isinstance(engine, EmbeddedEngine) else resolve_home(env, home)
+        resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, resume_limit, auto_resume, clock)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
-            session,
-            home_path,
-            engine.where,
-            engine,
-            lock,
-            runtime,
-            dispatcher,
-            start_timeout,
-            prompts,
-            StepJournal(runtime),
-            interrupted,
-            auto_resume,
-            resume_limit,
-            checkpoints,
+            session, engine.where, engine, lock, runtime, dispatcher, start_timeout, prompts,
+            StepJournal(runtime, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
         )
+
+    # -- the cell protocol -------------------------------------------------------
+
+    async def execute(self, msg_id: str, code: str, execution_count: int, cell_id: str | None, cell: CellRequest[R]) -> R:
+        """Run one execute_request as ``exec:<msg_id>`` and return the frontend's reply.
+
+        A msg_id a dead kernel was running is resumed; one submitted before is
+        replayed; when the engine cannot take the cell it runs without
+        durability (and says so). Whatever happens, ``exec:<msg_id>`` is never
+        left pending by this kernel.
+        """
+        eid = exec_id(msg_id)
+        if (orphan := self.resume.claim(eid)) is not None:
+            # The frontend re-sent a request that a dead kernel was running: resume it.
+            cell.show_notices()
+            if not self.resume.admit(orphan):
+                return cell.replay(self.runtime.wait_settled(eid))
+            return await self._run(orphan, code, cell)
+        params = self._params(msg_id, code, execution_count, cell_id)
+        ticket = self.dispatcher.expect(eid)
+        try:
+            started = self._start(params, ticket, cell)
+        except KeyboardInterrupt:
+            # Interrupted before the cell started: the execution is settled as
+            # interrupted whenever the engine delivers it, never left pending.
+            self.dispatcher.abandon(ticket, self._error(params, "KeyboardInterrupt", "interrupted before the cell started"))
+            raise
+        if isinstance(started, Handoff):
+            return await self._run(started, code, cell)
+        cell.show_notices()
+        if started is None:
+            return await cell.run_without_durability()
+        return cell.replay(started)
+
+    def _params(self, msg_id: str, code: str, execution_count: int, cell_id: str | None) -> ExecutionParams:
+        return ExecutionParams(
+            session=self.session,
+            msg_id=msg_id,
+            code=code,
+            execution_count=execution_count,
+            cell_id=cell_id,
+            kernel_pid=os.getpid(),
+            nonce=uuid.uuid4().hex,
+            submitted_at=self.clock.wall(),
+        )
+
+    def _start(self, params: ExecutionParams, ticket: cf.Future[Handoff], cell: CellRequest[Any]) -> Handoff | PromiseRecord | None:
+        """Submit ``exec:<msg_id>`` and wait for the engine to hand it to this thread.
+
+        Returns the hand-off; or the settled record of an earlier submission of
+        this msg_id (to replay); or None when the cell must run without durability.
+        """
+        eid = exec_id(params.msg_id)
+        try:
+            record = self.runtime.submit(params)
+        except PyRepl3Error as exc:
+            self.dispatcher.forget(eid)
+            self.host.notice(f"this cell ran without durability: {exc}")
+            if isinstance(exc, EngineConnectionError):
+                self.host.durability_lost(self, exc)
+            return None
+        if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
+            # This msg_id was submitted before: never run it twice.
+            self.dispatcher.forget(eid)
+            return self._settled(record)
+        if not params.code.lstrip().startswith(RESUME_MAGIC):
+            self.resume.reject_interrupted()
+        cell.show_notices()
+        try:
+            return ticket.result(timeout=self.start_timeout)
+        except cf.TimeoutError:
+            self.dispatcher.abandon(ticket, self._error(
+                params, "EngineTimeout", f"the engine did not start {eid} in time; the cell ran without durability"
+            ))
+            self.host.notice(
+                f"the durable engine did not start {eid} within {self.start_timeout:g}s "
+                "(PYREPL3_START_TIMEOUT); the cell ran without durability"
+            )
+            return None
+
+    def _settled(self, record: PromiseRecord) -> PromiseRecord:
+        """The settled record of an execution submitted before (waiting briefly if
+        it is still being settled, e.g. abandoned after an interrupt)."""
+        if record.state != "pending":
+            return record
+        try:
+            return self.runtime.wait_settled(record.id, timeout=REPLAY_WAIT)
+        except PyRepl3Error:
+            return record
+
+    async def _run(self, started: Handoff | Orphan, code: str, cell: CellRequest[R]) -> R:
+        """Run the cell (``code``: the request's) and hand its outcome to
+        ``durable_execute``, which settles it.
+
+        Whatever happens here (an interrupt landing between two statements
+        included), the outcome is completed, so the execution never stays pending.
+        """
+        eid, params, outcome = started.execution_id, started.params, started.outcome
+        try:
+            with self.prompts.executing(eid), self.steps.executing(eid):
+                ran = await cell.run(eid)
+        except BaseException as exc:
+            if not outcome.done():
+                outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
+            raise
+        outcome.set_result(ran.outcome)
+        # The runtime thread settles exec:<msg_id> while this thread captures the
+        # namespace; then one trip stores the checkpoint once the execution is stored.
+        checkpoint = self._checkpoint(code, params)
+        try:
+            try:
+                self.runtime.store_resolved(checkpoint, after=eid)
+            except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
+                self.runtime.store_resolved([], after=eid)
+        except PyRepl3Error as exc:
+            self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}")
+        cell.show_notices()
+        return ran.reply
+
+    @staticmethod
+    def _error(params: ExecutionParams, ename: str, evalue: str) -> CellError:
+        return CellError(execution_id=exec_id(params.msg_id), execution_count=params.execution_count, ename=ename, evalue=evalue)
+
+    def _checkpoint(self, code: str, params: ExecutionParams) -> list[ResolvedPromise]:
+        """Checkpoint the namespace after an execution (the promise that makes it
+        the latest is returned for the caller to store); report newly skipped names once."""
+        try:
+            transformed = self.host.transformed(code)
+        except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
+            transformed = None
+        count = params.execution_count
+        try:
+            promise, report = self.history.capture(
+                self.host.namespace(), code=transformed, execution_count=count, msg_id=params.msg_id
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
+            log.exception("checkpoint failed")
+            self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}")
+            return []
+        if fresh := self.skipped.newly_skipped(report):
+            listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
+            self.host.notice(f"not saved in the checkpoint: {listed}")
+        return [promise]
+
+    # -- resume ------------------------------------------------------------------
+
+    @property
+    def resumes_at_start(self) -> bool:
+        """PYREPL3_AUTO_RESUME is set and a dead kernel left executions unfinished."""
+        return self.resume.resumes_at_start
+
+    def resume_interrupted(self) -> list[str]:
+        """Re-run interrupted executions under their own ids, inside the current cell.
+
+        Used by ``%durable resume`` and by ``PYREPL3_AUTO_RESUME``. Completed
+        durable steps and answered prompts are replayed, not repeated.
+        """
+        return self.resume.resume_all(self._resume_one)
+
+    def _resume_one(self, orphan: Orphan) -> str:
+        eid, params = orphan.execution_id, orphan.params
+        with self.prompts.executing(eid), self.steps.executing(eid):
+            outcome = self.host.run_nested(eid, params)
+        orphan.outcome.set_result(outcome)
+        self.runtime.store_resolved(self._checkpoint(params.code, params), after=eid)
+        state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
+        return f"{eid} (execution {params.execution_count}): resumed and {state}"
+
+    def carry_over(self, old: DurableSession) -> list[str]:
+        """Store what the lost session ``old`` could not: a cell that finished while
+        the engine was away left its execution pending; its outcome is still known
+        there, so this session settles it with that outcome (it is not reported as
+        interrupted). Returns the execution ids stored."""
+        stored = []
+        for eid in self.resume.carry_over(old.outcome_of, CARRY_OVER_WAIT):
+            try:
+                self.runtime.wait_settled(eid, timeout=CARRY_OVER_WAIT)
+            except PyRepl3Error as exc:
+                log.warning("could not confirm that %s was stored after reconnecting: %s", eid, exc)
+                continue
+            stored.append(eid)
+        return stored
+
+    def outcome_of(self, execution_id: str) -> CellOutcome | None:
+        """The outcome this session handed the engine for one of its last executions."""
+        return self.dispatcher.outcome_of(execution_id)
+
+    # -- inside a running cell: prompts and steps ----------------------------------
+
+    @property
+    def executing(self) -> bool:
+        """A cell's execution is running: prompts and steps become its child promises."""
+        return self.prompts.execution_id is not None
+
+    def ask(self, prompt: str, *, password: bool = False, channel: StdinChannel | None) -> str:
+        """input()/getpass() as the prompt promise ``exec:<msg_id>:input:<n>``; a
+        getpass answer is kept out of namespace checkpoints."""
+        answer = self.prompts.ask(prompt, password=password, channel=channel)
+        return self.history.checkpointer.keep_out(answer) if password else answer
+
+    def approve(self, question: str, details: Any = None, *, channel: StdinChannel | None) -> Approval:
+        return self.prompts.approve(question, details, channel=channel)
+
+    def run_step(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self.steps.run(fn, *args, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        self.steps.sleep(seconds)
+
+    def save_value(self, name: str, value: Any) -> None:
+        self.steps.save_value(name, value)
+
+    def latest_value(self, name: str, default: Any = NO_DEFAULT) -> Any:
+        return self.steps.latest_value(name, default)
+
+    # -- namespace checkpoints -------------------------------------------------------
+
+    def restore_latest(self) -> StoredCheckpoint | None:
+        """Bring back the newest namespace checkpoint (at kernel start); a failure is
+        a notice, never an error."""
+        try:
+            restored = self.history.restore_latest(self.host.namespace())
+        except PyRepl3Error as exc:
+            self.host.notice(f"the namespace was not restored: {exc}")
+            return None
+        except Exception as exc:  # noqa: BLE001 - never fail the kernel start over it
+            log.exception("restoring the namespace failed")
+            self.host.notice(f"the namespace was not restored: {type(exc).__name__}: {exc}")
+            return None
+        if restored is None:
+            return None
+        checkpoint, report = restored
+        self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
+        self.skipped.restored(report)
+        return checkpoint
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        return self.history.list()
+
+    def restore(self, execution_count: int) -> tuple[StoredCheckpoint, RestoreReport]:
+        """The namespace as it was after execution ``execution_count`` (names made since are removed)."""
+        return self.history.restore_execution(execution_count, self.host.namespace(), clear=True)
+
+    def exclude(self, names: Iterable[str]) -> list[str]:
+        """Keep ``names`` out of checkpoints from now on; returns every name kept out."""
+        excluded = self.history.checkpointer.exclude
+        excluded.update(names)
+        return sorted(excluded - {"durable"})
+
+    @property
+    def value_size_limit(self) -> int | None:
+        """Bytes (pickled) above which a value is left out of checkpoints; None = no limit."""
+        return self.history.checkpointer.size_limit
+
+    @value_size_limit.setter
+    def value_size_limit(self, limit: int | None) -> None:
+        self.history.checkpointer.size_limit = limit
+
+    # -- the store ---------------------------------------------------------------
 
     def catalog(self) -> Any:
         return self.engine.catalog()
@@ -152,13 +438,13 @@ class DurableSession:
         self.lock.release()
 
 
-def reconnect_interval(env: Mapping[str, str]) -> float:
-    """PYREPL3_RECONNECT_SECONDS, or the default when unset or unusable (never fails a kernel start)."""
-    try:
-        return float_setting(env, "PYREPL3_RECONNECT_SECONDS", DEFAULT_RECONNECT) or DEFAULT_RECONNECT
-    except PyRepl3Error as exc:
-        log.warning("PyREPL3: %s; using %gs", exc, DEFAULT_RECONNECT)
-        return DEFAULT_RECONNECT
+def _params_of(record: PromiseRecord) -> dict[str, Any]:
+    data = record.param.data
+    if isinstance(data, dict) and data.get("args"):
+        first = data["args"][0]
+        if isinstance(first, dict):
+            return first
+    return {}
 
 
 def _answer_command(engine: Engine, home: str | None) -> str:
@@ -169,117 +455,3 @@ def _answer_command(engine: Engine, home: str | None) -> str:
             return f"pyrepl3 --store {shlex.quote(str(engine.home))}"
         return answer_command(home)
     return f"pyrepl3 --store {shlex.quote(redact(engine.spec.target))}"
-
-
-class SessionKeeper:
-    """Keeps a kernel's durable session open, or says why it is not and gets it back.
-
-    ``open`` runs at kernel start. If the engine is unreachable then, or is lost
-    later (:meth:`lost`), a background thread tries to open the session again
-    every ``interval`` seconds; the kernel picks the new session up with
-    :meth:`poll` before its next cell. Nothing settled before is lost: the
-    engine kept it, and the new session reads it back from there.
-    """
-
-    def __init__(self, opener: Callable[[], DurableSession], notice: Callable[[str], None], *, interval: float = DEFAULT_RECONNECT) -> None:
-        self._opener = opener
-        self._notice = notice
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._ready: DurableSession | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.reconnects = 0
-
-    def open(self) -> DurableSession | None:
-        try:
-            return self._opener()
-        except EngineConnectionError as exc:
-            self._notice(f"durability is off: {exc}; PyREPL3 will reconnect by itself (every {self.interval:g}s)")
-            self._start(None)
-        except PyRepl3Error as exc:
-            self._notice(f"durability is off: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the kernel must start regardless
-            log.exception("could not open the durable store")
-            self._notice(f"durability is off: the durable store could not be opened ({exc})")
-        return None
-
-    def lost(self, ds: DurableSession, why: BaseException | str) -> None:
-        """The engine went away under ``ds``: close it (in the background) and start reconnecting."""
-        self._notice(f"durability is off: {why}; PyREPL3 will reconnect by itself (every {self.interval:g}s)")
-        self._start(ds)
-
-    def poll(self) -> DurableSession | None:
-        """A session opened in the background since the last call, if any."""
-        with self._lock:
-            ds, self._ready = self._ready, None
-        if ds is not None:
-            self.reconnects += 1
-            self._notice(f"durability is back on: reconnected to {ds.store_path}")
-        return ds
-
-    @property
-    def reconnecting(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _start(self, old: DurableSession | None) -> None:
-        if self.reconnecting:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(old,), name="pyrepl3-reconnect", daemon=True)
-        self._thread.start()
-
-    def _run(self, old: DurableSession | None) -> None:
-        if old is not None:
-            try:
-                old.close()
-            except Exception:  # noqa: BLE001 - it is gone either way
-                log.debug("closing the lost session failed", exc_info=True)
-        reported = ""
-        while not self._stop.wait(self.interval):
-            try:
-                ds = self._opener()
-            except EngineConnectionError as exc:
-                log.info("engine still unreachable: %s", exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - keep trying; say it once
-                if str(exc) != reported:
-                    reported = str(exc)
-                    self._notice(f"durability stays off: {exc}")
-                continue
-            if old is not None:
-                self._carry_over(old, ds)
-            with self._lock:
-                if self._stop.is_set():
-                    ds.close()
-                    return
-                self._ready = ds
-            return
-
-    def _carry_over(self, old: DurableSession, new: DurableSession) -> None:
-        """Store what the lost session could not: a cell that finished while the
-        engine was away left its execution pending; its outcome is still known
-        here, so the new session settles it with that outcome (it is not
-        reported as interrupted)."""
-        for eid in list(new.interrupted):
-            outcome = old.dispatcher.outcome_of(eid)
-            if outcome is None:
-                continue
-            orphan = new.dispatcher.take_orphan(eid, CARRY_OVER_WAIT)
-            if orphan is None:
-                continue
-            new.interrupted.remove(eid)
-            orphan.outcome.set_result(outcome)
-            try:
-                new.runtime.wait_settled(eid, timeout=CARRY_OVER_WAIT)
-            except PyRepl3Error as exc:
-                log.warning("could not confirm that %s was stored after reconnecting: %s", eid, exc)
-                continue
-            self._notice(f"{eid} finished while the engine was away; its outcome is stored now")
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            ds, self._ready = self._ready, None
-        if ds is not None:
-            ds.close()

@@ -1,4 +1,4 @@
-"""Durable steps inside a cell: ``durable.run``, ``durable.sleep``, ``durable.checkpoint``.
+"""Durable steps inside a cell: ``durable.run``, ``durable.sleep``, and step values.
 
 Each step is a child promise of the running ``exec:<msg_id>``, numbered in the
 order the cell makes them (``exec:<msg_id>:step:<n>``). When the same execution
@@ -8,9 +8,11 @@ already elapsed returns at once, one in progress sleeps only what is left.
 Like Resonate's ``ctx.run``, a step interrupted half way runs again
 (at-least-once); a finished one never does.
 
-Named checkpoints (``durable.checkpoint(name, value)``) are versioned promises
-``exec:<msg_id>:ckpt:<name>:<v>``; ``get_checkpoint`` finds the newest version
-with a galloping search over ids, so it needs no search API from the engine.
+Step values (``durable.checkpoint(name, value)`` to users: a value the cell
+saves as it goes, nothing to do with namespace checkpoints) are versioned
+promises ``exec:<msg_id>:ckpt:<name>:<v>``; :meth:`StepJournal.latest_value`
+finds the newest version with a galloping search over ids, so it needs no
+search API from the engine.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
+from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
 from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
 from kernel.durable.runtime import DurableRuntime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-_MISSING: Any = object()
+#: The default of :meth:`StepJournal.latest_value` that means "raise when there is none".
+NO_DEFAULT: Any = object()
 
 
 class StepError(PyRepl3Error):
@@ -58,9 +61,10 @@ def decode_value(data: dict[str, Any]) -> Any:
 
 
 class StepJournal(ChildNumbering):
-    def __init__(self, runtime: DurableRuntime, *, sleeper: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
+    """The steps and step values of the running execution, as child promises."""
+
+    def __init__(self, runtime: DurableRuntime, *, clock: Clock = SYSTEM) -> None:
         self.runtime = runtime
-        self._sleep = sleeper
         self._clock = clock
         super().__init__()
 
@@ -68,8 +72,7 @@ class StepJournal(ChildNumbering):
         return self.next_child(step_id, "durable steps")
 
     def _open(self, pid: str, param: dict[str, Any]) -> Any:
-        far = int((self._clock() + 365 * 86400) * 1000)
-        return self.runtime.create(pid, far, param, {KIND_TAG: "step"})
+        return self.runtime.create(pid, self._clock.ms_after(FAR_FUTURE), param, {KIND_TAG: "step"})
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         pid = self._next_id()
@@ -95,15 +98,16 @@ class StepJournal(ChildNumbering):
 
     def sleep(self, seconds: float) -> None:
         pid = self._next_id()
-        record = self._open(pid, {"kind": "sleep", "seconds": seconds, "until": self._clock() + seconds})
+        record = self._open(pid, {"kind": "sleep", "seconds": seconds, "until": self._clock.wall() + seconds})
         if record.state != "pending":
             return
         until = float(record.param.data["until"])
-        while (left := until - self._clock()) > 0:
-            self._sleep(min(left, 0.25))
+        self._clock.wait_for(lambda: self._clock.wall() >= until, until - self._clock.wall(), interval=0.25)
         self.runtime.settle(pid, "resolved", {"json": None})
 
-    def _ckpt_id(self, name: str, version: int) -> str:
+    # -- step values (``durable.checkpoint`` / ``durable.get_checkpoint``) ------
+
+    def _value_id(self, name: str, version: int) -> str:
         if self.execution_id is None:
             raise PyRepl3Error("durable checkpoints can only be used inside a cell's execution")
         if not _NAME.match(name):
@@ -113,29 +117,30 @@ class StepJournal(ChildNumbering):
     def _latest(self, name: str) -> tuple[int, Any]:
         """(newest version, its record) or (0, None), in O(log n) lookups."""
         lo, hi, rec_lo = 0, 1, None
-        while (rec := self.runtime.find(self._ckpt_id(name, hi))) is not None:
+        while (rec := self.runtime.find(self._value_id(name, hi))) is not None:
             lo, rec_lo, hi = hi, rec, hi * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            rec = self.runtime.find(self._ckpt_id(name, mid))
+            rec = self.runtime.find(self._value_id(name, mid))
             if rec is not None:
                 lo, rec_lo = mid, rec
             else:
                 hi = mid
         return lo, rec_lo
 
-    def checkpoint(self, name: str, value: Any) -> None:
+    def save_value(self, name: str, value: Any) -> None:
+        """Store ``value`` as the next version of the step value ``name``."""
         encoded = encode_value(value, f"durable.checkpoint({name!r})")
         version, _ = self._latest(name)
-        pid = self._ckpt_id(name, version + 1)
-        far = int((self._clock() + 365 * 86400) * 1000)
-        self.runtime.create(pid, far, {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"})
+        pid = self._value_id(name, version + 1)
+        self.runtime.create(pid, self._clock.ms_after(FAR_FUTURE), {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"})
         self.runtime.settle(pid, "resolved", encoded)
 
-    def get_checkpoint(self, name: str, default: Any = _MISSING) -> Any:
+    def latest_value(self, name: str, default: Any = NO_DEFAULT) -> Any:
+        """The newest version of the step value ``name``, else ``default``."""
         _, record = self._latest(name)
         if record is None or record.state != "resolved":
-            if default is _MISSING:
+            if default is NO_DEFAULT:
                 raise CheckpointNotFoundError(f"no checkpoint named {name!r} in {self.execution_id}")
             return default
         return decode_value(record.value.data)

@@ -12,57 +12,53 @@ Prompts made through it are promises of the running execution, like input().
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kernel.core.errors import PyRepl3Error
-from kernel.durable.prompts import Approval, ApprovalDenied
-from kernel.durable.steps import _MISSING
-
-if TYPE_CHECKING:
-    from kernel.jupyter.kernel import DurableKernel
+from kernel.durable.prompts import Approval, ApprovalDenied, StdinChannel
+from kernel.durable.session import DurableSession
+from kernel.durable.steps import NO_DEFAULT
 
 __all__ = ["Approval", "ApprovalDenied", "DurableAPI"]
 
 
 class DurableAPI:
-    def __init__(self, kernel: DurableKernel) -> None:
-        self._kernel = kernel
+    """``session`` returns the kernel's current durable session (None while
+    durability is off); ``channel`` the frontend's stdin for a prompt, if any."""
+
+    def __init__(self, session: Callable[[], DurableSession | None], channel: Callable[[], StdinChannel | None]) -> None:
+        self._session = session
+        self._channel = channel
 
     def __repr__(self) -> str:
-        ds = self._kernel.durable
+        ds = self._session()
         return f"<durable session={ds.session!r}>" if ds else "<durable: off>"
 
-    def _broker(self) -> Any:
-        broker = self._kernel._prompt_broker()
-        if broker is None:
+    def _executing(self) -> DurableSession:
+        ds = self._session()
+        if ds is None or not ds.executing:
             raise PyRepl3Error("durability is off in this kernel, or no cell is running")
-        return broker
-
-    def _steps(self) -> Any:
-        ds = self._kernel.durable
-        if ds is None or ds.steps.execution_id is None:
-            raise PyRepl3Error("durability is off in this kernel, or no cell is running")
-        return ds.steps
+        return ds
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` as a durable step of this cell: if the cell is
         resumed after a crash, a step that finished returns its stored result
         without calling ``fn`` again. The result must be serializable (JSON or
         cloudpickle); if it is not, the error is raised here."""
-        return self._steps().run(fn, *args, **kwargs)
+        return self._executing().run_step(fn, *args, **kwargs)
 
     def sleep(self, seconds: float) -> None:
         """A durable sleep: after a resume, only the time that is left is slept."""
-        self._steps().sleep(seconds)
+        self._executing().sleep(seconds)
 
     def checkpoint(self, name: str, value: Any) -> None:
         """Store ``value`` under ``name`` for this execution (newest wins)."""
-        self._steps().checkpoint(name, value)
+        self._executing().save_value(name, value)
 
-    def get_checkpoint(self, name: str, default: Any = _MISSING) -> Any:
+    def get_checkpoint(self, name: str, default: Any = NO_DEFAULT) -> Any:
         """The newest value stored under ``name`` in this execution, else ``default``
         (or CheckpointNotFoundError without a default)."""
-        return self._steps().get_checkpoint(name, default)
+        return self._executing().latest_value(name, default)
 
     def approve(self, question: str, details: Any = None) -> Approval:
         """Ask a human to approve; returns the approval, raises ApprovalDenied on a denial.
@@ -70,4 +66,4 @@ class DurableAPI:
         Answered in the notebook (y/n and an optional reason) or out of band with
         ``pyrepl3 approve|deny <promise-id> --reason ...``.
         """
-        return self._broker().approve(question, details, channel=self._kernel._prompt_channel())
+        return self._executing().approve(question, details, channel=self._channel())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -21,9 +22,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.display import display
 
 from kernel.core.errors import PyRepl3Error
+from kernel.durable.session import DurableSession
 
 if TYPE_CHECKING:
-    from kernel.jupyter.kernel import DurableKernel
     from kernel.core.models import ExecutionSummary
     from kernel.checkpoint.history import StoredCheckpoint
 
@@ -119,14 +120,14 @@ def _html_table(head: list[str], cells: list[list[str]], css: str) -> str:
 
 @magics_class
 class DurableMagics(Magics):
-    def __init__(self, shell: Any, kernel: DurableKernel) -> None:
+    def __init__(self, shell: Any, session: Callable[[], DurableSession | None]) -> None:
         super().__init__(shell)
-        self.kernel = kernel
+        self.session = session
 
     @line_magic
     def durable(self, line: str) -> Any:
         """The durable session: ``%durable [executions|pending|resume|checkpoints|restore N|exclude NAME|limit SIZE]``."""
-        ds = self.kernel.durable
+        ds = self.session()
         words = line.split()
         command = words[0] if words else ""
         if ds is None:
@@ -153,28 +154,27 @@ class DurableMagics(Magics):
             display(ExecutionTable(catalog.executions(ds.session)))
             return None
         if command == "checkpoints":
-            display(CheckpointTable(ds.checkpoints.list()))
+            display(CheckpointTable(ds.checkpoints()))
             return None
         if command == "restore":
             if len(words) != 2 or not words[1].isdigit():
                 print("usage: %durable restore N   (N = an execution count from %durable checkpoints)")
                 return None
-            checkpoint, report = ds.checkpoints.restore_execution(int(words[1]), self.shell.user_ns, clear=True)
+            checkpoint, report = ds.restore(int(words[1]))
             print(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
             return None
         if command == "exclude":
-            ds.checkpoints.checkpointer.exclude.update(words[1:])
-            shown = sorted(ds.checkpoints.checkpointer.exclude - {"durable"})
+            shown = ds.exclude(words[1:])
             print("not checkpointed: " + (", ".join(shown) if shown else "(nothing)"))
             return None
         if command == "limit":
             if len(words) == 2:
-                ds.checkpoints.checkpointer.size_limit = parse_size(words[1])
-            limit = ds.checkpoints.checkpointer.size_limit
+                ds.value_size_limit = parse_size(words[1])
+            limit = ds.value_size_limit
             print("checkpoint size limit per value: " + (_size(limit) if limit else "none"))
             return None
         if command == "resume":
-            lines = self.kernel.resume_interrupted()
+            lines = ds.resume_interrupted()
             print("\n".join(lines) if lines else "nothing to resume: no execution of this session was interrupted")
             return None
         if command == "pending":
