@@ -83,6 +83,7 @@ import cloudpickle
 from pydantic import BaseModel, Field
 
 from kernel.core.errors import StoreError
+from kernel.core.text import human_size as _human
 from kernel.store.embedded.blobs import HASH_NAME, BlobStore
 
 FORMAT = 1
@@ -1107,14 +1108,6 @@ def _blob_problem(exc: StoreError) -> str:
     if isinstance(exc, BlobCorruptError):
         return f"its saved data is corrupt ({exc})"
     return f"its saved data cannot be read ({exc})"
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
 
 
 __all__ = [
