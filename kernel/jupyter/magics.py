@@ -8,6 +8,13 @@
 ``%durable restore N``   bring back the namespace as it was after execution N
 ``%durable exclude NAME`` keep NAME out of checkpoints
 ``%durable limit SIZE``  skip values larger than SIZE (e.g. 200MB; 0 = no limit)
+
+Arguments are parsed by IPython's ``magic_arguments`` (one parser for the
+subcommand, one per subcommand for its arguments), so a wrong one is a
+``UsageError`` that says what is wrong and how the subcommand is used, shown in
+the cell without a traceback. The tables render as HTML in a notebook and as
+aligned text in a console; this module stays stdlib and IPython only (it is
+loaded by every kernel).
 """
 
 from __future__ import annotations
@@ -126,35 +133,30 @@ def _limit_args() -> None:
     """Skip values larger than SIZE; without SIZE, show the limit."""
 
 
-@magic_arguments(name="durable")
-def _no_args() -> None:
-    """No arguments."""
+def _no_args(command: str) -> Any:
+    @magic_arguments(name=f"durable {command}")
+    def takes_no_arguments() -> None:
+        """No arguments."""
+
+    return takes_no_arguments
 
 
 #: Every subcommand, with the parser of its arguments ("status" is the default).
 SUBCOMMANDS: dict[str, Any] = {
-    "status": _no_args,
-    "executions": _no_args,
-    "pending": _no_args,
-    "resume": _no_args,
-    "checkpoints": _no_args,
+    "status": _no_args("status"),
+    "executions": _no_args("executions"),
+    "pending": _no_args("pending"),
+    "resume": _no_args("resume"),
+    "checkpoints": _no_args("checkpoints"),
     "restore": _restore_args,
     "exclude": _exclude_args,
     "limit": _limit_args,
 }
 
 
-def _usage(parser: argparse.ArgumentParser, command: str) -> str:
-    return " ".join(["usage: %durable", command, *(_metavar(a) for a in parser._actions)])
-
-
-def _metavar(action: argparse.Action) -> str:
-    name = action.metavar or action.dest
-    if action.nargs == "?":
-        return f"[{name}]"
-    if action.nargs == "*":
-        return f"[{name} ...]"
-    return str(name)
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """``usage: %durable restore N`` (magic_arguments spells it ``::\\n\\n  %durable restore N`` for docstrings)."""
+    return "usage: " + parser.format_usage().strip().removeprefix("::").strip()
 
 
 @magics_class
@@ -208,7 +210,7 @@ class DurableMagics(Magics):
         try:
             return top.subcommand, spec.parser.parse_args(top.operands)
         except UsageError as exc:
-            raise UsageError(f"%durable {top.subcommand}: {exc}\n{_usage(spec.parser, top.subcommand)}") from None
+            raise UsageError(f"%durable {top.subcommand}: {exc}\n{_usage(spec.parser)}") from None
 
     def _dispatch(self, ds: Any, catalog: Any, command: str, args: argparse.Namespace) -> Any:
         if command == "status":
