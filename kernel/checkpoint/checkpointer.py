@@ -44,6 +44,7 @@ from kernel.checkpoint.names import is_user_name
 from kernel.checkpoint.pickling import PickleContext, Pickled, restoring_into, type_name, unpicklable_reason
 from kernel.checkpoint.scan import CellScan, expand_touched, scan_cell
 from kernel.core.errors import StoreError
+from kernel.core.text import human_size
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobStore
 from kernel.store.digests import HASH_NAME
 
@@ -313,7 +314,7 @@ class Checkpointer:
             return _Skip(unpicklable_reason(value, exc))
         limit = self.size_limit
         if limit is not None and pickled.size > limit:
-            return _Skip(f"too large ({_human(pickled.size)} pickled; limit {_human(limit)})", too_large=pickled.size)
+            return _Skip(f"too large ({human_size(pickled.size)} pickled; limit {human_size(limit)})", too_large=pickled.size)
         return pickled
 
     # -- restore ---------------------------------------------------------------
@@ -443,14 +444,6 @@ def _blob_problem(exc: StoreError) -> str:
     if isinstance(exc, BlobCorruptError):
         return f"its saved data is corrupt ({exc})"
     return f"its saved data cannot be read ({exc})"
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
 
 
 

@@ -13,155 +13,91 @@ The engine is chosen as for the kernel: ``--store`` or ``PYREPL3_STORE``
 (a directory, ``postgresql://...`` or ``http(s)://...``); for the embedded
 store, ``--home`` or ``PYREPL3_HOME`` is where it lives. Credentials in a DSN
 or URL are never printed.
+
+This module is the parsing and the dispatch only: what each subcommand does is
+in :mod:`kernel.cli.commands`, how it is drawn in :mod:`kernel.cli.render`.
+A subcommand is one ``_add_<name>`` function below, listed in ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TypeAlias
 
-from kernel.durable import hitl
+from kernel.cli import commands
+from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
-from kernel.store.records import error_of
-from kernel.store.registry import open_engine
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _when(ms: int | None) -> str:
-    return "-" if not ms else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (stable, for scripts)")
 
 
-def _table(rows: list[list[str]], head: list[str]) -> str:
-    rows = [head, *rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+def _add_sessions(sub: Subparsers) -> None:
+    p = sub.add_parser("sessions", help="list sessions with executions")
+    _json_flag(p)
+    p.set_defaults(fn=commands.sessions)
 
 
-def _catalog(args: argparse.Namespace) -> Any:
-    engine = open_engine(os.environ, store=args.store or "", home=args.home or "")
-    try:
-        catalog = engine.catalog()
-    except BaseException:
-        engine.close()
-        raise
-    return _EngineCatalog(engine, catalog)
+def _add_executions(sub: Subparsers) -> None:
+    p = sub.add_parser("executions", help="list executions")
+    p.add_argument("--session", help="only this session")
+    _json_flag(p)
+    p.set_defaults(fn=commands.executions)
 
 
-class _EngineCatalog:
-    """A catalog that closes its engine with it."""
-
-    def __init__(self, engine: Any, catalog: Any) -> None:
-        self._engine, self._catalog = engine, catalog
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._catalog, name)
-
-    def close(self) -> None:
-        try:
-            self._catalog.close()
-        finally:
-            self._engine.close()
+def _add_show(sub: Subparsers) -> None:
+    p = sub.add_parser("show", help="show one promise")
+    p.add_argument("promise_id")
+    _json_flag(p)
+    p.set_defaults(fn=commands.show)
 
 
-def cmd_sessions(args: argparse.Namespace) -> int:
-    with _closing(_catalog(args)) as cat:
-        rows = cat.sessions()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no sessions in this store yet")
-        return 0
-    print(_table([[r["session"], str(r["executions"]), str(r["pending"]), _when(r["last_at"])] for r in rows],
-                 ["session", "executions", "pending", "last activity"]))
-    return 0
+def _add_pending(sub: Subparsers) -> None:
+    p = sub.add_parser("pending", help="list prompts waiting for an answer")
+    p.add_argument("--session", help="only this session")
+    _json_flag(p)
+    p.set_defaults(fn=commands.pending)
 
 
-def cmd_executions(args: argparse.Namespace) -> int:
-    with _closing(_catalog(args)) as cat:
-        rows = cat.executions(args.session)
-    if args.json:
-        print(json.dumps([r.model_dump() for r in rows], indent=2))
-        return 0
-    if not rows:
-        print("no executions" + (f" in session {args.session!r}" if args.session else ""))
-        return 0
-    body = []
-    for r in rows:
-        code = (r.code.strip().splitlines() or [""])[0][:50]
-        body.append([str(r.execution_count or ""), r.state + (f" ({r.ename})" if r.ename else ""), _when(r.created_at), r.id, r.session, code])
-    print(_table(body, ["#", "state", "started", "promise", "session", "code"]))
-    return 0
+def _add_answer(sub: Subparsers) -> None:
+    p = sub.add_parser("answer", help="answer a waiting input() prompt")
+    p.add_argument("promise_id")
+    p.add_argument("value")
+    p.set_defaults(fn=commands.answer)
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    with _closing(_catalog(args)) as cat:
-        rec = cat.promise(args.promise_id)
-    if rec is None:
-        print(f"pyrepl3: no promise {args.promise_id!r} in this store", file=sys.stderr)
-        return 1
-    err = error_of(rec["value"])
-    if err is not None:
-        rec["error"] = err.model_dump()
-    if args.json:
-        print(json.dumps(rec, indent=2, default=str))
-        return 0
-    print(f"id:       {rec['id']}\nkind:     {rec['kind']}\nsession:  {rec['session']}\nstate:    {rec['state']}")
-    print(f"created:  {_when(rec['created_at'])}\nsettled:  {_when(rec['settled_at'])}")
-    if err is not None:
-        print(f"error:    {err.ename}: {err.evalue}")
-    print("value:    " + json.dumps(rec["value"], indent=2, default=str).replace("\n", "\n          "))
-    return 0
+def _add_run(sub: Subparsers) -> None:
+    p = sub.add_parser("run", help="execute a notebook headless; run again to resume after a crash")
+    p.add_argument("notebook")
+    p.add_argument("--output", help="where to write the executed notebook (default: the notebook itself)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a single cell may run (default: no limit)")
+    p.set_defaults(fn=commands.run)
 
 
-def cmd_answer(args: argparse.Namespace) -> int:
-    rec = hitl.answer(args.promise_id, args.value, args.home, store=args.store)
-    print(f"{args.promise_id}: {rec['state']}")
-    return 0
+def _add_approve_deny(sub: Subparsers) -> None:
+    for name in ("approve", "deny"):
+        p = sub.add_parser(name, help=f"{name} a waiting approval request")
+        p.add_argument("promise_id")
+        p.add_argument("--reason", default="")
+        p.set_defaults(fn=commands.decide, command=name)
 
 
-def cmd_decide(args: argparse.Namespace) -> int:
-    approved = args.command == "approve"
-    rec = hitl.decide(args.promise_id, approved, args.reason, args.home, store=args.store)
-    print(f"{args.promise_id}: {'approved' if approved else 'denied'} ({rec['state']})")
-    return 0
-
-
-def cmd_pending(args: argparse.Namespace) -> int:
-    items = hitl.pending(args.home, args.session, store=args.store)
-    if args.json:
-        print(json.dumps(items, indent=2, default=str))
-        return 0
-    if not items:
-        print("no prompts are waiting")
-        return 0
-    print(_table([[i["id"], i["kind"] or "", i["session"], _when(i["created_at"]), str(i["prompt"])[:60]] for i in items],
-                 ["promise", "kind", "session", "asked", "prompt"]))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from kernel.cli.run import run_notebook
-
-    env = {"PYREPL3_HOME": args.home} if args.home else {}
-    if args.store:
-        env["PYREPL3_STORE"] = args.store
-    return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=env)
-
-
-class _closing:
-    def __init__(self, cat: Any) -> None:
-        self.cat = cat
-
-    def __enter__(self) -> Any:
-        return self.cat
-
-    def __exit__(self, *exc: Any) -> None:
-        self.cat.close()
+#: In the order ``pyrepl3 --help`` lists them.
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _add_sessions,
+    _add_executions,
+    _add_show,
+    _add_pending,
+    _add_answer,
+    _add_run,
+    _add_approve_deny,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,51 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         "postgresql://... for Postgres (resonate-pg), http(s)://... for a Resonate server",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("sessions", help="list sessions with executions")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_sessions)
-
-    p = sub.add_parser("executions", help="list executions")
-    p.add_argument("--session", help="only this session")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_executions)
-
-    p = sub.add_parser("show", help="show one promise")
-    p.add_argument("promise_id")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_show)
-
-    p = sub.add_parser("pending", help="list prompts waiting for an answer")
-    p.add_argument("--session", help="only this session")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_pending)
-
-    p = sub.add_parser("answer", help="answer a waiting input() prompt")
-    p.add_argument("promise_id")
-    p.add_argument("value")
-    p.set_defaults(fn=cmd_answer)
-
-    p = sub.add_parser("run", help="execute a notebook headless; run again to resume after a crash")
-    p.add_argument("notebook")
-    p.add_argument("--output", help="where to write the executed notebook (default: the notebook itself)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds a single cell may run (default: no limit)")
-    p.set_defaults(fn=cmd_run)
-
-    for name in ("approve", "deny"):
-        p = sub.add_parser(name, help=f"{name} a waiting approval request")
-        p.add_argument("promise_id")
-        p.add_argument("--reason", default="")
-        p.set_defaults(fn=cmd_decide, command=name)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, env: Mapping[str, str] | None = None, out: Output | None = None) -> int:
+    """Run one ``pyrepl3`` command; returns its exit status (2 for a PyREPL3 error)."""
     args = build_parser().parse_args(argv)
+    out = out or Output()
     try:
-        return args.fn(args)
+        return args.fn(args, out, os.environ if env is None else env)
     except PyRepl3Error as exc:
-        print(f"pyrepl3: {exc}", file=sys.stderr)
+        out.error(str(exc))
         return 2
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+from kernel.cli.render import RunProgress
 
 KERNEL_NAME = "pyrepl3"
 
@@ -42,37 +43,10 @@ def cell_msg_ids(nb: Any, session: str) -> dict[int, str]:
     return ids
 
 
-class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a TTY)."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total, self.done = total, 0
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started = time.monotonic()
-
-    def update(self, index: int, label: str) -> None:
-        self.done += 1
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        text = f"[{bar}] {self.done}/{self.total} cells ({time.monotonic() - self.started:.1f}s) cell {index + 1}: {label}"
-        if self.tty:
-            self.stream.write("\r" + text[:150].ljust(150))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 class ResumableRun(NotebookClient):
     """nbclient with deterministic msg_ids per code cell."""
 
-    def __init__(self, nb: Any, msg_ids: dict[int, str], progress: Progress, **kw: Any) -> None:
+    def __init__(self, nb: Any, msg_ids: dict[int, str], progress: RunProgress, **kw: Any) -> None:
         super().__init__(nb, **kw)
         self.msg_ids = msg_ids
         self.progress = progress
@@ -123,7 +97,7 @@ def run_notebook(path: Path, output: Path | None = None, *, timeout: float | Non
     nb = nbformat.read(path, as_version=4)
     session = run_session(path)
     msg_ids = cell_msg_ids(nb, session)
-    progress = Progress(len(msg_ids))
+    progress = RunProgress(len(msg_ids))
     # The kernel's own notices (namespace restored, ...) go to its log, which
     # reaches this terminal, not into the cells: outputs stay the cells' own.
     kernel_env = {**os.environ, **(env or {}), "PYREPL3_SESSION": session, "PYREPL3_NOTICES": "log"}
@@ -137,6 +111,7 @@ def run_notebook(path: Path, output: Path | None = None, *, timeout: float | Non
         resources={"metadata": {"path": str(path.resolve().parent)}},
     )
     status = 0
+    progress.start()
     try:
         client.execute(env=kernel_env)
     except CellExecutionError as exc:

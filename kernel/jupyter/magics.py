@@ -8,34 +8,35 @@
 ``%durable restore N``   bring back the namespace as it was after execution N
 ``%durable exclude NAME`` keep NAME out of checkpoints
 ``%durable limit SIZE``  skip values larger than SIZE (e.g. 200MB; 0 = no limit)
+
+Arguments are parsed by IPython's ``magic_arguments`` (one parser for the
+subcommand, one per subcommand for its arguments), so a wrong one is a
+``UsageError`` that says what is wrong and how the subcommand is used, shown in
+the cell without a traceback. The tables render as HTML in a notebook and as
+aligned text in a console; this module stays stdlib and IPython only (it is
+loaded by every kernel).
 """
 
 from __future__ import annotations
 
+import argparse
 import html
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from kernel.core.clock import to_ms
 from kernel.core.errors import PyRepl3Error
+from kernel.core.text import first_line, human_size, local_time, parse_size
 from kernel.durable.session import DurableSession
 
 if TYPE_CHECKING:
-    from kernel.core.models import ExecutionSummary
     from kernel.checkpoint.history import StoredCheckpoint
-
-
-def _when(ms: int | None) -> str:
-    return "" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
-
-
-def _first_line(code: str, width: int = 50) -> str:
-    line = code.strip().splitlines()[0] if code.strip() else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
+    from kernel.core.models import ExecutionSummary
 
 
 class ExecutionTable:
@@ -46,7 +47,7 @@ class ExecutionTable:
 
     def _cells(self) -> list[list[str]]:
         return [
-            [str(r.execution_count or ""), r.state + (f" ({r.ename})" if r.ename else ""), _when(r.created_at), r.id, _first_line(r.code)]
+            [str(r.execution_count or ""), r.state + (f" ({r.ename})" if r.ename else ""), local_time(r.created_at, missing=""), r.id, first_line(r.code)]
             for r in self.rows
         ]
 
@@ -59,26 +60,6 @@ class ExecutionTable:
         return _html_table(self.HEAD, self._cells(), "pyrepl3-executions")
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def parse_size(text: str) -> int | None:
-    """``200MB``, ``1.5GB``, ``4096`` -> bytes; 0 means no limit."""
-    t = text.strip().upper().removesuffix("B")
-    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(t[-1:], 1)
-    number = t[:-1] if t[-1:] in ("K", "M", "G") else t
-    try:
-        value = int(float(number) * factor)
-    except ValueError:
-        raise UsageError(f"%durable limit: {text!r} is not a size such as 200MB") from None
-    return value or None
-
-
 class CheckpointTable:
     HEAD = ["#", "saved", "size", "changed", "removed", "skipped", "promise"]
 
@@ -89,8 +70,8 @@ class CheckpointTable:
         return [
             [
                 str(r.execution_count if r.execution_count is not None else ""),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
-                _size(r.size),
+                local_time(to_ms(r.created_at)),
+                human_size(r.size),
                 ", ".join(r.changed)[:60],
                 ", ".join(r.removed)[:40],
                 ", ".join(r.skipped)[:40],
@@ -118,32 +99,115 @@ def _html_table(head: list[str], cells: list[list[str]], css: str) -> str:
     return f"<table class='{css}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _execution_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an execution count")
+    return int(text)
+
+
+# The arguments of each subcommand, parsed by IPython's magic_arguments; the
+# stubs only carry the parsers (and the help ``%durable?`` shows).
+
+
+@magic_arguments(name="durable restore")
+@argument("n", metavar="N", type=_execution_count, help="an execution count from %%durable checkpoints")
+def _restore_args() -> None:
+    """Bring back the namespace as it was after execution N."""
+
+
+@magic_arguments(name="durable exclude")
+@argument("names", metavar="NAME", nargs="*", help="names to keep out of checkpoints")
+def _exclude_args() -> None:
+    """Keep NAME out of checkpoints; without NAME, list what is kept out."""
+
+
+@magic_arguments(name="durable limit")
+@argument("size", metavar="SIZE", nargs="?", help="such as 200MB, 1.5GB or 4096; 0 = no limit")
+def _limit_args() -> None:
+    """Skip values larger than SIZE; without SIZE, show the limit."""
+
+
+def _no_args(command: str) -> Any:
+    @magic_arguments(name=f"durable {command}")
+    def takes_no_arguments() -> None:
+        """No arguments."""
+
+    return takes_no_arguments
+
+
+#: Every subcommand, with the parser of its arguments ("status" is the default).
+SUBCOMMANDS: dict[str, Any] = {
+    "status": _no_args("status"),
+    "executions": _no_args("executions"),
+    "pending": _no_args("pending"),
+    "resume": _no_args("resume"),
+    "checkpoints": _no_args("checkpoints"),
+    "restore": _restore_args,
+    "exclude": _exclude_args,
+    "limit": _limit_args,
+}
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    """``usage: %durable restore N`` (magic_arguments spells it ``::\\n\\n  %durable restore N`` for docstrings)."""
+    return "usage: " + parser.format_usage().strip().removeprefix("::").strip()
+
+
 @magics_class
 class DurableMagics(Magics):
     def __init__(self, shell: Any, session: Callable[[], DurableSession | None]) -> None:
         super().__init__(shell)
         self.session = session
 
+    @magic_arguments()
+    @argument("subcommand", metavar="SUBCOMMAND", nargs="?", default="status", choices=list(SUBCOMMANDS),
+              help="one of: " + ", ".join(SUBCOMMANDS) + " (default: status)")
+    @argument("operands", metavar="ARGS", nargs=argparse.REMAINDER, help="the arguments of SUBCOMMAND")
     @line_magic
     def durable(self, line: str) -> Any:
-        """The durable session: ``%durable [executions|pending|resume|checkpoints|restore N|exclude NAME|limit SIZE]``."""
+        """The durable session of this kernel.
+
+        %durable [SUBCOMMAND [ARGS]]
+
+        (nothing)         session id, store, counts, and a table of this session's executions
+        executions        only the table
+        pending           prompts of this session waiting for an answer
+        resume            re-run executions a crashed kernel left unfinished
+        checkpoints       the namespace checkpoints of this session
+        restore N         bring back the namespace as it was after execution N
+        exclude NAME...   keep NAME out of checkpoints
+        limit SIZE        skip values larger than SIZE (e.g. 200MB; 0 = no limit)
+
+        A wrong subcommand or argument is a UsageError (no traceback).
+        """
         ds = self.session()
-        words = line.split()
-        command = words[0] if words else ""
         if ds is None:
             print("PyREPL3: durability is off in this kernel; see the message printed at start.")
             return None
+        command, args = self._parse(line)
         catalog = ds.catalog()
         try:
-            return self._dispatch(ds, catalog, command, words)
+            return self._dispatch(ds, catalog, command, args)
         except PyRepl3Error as exc:
             print(f"%durable {command}: {exc}")
             return None
         finally:
             catalog.close()
 
-    def _dispatch(self, ds: Any, catalog: Any, command: str, words: list[str]) -> Any:
-        if command in ("", "status"):
+    def _parse(self, line: str) -> tuple[str, argparse.Namespace]:
+        """``restore 3`` -> ``("restore", Namespace(n=3))``; a ``UsageError`` that says what is wrong otherwise."""
+        try:
+            top = parse_argstring(self.durable, line)
+        except UsageError as exc:
+            raise UsageError(f"%durable: {exc}") from None
+        spec = SUBCOMMANDS[top.subcommand]
+        try:
+            return top.subcommand, spec.parser.parse_args(top.operands)
+        except UsageError as exc:
+            raise UsageError(f"%durable {top.subcommand}: {exc}\n{_usage(spec.parser)}") from None
+
+    def _dispatch(self, ds: Any, catalog: Any, command: str, args: argparse.Namespace) -> Any:
+        if command == "status":
             counts = catalog.count(ds.session)
             total = sum(counts.values())
             summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet"
@@ -157,21 +221,18 @@ class DurableMagics(Magics):
             display(CheckpointTable(ds.checkpoints()))
             return None
         if command == "restore":
-            if len(words) != 2 or not words[1].isdigit():
-                print("usage: %durable restore N   (N = an execution count from %durable checkpoints)")
-                return None
-            checkpoint, report = ds.restore(int(words[1]))
+            checkpoint, report = ds.restore(args.n)
             print(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
             return None
         if command == "exclude":
-            shown = ds.exclude(words[1:])
+            shown = ds.exclude(args.names)
             print("not checkpointed: " + (", ".join(shown) if shown else "(nothing)"))
             return None
         if command == "limit":
-            if len(words) == 2:
-                ds.value_size_limit = parse_size(words[1])
+            if args.size is not None:
+                ds.value_size_limit = _size_limit(args.size)
             limit = ds.value_size_limit
-            print("checkpoint size limit per value: " + (_size(limit) if limit else "none"))
+            print("checkpoint size limit per value: " + (human_size(limit) if limit else "none"))
             return None
         if command == "resume":
             lines = ds.resume_interrupted()
@@ -185,8 +246,14 @@ class DurableMagics(Magics):
                 param = r["param"] if isinstance(r["param"], dict) else {}
                 print(f"{r['id']}  {param.get('kind', '')}  {param.get('prompt', '')!r}")
             return None
-        print(f"%durable: unknown subcommand {command!r}; see %durable? for the subcommands")
-        return None
+        raise AssertionError(f"%durable {command}: in SUBCOMMANDS but not dispatched")
 
 
-__all__ = ["DurableMagics", "ExecutionTable"]
+def _size_limit(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"%durable limit: {exc}") from None
+
+
+__all__ = ["SUBCOMMANDS", "DurableMagics", "ExecutionTable"]

@@ -1,0 +1,142 @@
+"""What each ``pyrepl3`` subcommand does: read or answer the durable store, then render.
+
+Every command is ``fn(args, out, env) -> exit status``: ``args`` from the
+parser (see :mod:`kernel.cli.main`), ``out`` where to write
+(:class:`kernel.cli.render.Output`), ``env`` the environment the engine is
+chosen from. Reads go straight to the store, which is safe while kernels are
+running on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from kernel.cli.render import Column, Output
+from kernel.core.text import first_line, local_time
+from kernel.durable import hitl
+from kernel.store.records import error_of
+from kernel.store.registry import open_engine
+
+
+class _EngineCatalog:
+    """A catalog that closes its engine with it."""
+
+    def __init__(self, engine: Any, catalog: Any) -> None:
+        self._engine, self._catalog = engine, catalog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    def close(self) -> None:
+        try:
+            self._catalog.close()
+        finally:
+            self._engine.close()
+
+
+def _catalog(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    engine = open_engine(env, store=args.store or "", home=args.home or "")
+    try:
+        catalog = engine.catalog()
+    except BaseException:
+        engine.close()
+        raise
+    return _EngineCatalog(engine, catalog)
+
+
+def sessions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    with closing(_catalog(args, env)) as cat:
+        rows = cat.sessions()
+    if args.json:
+        out.json(rows)
+    elif not rows:
+        out.line("no sessions in this store yet")
+    else:
+        out.table(
+            ["session", "executions", "pending", "last activity"],
+            [[r["session"], str(r["executions"]), str(r["pending"]), local_time(r["last_at"])] for r in rows],
+        )
+    return 0
+
+
+def executions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    with closing(_catalog(args, env)) as cat:
+        rows = cat.executions(args.session)
+    if args.json:
+        out.json([r.model_dump() for r in rows])
+    elif not rows:
+        out.line("no executions" + (f" in session {args.session!r}" if args.session else ""))
+    else:
+        out.table(
+            ["#", "state", "started", "promise", "session", Column("code", fold=True)],
+            [
+                [str(r.execution_count or ""), r.state + (f" ({r.ename})" if r.ename else ""), local_time(r.created_at),
+                 r.id, r.session, first_line(r.code)]
+                for r in rows
+            ],
+        )
+    return 0
+
+
+def show(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    with closing(_catalog(args, env)) as cat:
+        rec = cat.promise(args.promise_id)
+    if rec is None:
+        out.error(f"no promise {args.promise_id!r} in this store")
+        return 1
+    err = error_of(rec["value"])
+    if err is not None:
+        rec["error"] = err.model_dump()
+    if args.json:
+        out.json(rec, default=str)
+        return 0
+    fields = [("id", rec["id"]), ("kind", rec["kind"]), ("session", rec["session"]), ("state", rec["state"]),
+              ("created", local_time(rec["created_at"])), ("settled", local_time(rec["settled_at"]))]
+    if err is not None:
+        fields.append(("error", f"{err.ename}: {err.evalue}"))
+    for name, value in fields:
+        out.line(f"{name + ':':<10}{value}")
+    out.line("value:    " + json.dumps(rec["value"], indent=2, default=str).replace("\n", "\n" + " " * 10))
+    return 0
+
+
+def pending(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    items = hitl.pending(args.home, args.session, store=args.store)
+    if args.json:
+        out.json(items, default=str)
+    elif not items:
+        out.line("no prompts are waiting")
+    else:
+        out.table(
+            ["promise", "kind", "session", "asked", Column("prompt", fold=True)],
+            [[i["id"], i["kind"] or "", i["session"], local_time(i["created_at"]), str(i["prompt"])[:60]] for i in items],
+        )
+    return 0
+
+
+def answer(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    rec = hitl.answer(args.promise_id, args.value, args.home, store=args.store)
+    out.line(f"{args.promise_id}: {rec['state']}")
+    return 0
+
+
+def decide(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    approved = args.command == "approve"
+    rec = hitl.decide(args.promise_id, approved, args.reason, args.home, store=args.store)
+    out.line(f"{args.promise_id}: {'approved' if approved else 'denied'} ({rec['state']})")
+    return 0
+
+
+def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+    # Imported here: nbclient and nbformat are only needed by this command.
+    from kernel.cli.run import run_notebook
+
+    kernel_env = {"PYREPL3_HOME": args.home} if args.home else {}
+    if args.store:
+        kernel_env["PYREPL3_STORE"] = args.store
+    return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=kernel_env)
