@@ -270,7 +270,7 @@ def prefill_store(home: Path, session: str, count: int) -> float:
     -> ticket.result -> outcome.set_result(CellResult) -> wait_settled), minus
     IPython: the engine, the state machine and the SQLite writes are the real ones.
     """
-    from kernel.core.settings import store_path
+    from kernel.core.locations import store_path
     from kernel.core.models import CellResult, ExecutionParams, Timings
     from kernel.durable.dispatcher import CellDispatcher
     from kernel.durable.runtime import DurableRuntime

@@ -25,8 +25,10 @@ from conftest import PG_DSN
 from harness import TIMEOUT, KernelFactory, Store, cli, cli_json, executions, kernel_env, show, wait_for
 
 from kernel.durable import hitl
-from kernel.core.settings import redact, resolve_blobs, resolve_engine, scrub
+from kernel.core.locations import resolve_blobs, resolve_engine
+from kernel.core.redaction import redact, scrub
 from kernel.core.errors import ConfigurationError, EngineConnectionError
+from kernel.core.settings import Settings
 from kernel.store.embedded.engine import EmbeddedEngine
 from kernel.store.registry import open_engine
 
@@ -57,29 +59,34 @@ def with_netloc(dsn: str, *, host: str | None = None, port: int | None = None, p
 # -- engine selection and redaction (no database) --------------------------------------
 
 
+def _s(env: dict[str, str], store: str = "") -> Settings:
+    """The settings a kernel would have with this environment and ``DurableKernel.store``."""
+    return Settings.load(env, {"store": store} if store else {})
+
+
 def test_one_setting_selects_the_engine(tmp_path: Path) -> None:
-    assert resolve_engine({}).kind == "embedded"
-    spec = resolve_engine({"PYREPL3_STORE": str(tmp_path)})
+    assert resolve_engine(_s({})).kind == "embedded"
+    spec = resolve_engine(_s({"PYREPL3_STORE": str(tmp_path)}))
     assert (spec.kind, spec.target) == ("embedded", str(tmp_path))
     for dsn in ("postgresql://u@db/x", "postgres://u@db/x", "POSTGRESQL://u@db/x"):
-        assert resolve_engine({"PYREPL3_STORE": dsn}).kind == "postgres"
+        assert resolve_engine(_s({"PYREPL3_STORE": dsn})).kind == "postgres"
     for url in ("http://resonate:8001", "https://resonate.example.com"):
-        assert resolve_engine({"PYREPL3_STORE": url}).kind == "http"
+        assert resolve_engine(_s({"PYREPL3_STORE": url})).kind == "http"
     # The environment wins over the traitlet, and says which setting it came from.
-    traitlet = resolve_engine({}, "postgresql://u@db/x")
+    traitlet = resolve_engine(_s({}, "postgresql://u@db/x"))
     assert (traitlet.kind, traitlet.setting) == ("postgres", "DurableKernel.store")
-    env = resolve_engine({"PYREPL3_STORE": "https://r"}, "postgresql://u@db/x")
+    env = resolve_engine(_s({"PYREPL3_STORE": "https://r"}, "postgresql://u@db/x"))
     assert (env.kind, env.setting) == ("http", "PYREPL3_STORE")
     with pytest.raises(ConfigurationError, match="unknown engine scheme 'redis'") as err:
-        resolve_engine({"PYREPL3_STORE": f"redis://u:{SECRET}@h/0"})
+        resolve_engine(_s({"PYREPL3_STORE": f"redis://u:{SECRET}@h/0"}))
     assert SECRET not in str(err.value) and "PYREPL3_STORE" in str(err.value)
     # A path selects the embedded store in that directory.
-    engine = open_engine({"PYREPL3_STORE": str(tmp_path / "elsewhere")})
+    engine = open_engine(_s({"PYREPL3_STORE": str(tmp_path / "elsewhere")}))
     assert isinstance(engine, EmbeddedEngine) and engine.where == tmp_path / "elsewhere" / "store.sqlite3"
     engine.close()
-    assert resolve_blobs({}) is None
-    assert resolve_blobs({"PYREPL3_BLOBS": "/shared/blobs"}).kind == "directory"  # type: ignore[union-attr]
-    assert resolve_blobs({"PYREPL3_BLOBS": "postgresql://h/db"}).kind == "postgres"  # type: ignore[union-attr]
+    assert resolve_blobs(_s({})) is None
+    assert resolve_blobs(_s({"PYREPL3_BLOBS": "/shared/blobs"})).kind == "directory"  # type: ignore[union-attr]
+    assert resolve_blobs(_s({"PYREPL3_BLOBS": "postgresql://h/db"})).kind == "postgres"  # type: ignore[union-attr]
 
 
 def test_credentials_are_redacted() -> None:
@@ -99,14 +106,14 @@ def test_credentials_are_redacted() -> None:
 def test_unreachable_engines_raise_res004_without_credentials(tmp_path: Path) -> None:
     port = dead_port()
     with pytest.raises(EngineConnectionError) as err:
-        open_engine({"PYREPL3_STORE": f"postgresql://alice:{SECRET}@127.0.0.1:{port}/db", "PYREPL3_ENGINE_TIMEOUT": "2"})
+        open_engine(_s({"PYREPL3_STORE": f"postgresql://alice:{SECRET}@127.0.0.1:{port}/db", "PYREPL3_ENGINE_TIMEOUT": "2"}))
     text = str(err.value)
     assert text.startswith("[RES004]") and f"alice:***@127.0.0.1:{port}" in text and SECRET not in text
     with pytest.raises(EngineConnectionError) as err:
-        open_engine({"PYREPL3_STORE": f"http://bob:{SECRET}@127.0.0.1:{port}", "PYREPL3_BLOBS": str(tmp_path)})
+        open_engine(_s({"PYREPL3_STORE": f"http://bob:{SECRET}@127.0.0.1:{port}", "PYREPL3_BLOBS": str(tmp_path)}))
     assert "[RES004]" in str(err.value) and SECRET not in str(err.value)
     with pytest.raises(ConfigurationError, match="needs PYREPL3_BLOBS") as cfg:
-        open_engine({"PYREPL3_STORE": f"https://bob:{SECRET}@resonate.example"})
+        open_engine(_s({"PYREPL3_STORE": f"https://bob:{SECRET}@resonate.example"}))
     assert SECRET not in str(cfg.value)
 
 

@@ -136,7 +136,7 @@ def test_settings_are_read_only_in_the_settings_module() -> None:
                 func = node.func
                 if isinstance(func, ast.Attribute) and func.attr in ("get", "getenv", "pop", "setdefault"):
                     key = node.args[0].value
-            elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Constant):
                 key = node.slice.value
             if isinstance(key, str) and (key.startswith("PYREPL3_") or key in ("RESONATE_TOKEN", "JPY_SESSION_NAME")):
                 reads.append(f"{module}:{node.lineno} reads {key}")

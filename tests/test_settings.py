@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.core.config import DECLARED, SESSION_SETTINGS, Settings
+from kernel.core.settings import DECLARED, SESSION_SETTINGS, Settings
 from kernel.core.errors import ConfigurationError
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from jupyter_core.paths import jupyter_data_dir
 
-from kernel.core.settings import bool_setting, float_setting, resolve_home, resolve_session, store_path
+from kernel.core.locations import resolve_home, resolve_session, store_path
+
+from kernel.core.settings import Settings
 from kernel.core.errors import ConfigurationError, StoreLockedError
 from kernel.core.ids import exec_id, execution_of, input_id, kind_of, step_id
 from kernel.store.embedded.locks import FlockSessionLock, session_key
@@ -42,21 +44,25 @@ def test_kind_and_execution_of(promise_id: str, kind: str, execution: str | None
 # -- settings --------------------------------------------------------------------
 
 
+def _settings(env: dict[str, str], **traits: str) -> Settings:
+    return Settings.load(env, traits)
+
+
 def test_session_precedence() -> None:
     conn = "/run/jupyter/kernel-1234-abcd.json"
     both = {"PYREPL3_SESSION": "mine", "JPY_SESSION_NAME": "nb.ipynb"}
-    assert resolve_session(both, conn) == "mine"
-    assert resolve_session({"JPY_SESSION_NAME": "dir/nb.ipynb"}, conn) == "dir/nb.ipynb"
-    assert resolve_session({}, conn) == "1234-abcd"
-    assert resolve_session({"PYREPL3_SESSION": "  ", "JPY_SESSION_NAME": ""}, conn) == "1234-abcd"
-    assert resolve_session({}, "/tmp/tmp_x1y2.json") == "tmp_x1y2"
-    assert resolve_session({}) == "default"
+    assert resolve_session(_settings(both), conn) == "mine"
+    assert resolve_session(_settings({"JPY_SESSION_NAME": "dir/nb.ipynb"}), conn) == "dir/nb.ipynb"
+    assert resolve_session(_settings({}), conn) == "1234-abcd"
+    assert resolve_session(_settings({"PYREPL3_SESSION": "  ", "JPY_SESSION_NAME": ""}), conn) == "1234-abcd"
+    assert resolve_session(_settings({}), "/tmp/tmp_x1y2.json") == "tmp_x1y2"
+    assert resolve_session(_settings({})) == "default"
 
 
 def test_home_precedence(tmp_path: Path) -> None:
-    assert resolve_home({"PYREPL3_HOME": str(tmp_path / "a")}, str(tmp_path / "b")) == tmp_path / "a"
-    assert resolve_home({}, str(tmp_path / "b")) == tmp_path / "b"
-    assert resolve_home({}) == Path(jupyter_data_dir()) / "pyrepl3"
+    assert resolve_home(_settings({"PYREPL3_HOME": str(tmp_path / "a")}, home=str(tmp_path / "b"))) == tmp_path / "a"
+    assert resolve_home(_settings({}, home=str(tmp_path / "b"))) == tmp_path / "b"
+    assert resolve_home(_settings({})) == Path(jupyter_data_dir()) / "pyrepl3"
     assert store_path(tmp_path) == tmp_path / "store.sqlite3"
 
 
@@ -64,22 +70,22 @@ def test_home_that_is_a_file_names_the_setting(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(ConfigurationError, match="PYREPL3_HOME"):
-        resolve_home({"PYREPL3_HOME": str(f)})
+        resolve_home(_settings({"PYREPL3_HOME": str(f)}))
     with pytest.raises(ConfigurationError, match="DurableKernel.home"):
-        resolve_home({}, str(f))
+        resolve_home(_settings({}, home=str(f)))
 
 
 def test_numeric_and_boolean_settings() -> None:
-    assert float_setting({}, "PYREPL3_START_TIMEOUT", 30.0) == 30.0
-    assert float_setting({"PYREPL3_START_TIMEOUT": "2.5"}, "PYREPL3_START_TIMEOUT", 30.0) == 2.5
+    assert _settings({}).start_timeout == 30.0
+    assert _settings({"PYREPL3_START_TIMEOUT": "2.5"}).start_timeout == 2.5
     for bad in ("-1", "soon"):
         with pytest.raises(ConfigurationError, match="PYREPL3_START_TIMEOUT"):
-            float_setting({"PYREPL3_START_TIMEOUT": bad}, "PYREPL3_START_TIMEOUT", 30.0)
-    assert bool_setting({"X": "Yes"}, "X", False) is True
-    assert bool_setting({"X": "off"}, "X", True) is False
-    assert bool_setting({}, "X", True) is True
-    with pytest.raises(ConfigurationError, match="X="):
-        bool_setting({"X": "maybe"}, "X", True)
+            _settings({"PYREPL3_START_TIMEOUT": bad}).check("start_timeout")
+    assert _settings({"PYREPL3_FSYNC": "Yes"}).fsync is True
+    assert _settings({"PYREPL3_AUTO_RESUME": "off"}).auto_resume is False
+    assert _settings({}).fsync is False
+    with pytest.raises(ConfigurationError, match="PYREPL3_FSYNC="):
+        _settings({"PYREPL3_FSYNC": "maybe"}).check("fsync")
 
 
 # -- the session lock ------------------------------------------------------------

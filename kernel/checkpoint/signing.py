@@ -16,13 +16,11 @@ import hashlib
 import hmac
 import os
 import secrets
-import time
-from collections.abc import Mapping
 from pathlib import Path
 
+from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import AuthenticationError, ConfigurationError
 
-KEY_ENV = "PYREPL3_KEY"
 SIGNATURE_BYTES = 32
 
 
@@ -30,10 +28,10 @@ class SignatureError(AuthenticationError):
     """Data is unsigned or its signature does not match this key (RES005)."""
 
 
-def load_key(env: Mapping[str, str], key_file: Path) -> bytes:
-    """The signing key: ``PYREPL3_KEY``, else the key file (made 0600 if missing)."""
-    if raw := env.get(KEY_ENV, "").strip():
-        return raw.encode()
+def load_key(configured: str, key_file: Path, *, clock: Clock = SYSTEM) -> bytes:
+    """The signing key: ``configured`` (``PYREPL3_KEY``), else the key file (made 0600 if missing)."""
+    if configured.strip():
+        return configured.strip().encode()
     if key_file.exists():
         mode = key_file.stat().st_mode & 0o777
         if mode & 0o077:
@@ -41,14 +39,16 @@ def load_key(env: Mapping[str, str], key_file: Path) -> bytes:
             raise ConfigurationError(msg)
         key = key_file.read_bytes().strip()
         if not key:
+            # Another kernel may have created it a moment ago and not written it yet.
+            key = clock.wait_for(lambda: key_file.read_bytes().strip(), 1.0) or b""
+        if not key:
             raise ConfigurationError(f"the signing key file {key_file} is empty; delete it to make a new key")
         return key
     key_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another kernel made it just now
-        time.sleep(0.05)
-        return load_key(env, key_file)
+        return load_key(configured, key_file, clock=clock)
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_hex(32).encode())
     return key_file.read_bytes().strip()
@@ -57,7 +57,7 @@ def load_key(env: Mapping[str, str], key_file: Path) -> bytes:
 class Signer:
     def __init__(self, key: bytes) -> None:
         if not key:
-            raise ConfigurationError(f"{KEY_ENV} is empty")
+            raise ConfigurationError("the signing key (PYREPL3_KEY) is empty")
         self._key = key
 
     def digest(self, *parts: bytes | memoryview) -> str:

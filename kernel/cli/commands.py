@@ -1,9 +1,9 @@
 """What each ``pyrepl3`` subcommand does: read or answer the durable store, then render.
 
-Every command is ``fn(args, out, env) -> exit status``: ``args`` from the
+Every command is ``fn(args, out, settings) -> exit status``: ``args`` from the
 parser (see :mod:`kernel.cli.main`), ``out`` where to write
-(:class:`kernel.cli.render.Output`), ``env`` the environment the engine is
-chosen from. Reads go straight to the store, which is safe while kernels are
+(:class:`kernel.cli.render.Output`), ``settings`` the
+:class:`~kernel.core.settings.Settings` the engine is chosen from. Reads go straight to the store, which is safe while kernels are
 running on it.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from kernel.cli.render import Column, Output
+from kernel.core.settings import Settings
 from kernel.core.text import first_line, local_time
 from kernel.durable import hitl
 from kernel.store.records import error_of
@@ -39,8 +39,8 @@ class _EngineCatalog:
             self._engine.close()
 
 
-def _catalog(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
-    engine = open_engine(env, store=args.store or "", home=args.home or "")
+def _catalog(settings: Settings) -> Any:
+    engine = open_engine(settings)
     try:
         catalog = engine.catalog()
     except BaseException:
@@ -49,8 +49,8 @@ def _catalog(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     return _EngineCatalog(engine, catalog)
 
 
-def sessions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
-    with closing(_catalog(args, env)) as cat:
+def sessions(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    with closing(_catalog(settings)) as cat:
         rows = cat.sessions()
     if args.json:
         out.json(rows)
@@ -64,8 +64,8 @@ def sessions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> i
     return 0
 
 
-def executions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
-    with closing(_catalog(args, env)) as cat:
+def executions(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    with closing(_catalog(settings)) as cat:
         rows = cat.executions(args.session)
     if args.json:
         out.json([r.model_dump() for r in rows])
@@ -83,8 +83,8 @@ def executions(args: argparse.Namespace, out: Output, env: Mapping[str, str]) ->
     return 0
 
 
-def show(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
-    with closing(_catalog(args, env)) as cat:
+def show(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    with closing(_catalog(settings)) as cat:
         rec = cat.promise(args.promise_id)
     if rec is None:
         out.error(f"no promise {args.promise_id!r} in this store")
@@ -105,8 +105,8 @@ def show(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
     return 0
 
 
-def pending(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
-    items = hitl.pending(args.home, args.session, store=args.store)
+def pending(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    items = hitl.pending(settings.home or None, args.session, store=settings.store or None)
     if args.json:
         out.json(items, default=str)
     elif not items:
@@ -119,20 +119,20 @@ def pending(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> in
     return 0
 
 
-def answer(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
-    rec = hitl.answer(args.promise_id, args.value, args.home, store=args.store)
+def answer(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    rec = hitl.answer(args.promise_id, args.value, settings.home or None, store=settings.store or None)
     out.line(f"{args.promise_id}: {rec['state']}")
     return 0
 
 
-def decide(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+def decide(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     approved = args.command == "approve"
-    rec = hitl.decide(args.promise_id, approved, args.reason, args.home, store=args.store)
+    rec = hitl.decide(args.promise_id, approved, args.reason, settings.home or None, store=settings.store or None)
     out.line(f"{args.promise_id}: {'approved' if approved else 'denied'} ({rec['state']})")
     return 0
 
 
-def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
+def run(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     # Imported here: nbclient and nbformat are only needed by this command.
     from kernel.cli.run import run_notebook
 
@@ -140,3 +140,16 @@ def run(args: argparse.Namespace, out: Output, env: Mapping[str, str]) -> int:
     if args.store:
         kernel_env["PYREPL3_STORE"] = args.store
     return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=kernel_env)
+
+
+def settings_table(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Every setting: the value in force (secrets as ***), where it came from, its default and what it does."""
+    rows = settings.rows()
+    if args.json:
+        keys = ("setting", "value", "source", "default", "help")
+        out.json([dict(zip(keys, row, strict=True)) for row in rows])
+    else:
+        out.table(["setting", "value", "source", "default", "what it does"], rows)
+    for problem in settings.problems.values():
+        out.error(problem)
+    return 0

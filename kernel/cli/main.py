@@ -7,6 +7,7 @@
     pyrepl3 answer PROMISE_ID VALUE
     pyrepl3 approve|deny PROMISE_ID [--reason R]
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
+    pyrepl3 settings [--json]
 
 Reads go straight to the store (safe while kernels are running on it).
 The engine is chosen as for the kernel: ``--store`` or ``PYREPL3_STORE``
@@ -16,13 +17,18 @@ or URL are never printed.
 
 This module is the parsing and the dispatch only: what each subcommand does is
 in :mod:`kernel.cli.commands`, how it is drawn in :mod:`kernel.cli.render`.
+def _add_settings(sub: Subparsers) -> None:
+    p = sub.add_parser("settings", help="list every setting: value in force, source, default, what it does")
+    _json_flag(p)
+    p.set_defaults(fn=commands.settings_table)
+
+
 A subcommand is one ``_add_<name>`` function below, listed in ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
@@ -30,6 +36,7 @@ from typing import TypeAlias
 from kernel.cli import commands
 from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
+from kernel.core.settings import Settings
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -88,6 +95,12 @@ def _add_approve_deny(sub: Subparsers) -> None:
         p.set_defaults(fn=commands.decide, command=name)
 
 
+def _add_settings(sub: Subparsers) -> None:
+    p = sub.add_parser("settings", help="list every setting: value in force, source, default, what it does")
+    _json_flag(p)
+    p.set_defaults(fn=commands.settings_table)
+
+
 #: In the order ``pyrepl3 --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_sessions,
@@ -97,6 +110,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_answer,
     _add_run,
     _add_approve_deny,
+    _add_settings,
 )
 
 
@@ -118,8 +132,10 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] | None = None,
     """Run one ``pyrepl3`` command; returns its exit status (2 for a PyREPL3 error)."""
     args = build_parser().parse_args(argv)
     out = out or Output()
+    given = {"store": args.store, "home": args.home}
+    settings = Settings.load(env).with_values(**{k: v for k, v in given.items() if v})
     try:
-        return args.fn(args, out, os.environ if env is None else env)
+        return args.fn(args, out, settings)
     except PyRepl3Error as exc:
         out.error(str(exc))
         return 2

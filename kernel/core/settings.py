@@ -1,176 +1,309 @@
-"""Where settings come from: environment first, then traitlets, then defaults.
+"""Every PyREPL3 setting, declared once, and read once into one :class:`Settings`.
 
-Kept free of kernel imports so the CLI resolves settings exactly as a kernel does.
+Each setting has an environment variable (``PYREPL3_*``), sometimes a
+``DurableKernel`` traitlet (Jupyter config), a type, a default and a help
+text. The kernel and the ``pyrepl3`` command build one ``Settings`` from the
+environment and the traitlets' values at start; nothing else in the code reads
+``PYREPL3_*`` variables, so ``pyrepl3 settings`` and the README table list
+everything there is.
+
+A wrong value never stops a kernel: the setting keeps its default and the
+problem is recorded, naming the setting and what is allowed. The layer that
+needs a setting decides what a problem means (:meth:`Settings.check`): the
+durable session refuses to start (durability off, with the reason), the kernel
+just says which default it used.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+import os
 
-from jupyter_core.paths import jupyter_data_dir
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from kernel.core.errors import ConfigurationError
+from kernel.core.redaction import redact
+from kernel.core.text import parse_size
 
-STORE_FILE = "store.sqlite3"
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Which engine ``PYREPL3_STORE`` selects: ``embedded`` (a directory),
-    ``postgres`` (a ``postgresql://`` DSN) or ``http`` (a Resonate server URL)."""
-
-    kind: str
-    target: str
-    setting: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} engine at {redact(self.target)}"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
-def resolve_engine(env: Mapping[str, str], configured: str = "") -> EngineSpec:
-    """``PYREPL3_STORE``, else the traitlet ``DurableKernel.store``; empty = embedded."""
-    setting = "PYREPL3_STORE" if env.get("PYREPL3_STORE") else "DurableKernel.store"
-    raw = (env.get("PYREPL3_STORE") or configured).strip()
-    if not raw:
-        return EngineSpec("embedded", "", setting)
-    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
-    if scheme in ("postgresql", "postgres"):
-        return EngineSpec("postgres", raw, setting)
-    if scheme in ("http", "https"):
-        return EngineSpec("http", raw, setting)
-    if scheme:
-        msg = (
-            f"{setting}={redact(raw)!r}: unknown engine scheme {scheme!r}; use a directory for the embedded store, "
-            "postgresql://... for Postgres (resonate-pg) or http(s)://... for a Resonate server"
-        )
-        raise ConfigurationError(msg)
-    return EngineSpec("embedded", raw, setting)
+def _text(raw: str) -> str:
+    return raw.strip()
 
 
-_SECRET_PARAMS = {"password", "token", "secret", "key", "apikey", "api_key"}
-
-
-def redact(url: str) -> str:
-    """A DSN or URL with its password (and token-like query values) hidden."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = "&".join(
-        f"{k}=***" if k.lower() in _SECRET_PARAMS else f"{k}={v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def scrub(text: str, *secrets: str) -> str:
-    """``text`` (an error message, say) with every DSN/URL in ``secrets`` redacted
-    and their passwords and tokens masked wherever they appear on their own.
-
-    Database drivers echo a malformed connection string back in their errors;
-    this makes such a message safe to print or log.
-    """
-    for raw in secrets:
-        if not raw or "://" not in raw:
-            continue
-        text = text.replace(raw, redact(raw))
-        parts = urlsplit(raw)
-        hidden = [parts.password or ""]
-        hidden += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in _SECRET_PARAMS]
-        for secret in hidden:
-            if len(secret) >= 3:
-                text = text.replace(secret, "***").replace(unquote(secret), "***")
-    return text
-
-
-@dataclass(frozen=True)
-class BlobsSpec:
-    """Where checkpoint blobs live when the engine cannot hold them itself
-    (``PYREPL3_BLOBS``): a shared ``directory`` or a ``postgres`` DSN."""
-
-    kind: str
-    target: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} blob store at {redact(self.target)}"
-
-
-def resolve_blobs(env: Mapping[str, str], configured: str = "") -> BlobsSpec | None:
-    """``PYREPL3_BLOBS`` (else the traitlet value): a directory or ``postgresql://...``; empty = none."""
-    raw = (env.get("PYREPL3_BLOBS") or configured).strip()
-    if not raw:
-        return None
-    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
-    if scheme in ("postgresql", "postgres"):
-        return BlobsSpec("postgres", raw)
-    if scheme:
-        msg = f"PYREPL3_BLOBS={redact(raw)!r}: use a shared directory or a postgresql://... DSN"
-        raise ConfigurationError(msg)
-    return BlobsSpec("directory", str(Path(raw).expanduser()))
-
-
-def resolve_home(env: Mapping[str, str], configured: str = "") -> Path:
-    """``PYREPL3_HOME``, else the traitlet ``DurableKernel.home``, else ``<jupyter data dir>/pyrepl3``."""
-    raw = env.get("PYREPL3_HOME") or configured
-    home = Path(raw).expanduser() if raw else Path(jupyter_data_dir()) / "pyrepl3"
-    if home.exists() and not home.is_dir():
-        setting = "PYREPL3_HOME" if env.get("PYREPL3_HOME") else "DurableKernel.home"
-        msg = f"{setting} points at {home}, which is not a directory"
-        raise ConfigurationError(msg)
-    return home
-
-
-_KERNEL_FILE = re.compile(r"kernel-(?P<id>[^/]+)\.json$")
-
-
-def resolve_session(env: Mapping[str, str], connection_file: str = "") -> str:
-    """``PYREPL3_SESSION``, else ``JPY_SESSION_NAME`` (the notebook path), else the
-    kernel id in the connection file's name, which ``restart_kernel()`` keeps."""
-    for key in ("PYREPL3_SESSION", "JPY_SESSION_NAME"):
-        if value := env.get(key, "").strip():
-            return value
-    if connection_file:
-        name = Path(connection_file).name
-        if m := _KERNEL_FILE.search(name):
-            return m.group("id")
-        return Path(name).stem
-    return "default"
-
-
-def store_path(home: Path) -> Path:
-    return home / STORE_FILE
-
-
-def bool_setting(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
+def _flag(raw: str) -> bool:
     lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _TRUE:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in _FALSE:
         return False
-    msg = f"{key}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)"
-    raise ConfigurationError(msg)
+    raise ValueError("is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def float_setting(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
+def _seconds(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
-        msg = f"{key}={raw!r} is not a non-negative number of seconds"
-        raise ConfigurationError(msg)
+    if value < 0 or value != value:  # NaN
+        raise ValueError("is not a non-negative number of seconds")
     return value
+
+
+def _count(raw: str) -> int:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0 or value != int(value):
+        raise ValueError("is not a non-negative whole number")
+    return int(value)
+
+
+def _bytes(raw: str) -> int:
+    try:
+        size = parse_size(raw) or 0
+    except ValueError:
+        raise ValueError("is not a size (for example 200MB, 1.5GB or 1000000; 0 = no limit)") from None
+    if size < 0:
+        raise ValueError("is not a size (for example 200MB, 1.5GB or 1000000; 0 = no limit)")
+    return size
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"is not one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it comes from, what it takes, what it does."""
+
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    trait: str = ""
+    secret: bool = False
+    #: Older or foreign variables read when ``env`` is unset (``RESONATE_TOKEN``).
+    fallbacks: tuple[str, ...] = ()
+
+
+#: field name -> declaration; the order is the order of ``pyrepl3 settings`` and the README.
+DECLARED: dict[str, Setting] = {
+    "home": Setting(
+        "PYREPL3_HOME", _text, "", "Root directory of the embedded store (store.sqlite3, blobs/, locks/).", trait="home"
+    ),
+    "store": Setting(
+        "PYREPL3_STORE",
+        _text,
+        "",
+        "The engine: empty or a directory (embedded SQLite), postgresql://... (resonate-pg), http(s)://... (a Resonate server).",
+        trait="store",
+    ),
+    "blobs": Setting(
+        "PYREPL3_BLOBS", _text, "", "With a Resonate server: a shared directory or a postgresql:// DSN for blobs, index and locks."
+    ),
+    "session": Setting("PYREPL3_SESSION", _text, "", "The session id (else JPY_SESSION_NAME, else the kernel id)."),
+    "start_timeout": Setting(
+        "PYREPL3_START_TIMEOUT", _seconds, 30.0, "Seconds to wait for the engine to start a cell before it runs without durability."
+    ),
+    "input_timeout": Setting(
+        "PYREPL3_INPUT_TIMEOUT",
+        _seconds,
+        86400.0,
+        "Seconds an input(), getpass() or approval waits for an answer (then PromptTimeoutError).",
+        trait="input_timeout",
+    ),
+    "headless_input": Setting(
+        "PYREPL3_HEADLESS_INPUT",
+        _choice("wait", "raise"),
+        "wait",
+        "input() with a frontend that has no stdin: wait for an out-of-band answer, or raise StdinNotImplementedError.",
+        trait="headless_input",
+    ),
+    "auto_resume": Setting("PYREPL3_AUTO_RESUME", _flag, False, "Resume executions a dead kernel left unfinished at kernel start."),
+    "resume_limit": Setting(
+        "PYREPL3_RESUME_LIMIT", _count, 3, "How often an interrupted execution is resumed before it is rejected."
+    ),
+    "checkpoint_exclude": Setting(
+        "PYREPL3_CHECKPOINT_EXCLUDE", _names, (), "Comma-separated names never checkpointed (also %durable exclude NAME)."
+    ),
+    "checkpoint_max_bytes": Setting(
+        "PYREPL3_CHECKPOINT_MAX_BYTES", _bytes, 0, "Values larger than this (pickled) are skipped and reported; 0 = no limit."
+    ),
+    "key": Setting(
+        "PYREPL3_KEY", _text, "", "Key for the HMAC signatures on checkpoints (else a 0600 key file in the Jupyter data dir).", secret=True
+    ),
+    "fsync": Setting("PYREPL3_FSYNC", _flag, False, "fsync blobs and run SQLite with synchronous=FULL (survive power loss)."),
+    "notices_to": Setting(
+        "PYREPL3_NOTICES",
+        _choice("cell", "log"),
+        "cell",
+        "Where PyREPL3's own messages go: the next cell's stderr (cell) or only the kernel's log (log).",
+        trait="notices_to",
+    ),
+    "lock_wait": Setting("PYREPL3_LOCK_WAIT", _seconds, 3.0, "Seconds a starting kernel waits for its session's lock."),
+    # The lease on a running cell (``Resonate(ttl=...)``). The SDK heartbeats every
+    # ttl/2 from the runtime's own loop thread, which stays free while the cell runs
+    # on the main thread, so a cell may run far longer than this. It bounds how long
+    # a task of a kernel that vanished without a successor stays leased; a successor
+    # on the same session gives such leases back at start.
+    "lease_seconds": Setting(
+        "PYREPL3_LEASE_SECONDS", _seconds, 15.0, "Lease on a running cell, renewed every half lease while it runs."
+    ),
+    "reconnect_seconds": Setting(
+        "PYREPL3_RECONNECT_SECONDS", _seconds, 5.0, "Seconds between attempts to reach a lost engine."
+    ),
+    "engine_timeout": Setting(
+        "PYREPL3_ENGINE_TIMEOUT", _seconds, 5.0, "Seconds to wait for a connection before the engine counts as unreachable."
+    ),
+    "token": Setting(
+        "PYREPL3_TOKEN", _text, "", "Bearer token for a Resonate server.", secret=True, fallbacks=("RESONATE_TOKEN",)
+    ),
+    "debug": Setting("PYREPL3_DEBUG", _flag, False, "Log PyREPL3's own modules at INFO instead of WARNING."),
+}
+
+#: What the durable session cannot start without a valid value for.
+SESSION_SETTINGS = (
+    "home",
+    "store",
+    "blobs",
+    "start_timeout",
+    "input_timeout",
+    "auto_resume",
+    "resume_limit",
+    "checkpoint_exclude",
+    "checkpoint_max_bytes",
+    "fsync",
+    "lock_wait",
+    "lease_seconds",
+    "engine_timeout",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values in force, and where each came from (environment, traitlet or default)."""
+
+    home: str = ""
+    store: str = ""
+    blobs: str = ""
+    session: str = ""
+    start_timeout: float = 30.0
+    input_timeout: float = 86400.0
+    headless_input: str = "wait"
+    auto_resume: bool = False
+    resume_limit: int = 3
+    checkpoint_exclude: tuple[str, ...] = ()
+    checkpoint_max_bytes: int = 0
+    key: str = field(default="", repr=False)
+    fsync: bool = False
+    notices_to: str = "cell"
+    lock_wait: float = 3.0
+    lease_seconds: float = 15.0
+    reconnect_seconds: float = 5.0
+    engine_timeout: float = 5.0
+    token: str = field(default="", repr=False)
+    debug: bool = False
+    #: The Jupyter session name (the notebook's path under jupyter_server), a fallback session id.
+    jupyter_session: str = ""
+    #: field -> "PYREPL3_X" / "DurableKernel.x" / "default"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: field -> "PYREPL3_X='abc' is not ...": values that were given but could not be used.
+    problems: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, traits: Mapping[str, Any] | None = None) -> Settings:
+        """Read every setting: the environment wins over a traitlet, a traitlet over the default.
+
+        ``env`` is the process environment unless given (tests, the child
+        kernels of ``pyrepl3 run``). ``traits`` holds the values of ``DurableKernel``'s traitlets that the user
+        configured (field name -> value). Never raises: see :attr:`problems`.
+        """
+        env = os.environ if env is None else env
+        traits = traits or {}
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        for name, setting in DECLARED.items():
+            raw, source = _given(env, setting)
+            if raw is None and setting.trait and traits.get(name) not in (None, ""):
+                value, source = traits[name], f"DurableKernel.{setting.trait}"
+                raw = value if isinstance(value, str) else None
+                if raw is None:
+                    values[name], sources[name] = value, source
+                    continue
+            if raw is None:
+                values[name], sources[name] = setting.default, "default"
+                continue
+            try:
+                values[name], sources[name] = setting.parse(raw), source
+            except ValueError as exc:
+                shown = "***" if setting.secret else repr(redact(raw))
+                problems[name] = f"{source}={shown} {exc}"
+                values[name], sources[name] = setting.default, "default"
+        values["jupyter_session"] = env.get("JPY_SESSION_NAME", "").strip()
+        return cls(**values, sources=sources, problems=problems)
+
+    def check(self, *names: str) -> None:
+        """Raise :class:`ConfigurationError` for the first of ``names`` given a value it cannot use."""
+        for name in names or tuple(DECLARED):
+            if name in self.problems:
+                raise ConfigurationError(self.problems[name])
+
+    def source(self, name: str) -> str:
+        """The setting a value came from, for error messages (``PYREPL3_STORE``, ``DurableKernel.store``)."""
+        found = self.sources.get(name, "default")
+        return DECLARED[name].env if found == "default" else found
+
+    def with_values(self, **values: Any) -> Settings:
+        """A copy with some values set by the program (the CLI's ``--store`` / ``--home``)."""
+        sources = {**self.sources, **{k: "argument" for k in values}}
+        problems = {k: v for k, v in self.problems.items() if k not in values}
+        return replace(self, **values, sources=sources, problems=problems)
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(variable, value, source, default, help) per setting, secrets hidden: for ``pyrepl3 settings``."""
+        out = []
+        for name, setting in DECLARED.items():
+            value = getattr(self, name)
+            shown = ("***" if value else "") if setting.secret else redact(_show(value))
+            env = setting.env + (f" / DurableKernel.{setting.trait}" if setting.trait else "")
+            out.append((env, shown, self.sources.get(name, "default"), _show(setting.default), setting.help))
+        return out
+
+
+def _given(env: Mapping[str, str], setting: Setting) -> tuple[str | None, str]:
+    for variable in (setting.env, *setting.fallbacks):
+        raw = env.get(variable)
+        if raw is not None and raw.strip() != "":
+            return raw, variable
+    return None, setting.env
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def names() -> list[str]:
+    """Every field of :class:`Settings` that is a declared setting."""
+    return [f.name for f in fields(Settings) if f.name in DECLARED]

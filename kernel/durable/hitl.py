@@ -13,17 +13,18 @@ The ``pyrepl3`` CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from kernel.core.errors import PyRepl3Error
+from kernel.core.settings import Settings
 from kernel.store.base import Engine
 from kernel.store.registry import opened
 
 
 def _engine(home: str | Path | None, store: str | None) -> Any:
-    return opened(os.environ, store=store or "", home=str(home) if home else "")
+    given = {"store": store, "home": str(home) if home else None}
+    return opened(Settings.load().with_values(**{k: v for k, v in given.items() if v}))
 
 
 def _kind(engine: Engine, promise_id: str) -> str:

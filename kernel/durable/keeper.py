@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
-from kernel.core.settings import float_setting
+from kernel.core.settings import Settings
 from kernel.durable.session import DurableSession
 
 log = logging.getLogger(__name__)
@@ -16,13 +16,11 @@ log = logging.getLogger(__name__)
 DEFAULT_RECONNECT = 5.0
 
 
-def reconnect_interval(env: Mapping[str, str]) -> float:
-    """PYREPL3_RECONNECT_SECONDS, or the default when unset or unusable (never fails a kernel start)."""
-    try:
-        return float_setting(env, "PYREPL3_RECONNECT_SECONDS", DEFAULT_RECONNECT) or DEFAULT_RECONNECT
-    except PyRepl3Error as exc:
-        log.warning("PyREPL3: %s; using %gs", exc, DEFAULT_RECONNECT)
-        return DEFAULT_RECONNECT
+def reconnect_interval(settings: Settings) -> float:
+    """PYREPL3_RECONNECT_SECONDS, or the default when unset, 0 or unusable (never fails a kernel start)."""
+    if problem := settings.problems.get("reconnect_seconds"):
+        log.warning("PyREPL3: %s; using %gs", problem, DEFAULT_RECONNECT)
+    return settings.reconnect_seconds or DEFAULT_RECONNECT
 
 
 class SessionKeeper:

@@ -26,7 +26,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jupyter_core.paths import jupyter_data_dir
 from resonate.types import PromiseRecord
 
 from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, RestoreReport
@@ -36,7 +35,9 @@ from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
 from kernel.core.ids import exec_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
-from kernel.core.settings import bool_setting, float_setting, redact, resolve_session
+from kernel.core.locations import default_home, resolve_session
+from kernel.core.redaction import redact
+from kernel.core.settings import SESSION_SETTINGS, Settings
 from kernel.durable.cells import CellRequest, SessionHost
 from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
@@ -50,13 +51,6 @@ from kernel.store.registry import open_engine
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-#: The lease on a running cell (``Resonate(ttl=...)``; PYREPL3_LEASE_SECONDS).
-#: The SDK heartbeats every ttl/2 from the runtime's own loop thread, which
-#: stays free while the cell runs on the main thread, so a cell may run far
-#: longer than this. It bounds how long a task of a kernel that vanished
-#: without a successor stays leased; a successor on the same session gives such
-#: leases back at start, so recovery after a crash does not wait for it.
-DEFAULT_LEASE = timedelta(seconds=15)
 #: Seconds a re-sent msg_id waits for its earlier execution to be settled before replaying.
 REPLAY_WAIT = 10.0
 #: Seconds a reconnected session waits for the engine to hand back an execution
@@ -106,36 +100,27 @@ class DurableSession:
     def open(
         cls,
         host: SessionHost,
+        settings: Settings,
         *,
-        env: Mapping[str, str] | None = None,
-        home: str = "",
-        store: str = "",
         connection_file: str = "",
-        input_timeout: float = 86400.0,
-        checkpoint_exclude: set[str] | None = None,
-        checkpoint_max_bytes: int | None = None,
-        ttl: timedelta | None = None,
         namespace_hidden: Mapping[str, object] | None = None,
         skipped: SkippedNames | None = None,
         clock: Clock = SYSTEM,
     ) -> DurableSession:
-        env = os.environ if env is None else env
-        session = resolve_session(env, connection_file)
-        start_timeout = float_setting(env, "PYREPL3_START_TIMEOUT", 30.0)
-        input_timeout = float_setting(env, "PYREPL3_INPUT_TIMEOUT", input_timeout)
-        auto_resume = bool_setting(env, "PYREPL3_AUTO_RESUME", False)
-        resume_limit = int(float_setting(env, "PYREPL3_RESUME_LIMIT", 3))
-        if ttl is None:
-            ttl = timedelta(seconds=float_setting(env, "PYREPL3_LEASE_SECONDS", DEFAULT_LEASE.total_seconds()) or 1.0)
-        signer = Signer(load_key(env, Path(jupyter_data_dir()) / "pyrepl3" / "key"))
-        exclude = set(checkpoint_exclude or ())
-        exclude |= {n.strip() for n in env.get("PYREPL3_CHECKPOINT_EXCLUDE", "").split(",") if n.strip()}
-        max_bytes = int(float_setting(env, "PYREPL3_CHECKPOINT_MAX_BYTES", float(checkpoint_max_bytes or 0))) or None
-        engine = open_engine(env, store=store, home=home)
+        """Open the session ``settings`` and the connection file name, on the engine they select.
+
+        A setting the session cannot use raises :class:`ConfigurationError`
+        (the kernel then runs without durability and says why).
+        """
+        settings.check(*SESSION_SETTINGS)
+        session = resolve_session(settings, connection_file)
+        ttl = timedelta(seconds=settings.lease_seconds or 1.0)
+        signer = Signer(load_key(settings.key, default_home() / "key"))
+        engine = open_engine(settings)
         runtime: DurableRuntime | None = None
         lock: SessionLock | None = None
         try:
-            lock = engine.lock(session, wait=float_setting(env, "PYREPL3_LOCK_WAIT", 3.0))
+            lock = engine.lock(session, wait=settings.lock_wait)
             pid = uuid.uuid4().hex
             network, sources = engine.network(session, pid)
             dispatcher = CellDispatcher()
@@ -145,7 +130,10 @@ class DurableSession:
             ).start()
             interrupted = engine.interrupted_executions(session, pid)
             catalog = engine.catalog()
-            checkpointer = Checkpointer(engine.blobs(), exclude=exclude, size_limit=max_bytes, hidden=namespace_hidden)
+            checkpointer = Checkpointer(
+                engine.blobs(), exclude=set(settings.checkpoint_exclude),
+                size_limit=settings.checkpoint_max_bytes or None, hidden=namespace_hidden,
+            )
             history = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session), clock=clock)
         except BaseException:
             if runtime is not None:
@@ -156,14 +144,14 @@ class DurableSession:
             raise
         prompts = PromptBroker(
             runtime,
-            timeout=input_timeout,
-            answer_command=_answer_command(engine, env.get("PYREPL3_HOME") or home or None),
+            timeout=settings.input_timeout,
+            answer_command=_answer_command(engine, settings.home or None),
             clock=clock,
         )
-        resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, resume_limit, auto_resume, clock)
+        resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
-            session, engine.where, engine, lock, runtime, dispatcher, start_timeout, prompts,
+            session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
             StepJournal(runtime, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
         )
 

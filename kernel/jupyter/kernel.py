@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from resonate.types import PromiseRecord
-from traitlets import Enum, Float, TraitError, Unicode
+from traitlets import Enum, Float, Unicode
 
 from kernel import __version__
 from kernel.core.clock import SYSTEM
 from kernel.core.errors import EngineConnectionError
 from kernel.core.ids import msg_id_of
+from kernel.core.settings import Settings
 from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.durable.cells import RanCell
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
@@ -38,7 +38,7 @@ from kernel.jupyter.stdin import FrontendStdin
 log = logging.getLogger(__name__)
 
 
-def _route_logs() -> None:
+def _route_logs(debug: bool) -> None:
     """Send PyREPL3's log records to the kernel process's real stderr (the
     terminal or the Jupyter server log). Without a handler, Python would print
     them on ``sys.stderr``, which ipykernel redirects into the running cell."""
@@ -47,8 +47,8 @@ def _route_logs() -> None:
         handler = logging.StreamHandler(sys.__stderr__)
         handler.setFormatter(logging.Formatter("[PyREPL3] %(levelname)s | %(message)s"))
         package.addHandler(handler)
-        package.setLevel(logging.INFO if os.environ.get("PYREPL3_DEBUG") else logging.WARNING)
         package.propagate = False
+    package.setLevel(logging.INFO if debug else logging.WARNING)
 
 
 class DurableKernel(IPythonKernel):
@@ -95,25 +95,31 @@ class DurableKernel(IPythonKernel):
         "own outputs). PYREPL3_NOTICES overrides it.",
     )
 
+    #: The traitlets that are also settings (see :mod:`kernel.core.settings`).
+    SETTING_TRAITS = ("home", "store", "input_timeout", "headless_input", "notices_to")
+
     def __init__(self, **kwargs: Any) -> None:
-        _route_logs()
+        _route_logs(debug=False)
         super().__init__(**kwargs)
+        self.settings = Settings.load(traits=self._configured_settings())
+        _route_logs(debug=self.settings.debug)
         self.clock = SYSTEM
         self.notices: list[str] = []
-        self._setting_from_env("PYREPL3_NOTICES", "notices_to")
-        self._setting_from_env("PYREPL3_HEADLESS_INPUT", "headless_input")
+        for name in ("notices_to", "headless_input"):  # the kernel's own: a wrong one falls back, named
+            setattr(self, name, getattr(self.settings, name))
+            if problem := self.settings.problems.get(name):
+                self.notice(f"{problem}; using {getattr(self.settings, name)!r}")
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
         skipped = SkippedNames()  # outlives a reconnect: a name is reported once, not once per session
         connection_file = getattr(self.parent, "connection_file", "") or ""
         self.keeper = SessionKeeper(
             lambda: DurableSession.open(
-                self, home=self.home, store=self.store, connection_file=connection_file,
-                input_timeout=self.input_timeout, skipped=skipped, clock=self.clock,
+                self, self.settings, connection_file=connection_file, skipped=skipped, clock=self.clock,
                 namespace_hidden=self.shell.user_ns_hidden if self.shell is not None else None,
             ),
             self.notice,
-            interval=reconnect_interval(os.environ),
+            interval=reconnect_interval(self.settings),
         )
         self.durable = self.keeper.open()
         if self.shell is not None:
@@ -122,16 +128,10 @@ class DurableKernel(IPythonKernel):
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
             self._restore_namespace()
 
-    def _setting_from_env(self, variable: str, trait: str) -> None:
-        """An environment variable overrides a traitlet; a wrong value is named, not fatal."""
-        value = os.environ.get(variable)
-        if not value:
-            return
-        try:
-            setattr(self, trait, value)
-        except TraitError:
-            allowed = ", ".join(self.traits()[trait].values)
-            self.notice(f"{variable}={value!r} is not one of {allowed}; using {getattr(self, trait)!r}")
+    def _configured_settings(self) -> dict[str, Any]:
+        """The setting traitlets the user configured (those not at their defaults)."""
+        traits = self.traits()
+        return {name: getattr(self, name) for name in self.SETTING_TRAITS if getattr(self, name) != traits[name].default()}
 
     def _restore_namespace(self) -> None:
         """A kernel starting for a session with checkpoints gets its namespace back."""

@@ -34,7 +34,7 @@ from resonate_base.connections import Network, Source
 
 from kernel.core.errors import StoreCorruptError, StoreError
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
-from kernel.core.settings import EngineSpec
+from kernel.core.locations import EngineSpec
 
 
 class SessionLock(Protocol):

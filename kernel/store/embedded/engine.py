@@ -9,7 +9,7 @@ from resonate_base.connections import Network, Source
 
 from kernel.core.errors import ConfigurationError
 from kernel.core.models import PromiseRecord
-from kernel.core.settings import EngineSpec, store_path
+from kernel.core.locations import EngineSpec, store_path
 from kernel.store.embedded.blobs import FileBlobStore
 from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.locks import FlockSessionLock

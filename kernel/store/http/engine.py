@@ -22,7 +22,8 @@ from resonate_base.connections import Network, Source
 from kernel.core.errors import ConfigurationError, PyRepl3Error
 from kernel.core.ids import session_key
 from kernel.core.models import PromiseRecord
-from kernel.core.settings import BlobsSpec, EngineSpec, redact
+from kernel.core.locations import BlobsSpec, EngineSpec
+from kernel.core.redaction import redact
 from kernel.store.base import BlobStore, SessionLock
 from kernel.store.embedded.blobs import FileBlobStore
 from kernel.store.embedded.locks import FlockSessionLock

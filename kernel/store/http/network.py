@@ -7,7 +7,7 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
-from kernel.core.settings import redact, scrub
+from kernel.core.redaction import redact, scrub
 from kernel.store.http.index import PromiseIndex
 from kernel.store.protocol import index_entry, one_line
 

@@ -16,7 +16,7 @@ import msgspec
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
 from kernel.core.ids import kind_of
 from kernel.core.models import PromiseRecord
-from kernel.core.settings import redact, scrub
+from kernel.core.redaction import redact, scrub
 from kernel.store.protocol import envelope, one_line
 from kernel.store.records import decode_value
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from kernel.core.settings import redact
+from kernel.core.redaction import redact
 from kernel.core.errors import StoreError
 from kernel.core.clock import SYSTEM, Clock
 from kernel.store.base import BlobCorruptError, BlobMissingError

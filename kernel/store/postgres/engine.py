@@ -15,7 +15,8 @@ from resonate_base.connections import Network, Source
 from kernel.core.errors import PyRepl3Error
 from kernel.core.ids import session_key
 from kernel.core.models import PromiseRecord
-from kernel.core.settings import EngineSpec, redact
+from kernel.core.locations import EngineSpec
+from kernel.core.redaction import redact
 from kernel.store.postgres.blobs import PgBlobStore
 from kernel.store.postgres.catalog import PgCatalog
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, PgLink, unreachable

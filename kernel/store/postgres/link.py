@@ -12,8 +12,8 @@ same database:
 ``pyrepl3.blobs`` and    checkpoint blobs, chunked (see :mod:`kernel.store.postgres.blobs`).
 ``pyrepl3.blob_chunks``
 
-Every message that names the database goes through :func:`kernel.core.settings.redact`
-/ :func:`kernel.core.settings.scrub`: a DSN's password never reaches a log or a cell.
+Every message that names the database goes through :func:`kernel.core.redaction.redact`
+/ :func:`kernel.core.redaction.scrub`: a DSN's password never reaches a log or a cell.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import msgspec
 import psycopg
 
 from kernel.core.errors import EngineConnectionError, StoreError
-from kernel.core.settings import redact, scrub
+from kernel.core.redaction import redact, scrub
 from kernel.store.protocol import envelope, one_line
 
 SCHEMA_VERSION = 2

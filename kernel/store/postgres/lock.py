@@ -16,7 +16,7 @@ import psycopg
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import StoreLockedError
 from kernel.core.ids import SESSION_TAG
-from kernel.core.settings import redact
+from kernel.core.redaction import redact
 from kernel.store.postgres.link import PgLink, unreachable
 
 #: Seconds between attempts while waiting for a lock.
