@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -141,3 +142,26 @@ def test_run_on_a_terminal_draws_a_progress_bar(tmp_path: Path) -> None:
     assert "\u2501" in drawn, "rich's bar"
     assert f"pyrepl3 run: wrote {path}" in drawn
     assert nbformat.read(path, as_version=4).cells[2].outputs[0]["text"] == "2\n"
+
+
+def test_settings_lists_every_setting_with_its_source_and_hides_secrets(tmp_path: Path) -> None:
+    from kernel.core.settings import DECLARED
+
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env |= {"PYREPL3_KEY": "sekrit-key", "PYREPL3_LEASE_SECONDS": "2", "PYREPL3_FSYNC": "maybe"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(PYREPL3_CLI), "--store", "postgresql://alice:pw-123@db/x", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    rows = {r["setting"].split(" ")[0]: r for r in json.loads(run("settings", "--json").stdout)}
+    assert set(rows) == {d.env for d in DECLARED.values()}
+    assert rows["PYREPL3_STORE"]["value"] == "postgresql://alice:***@db/x" and rows["PYREPL3_STORE"]["source"] == "argument"
+    assert rows["PYREPL3_LEASE_SECONDS"]["value"] == "2" and rows["PYREPL3_LEASE_SECONDS"]["source"] == "PYREPL3_LEASE_SECONDS"
+    assert rows["PYREPL3_KEY"]["value"] == "***"
+    assert rows["PYREPL3_FSYNC"]["source"] == "default" and rows["PYREPL3_FSYNC"]["help"]
+    text = run("settings")
+    assert text.returncode == 0
+    assert "sekrit-key" not in text.stdout + text.stderr and "pw-123" not in text.stdout + text.stderr
+    assert "PYREPL3_FSYNC='maybe' is not a boolean" in text.stderr
+    _assert_plain(text.stdout)
