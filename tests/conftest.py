@@ -28,7 +28,10 @@ os.environ["JUPYTER_PATH"] = os.pathsep.join(
 #: A Postgres 16+ database with resonate-pg's resonate.sql applied; without it the
 #: Postgres runs of the engine-parametrized tests are skipped (and say why).
 PG_DSN = os.environ.get("PYREPL3_TEST_PG_DSN", "").strip()
-PG_SKIP = "Postgres engine: set PYREPL3_TEST_PG_DSN=postgresql://... (Postgres 16+ with resonate-pg's resonate.sql applied)"
+PG_SKIP = (
+    "Postgres engine: set PYREPL3_TEST_PG_DSN=postgresql://... (Postgres 16+ with resonate-pg's resonate.sql applied;"
+    " `.venv/bin/python tests/pg_server.py start` starts one and prints its DSN)"
+)
 
 ENGINES = ("embedded", "postgres")
 
