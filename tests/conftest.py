@@ -28,43 +28,42 @@ os.environ["JUPYTER_PATH"] = os.pathsep.join(
 #: A Postgres 16+ database with resonate-pg's resonate.sql applied; without it the
 #: Postgres runs of the engine-parametrized tests are skipped (and say why).
 PG_DSN = os.environ.get("PYREPL3_TEST_PG_DSN", "").strip()
-PG_SKIP = "Postgres engine: set PYREPL3_TEST_PG_DSN=postgresql://... (Postgres 16+ with resonate-pg's resonate.sql applied)"
+PG_SKIP = (
+    "Postgres engine: set PYREPL3_TEST_PG_DSN=postgresql://... (Postgres 16+ with resonate-pg's resonate.sql applied;"
+    " `.venv/bin/python tests/pg_server.py start` starts one and prints its DSN)"
+)
 
-#: Modules whose kernel tests run on every engine (the core, input and checkpoint features).
-ENGINE_MODULES = {"test_core", "test_prompts", "test_checkpoints", "test_engines"}
-#: Tests of those modules that are about the embedded store itself, and why.
-EMBEDDED_ONLY = {
-    "test_corrupt_store_is_reported_and_left_untouched": "writes garbage into store.sqlite3",
-    "test_second_kernel_on_a_live_session_runs_without_durability": "flock message; Postgres: test_engines",
-    "test_pyrepl3_session_wins_over_jpy_session_name": "session resolution does not depend on the engine",
-    "test_jpy_session_name_wins_over_kernel_id": "session resolution does not depend on the engine",
-    "test_kernel_id_is_the_session_and_restart_keeps_it": "session resolution does not depend on the engine",
-    "test_home_traitlet_and_pyrepl3_home_precedence": "PYREPL3_HOME is the embedded store's location",
-    "test_durable_magic_shows_session_store_counts_and_table": "shows store.sqlite3; Postgres: test_engines",
-    "test_corrupted_blob_is_reported_and_the_rest_restored": "corrupts a blob file; Postgres: test_engines",
-    "test_tampered_checkpoints_are_refused": "edits store.sqlite3; Postgres: test_engines",
-}
+ENGINES = ("embedded", "postgres")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "engines(*names): run this test on these engines (embedded, postgres)")
+    config.addinivalue_line("markers", "engines(*names): run this test once on each of these engines (embedded, postgres)")
+    config.addinivalue_line("markers", "embedded_only(reason): run this test only on the embedded store, overriding a module's engines mark")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run the kernel tests of ENGINE_MODULES once per engine (or on the engines
-    an ``engines`` mark names)."""
+    """Run a test once per engine its ``engines`` mark names (its own, or its
+    module's ``pytestmark``), unless it is marked ``embedded_only``.
+
+    Only tests that use the ``store`` fixture (directly or through ``home``,
+    ``kernels`` or ``kernel``) have an engine; the rest run once, as do
+    unmarked tests, which run on the embedded store.
+    """
     if "store" not in metafunc.fixturenames:
         return
-    module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    mark = metafunc.definition.get_closest_marker("engines")
-    if mark is not None:
-        engines = mark.args
-    elif module in ENGINE_MODULES and module != "test_engines" and metafunc.function.__name__ not in EMBEDDED_ONLY:
-        engines = ("embedded", "postgres")
-    else:
+    only = metafunc.definition.get_closest_marker("embedded_only")
+    if only is not None:
+        if not (only.args or only.kwargs.get("reason")):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: embedded_only needs a reason")
         return
+    mark = metafunc.definition.get_closest_marker("engines")
+    if mark is None:
+        return
+    unknown = set(mark.args) - set(ENGINES)
+    if unknown or not mark.args:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: engines{mark.args}: the engines are {', '.join(ENGINES)}")
     params = [
-        pytest.param(e, id=e, marks=[pytest.mark.skipif(e == "postgres" and not PG_DSN, reason=PG_SKIP)]) for e in engines
+        pytest.param(e, id=e, marks=[pytest.mark.skipif(e == "postgres" and not PG_DSN, reason=PG_SKIP)]) for e in mark.args
     ]
     metafunc.parametrize("store", params, indirect=True)
 

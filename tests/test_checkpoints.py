@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 from harness import KernelFactory, kernel_env
 
+#: Checkpoints work the same on every engine: each kernel test here runs on both,
+#: except those marked ``embedded_only`` (with the reason).
+pytestmark = pytest.mark.engines("embedded", "postgres")
+
 SETUP = """
 import numpy as np
 count = 41
@@ -77,6 +81,7 @@ def test_unpicklable_value_is_skipped_and_reported(kernels: KernelFactory) -> No
     assert "skipped fh: open file" in run.stream("stderr")
 
 
+@pytest.mark.embedded_only("corrupts a blob file; Postgres: test_engines")
 def test_corrupted_blob_is_reported_and_the_rest_restored(kernels: KernelFactory, home: Path) -> None:
     kernel = kernels.start(session="corrupt")
     kernel.ok("import numpy as np\ngood = list(range(10))\nbad = np.ones(50_000)")
@@ -117,6 +122,7 @@ def test_exclude_and_size_limit(kernels: KernelFactory, home: Path) -> None:
     assert fresh.ok("print(small, 'token' in dir(), 'big' in dir())").stream("stdout") == "1 False False\n"
 
 
+@pytest.mark.embedded_only("edits store.sqlite3; Postgres: test_engines")
 @pytest.mark.parametrize("tamper", ["wrong signature", "unsigned", "other key"])
 def test_tampered_checkpoints_are_refused(kernels: KernelFactory, home: Path, tamper: str) -> None:
     kernel = kernels.start(session="tamper")

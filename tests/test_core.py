@@ -14,6 +14,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+#: Durable cells work the same on every engine: each kernel test here runs on both,
+#: except those marked ``embedded_only`` (with the reason).
+pytestmark = pytest.mark.engines("embedded", "postgres")
+
 
 def plain(obj: Any) -> Any:
     """NotebookNodes and protocol dicts as plain JSON data, for comparison."""
@@ -200,6 +204,7 @@ def test_kill_9_keeps_settled_promises_and_session_resumes(tmp_path: Path, kerne
 # -- one live kernel per session ----------------------------------------------
 
 
+@pytest.mark.embedded_only("flock message; Postgres: test_engines")
 def test_second_kernel_on_a_live_session_runs_without_durability(kernels: KernelFactory, home: Path) -> None:
     session = "shared-session"
     a = kernels.start(session)
@@ -225,6 +230,7 @@ def test_second_kernel_on_a_live_session_runs_without_durability(kernels: Kernel
 # -- a corrupt store -----------------------------------------------------------
 
 
+@pytest.mark.embedded_only("writes garbage into store.sqlite3")
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -263,6 +269,7 @@ def _sessions_of(home: Path) -> set[str]:
     return {r["session"] for r in executions(home).values()}
 
 
+@pytest.mark.embedded_only("session resolution does not depend on the engine")
 def test_pyrepl3_session_wins_over_jpy_session_name(kernels: KernelFactory, home: Path) -> None:
     env = kernel_env(home, "explicit-session", JPY_SESSION_NAME="/notebooks/analysis.ipynb")
     k = kernels.start(env=env)
@@ -270,6 +277,7 @@ def test_pyrepl3_session_wins_over_jpy_session_name(kernels: KernelFactory, home
     assert _sessions_of(home) == {"explicit-session"}
 
 
+@pytest.mark.embedded_only("session resolution does not depend on the engine")
 def test_jpy_session_name_wins_over_kernel_id(kernels: KernelFactory, home: Path) -> None:
     env = kernel_env(home, None, JPY_SESSION_NAME="/notebooks/analysis.ipynb")
     k = kernels.start(env=env, multi=True)
@@ -278,6 +286,7 @@ def test_jpy_session_name_wins_over_kernel_id(kernels: KernelFactory, home: Path
     assert k.km.kernel_id not in _sessions_of(home)
 
 
+@pytest.mark.embedded_only("session resolution does not depend on the engine")
 @pytest.mark.parametrize("multi", [True, False], ids=["multikernelmanager", "kernelmanager"])
 def test_kernel_id_is_the_session_and_restart_keeps_it(multi: bool, kernels: KernelFactory, home: Path) -> None:
     k = kernels.start(session=None, multi=multi)
@@ -302,6 +311,7 @@ def test_kernel_id_is_the_session_and_restart_keeps_it(multi: bool, kernels: Ker
     assert [(s["session"], s["executions"]) for s in sessions] == [(expected, 2)]
 
 
+@pytest.mark.embedded_only("PYREPL3_HOME is the embedded store's location")
 def test_home_traitlet_and_pyrepl3_home_precedence(tmp_path: Path, kernels: KernelFactory) -> None:
     configured, from_env = tmp_path / "configured-home", tmp_path / "env-home"
     k = kernels.start(env=kernel_env(None, "traitlet"), extra_arguments=[f"--DurableKernel.home={configured}"])
@@ -317,6 +327,7 @@ def test_home_traitlet_and_pyrepl3_home_precedence(tmp_path: Path, kernels: Kern
 # -- %durable ------------------------------------------------------------------
 
 
+@pytest.mark.embedded_only("shows store.sqlite3; Postgres: test_engines")
 def test_durable_magic_shows_session_store_counts_and_table(kernel: Kernel, home: Path) -> None:
     ran = [kernel.ok("print('one')"), kernel.ok("2 + 2"), kernel.execute("raise RuntimeError('nope')")]
     run = kernel.ok("%durable")

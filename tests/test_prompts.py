@@ -11,6 +11,9 @@ import pytest
 from harness import TIMEOUT, KernelFactory, cli, cli_json, kernel_env, show, wait_for
 from nbclient import NotebookClient
 
+#: Prompts work the same on every engine: each kernel test here runs on both.
+pytestmark = pytest.mark.engines("embedded", "postgres")
+
 
 def _answer_stdin(kernel, answers: list[str]) -> list[dict]:
     """Answer each input_request in turn; return the requests seen."""
