@@ -160,10 +160,12 @@ class LabServer:
 class Lab:
     """One browser page on a LabServer, used the way a person uses JupyterLab."""
 
-    def __init__(self, browser: Any, server: LabServer, shots: Path) -> None:
+    def __init__(self, browser: Any, server: LabServer, shots: Path, workspace: str = "test") -> None:
         self.browser = browser
         self.server = server
         self.shots = shots
+        #: A named workspace of its own, so the tabs another test left open stay closed.
+        self.workspace = workspace
         self.page: Any = None
 
     # -- the page ------------------------------------------------------------
@@ -172,7 +174,7 @@ class Lab:
         """Open JupyterLab in a new page (``path``: a notebook to open with it)."""
         self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
         self.page.set_default_timeout(UI_TIMEOUT * 1000)
-        target = f"/lab/tree/{path}" if path else "/lab"
+        target = f"/lab/workspaces/{self.workspace}" + (f"/tree/{path}" if path else "")
         self.page.goto(f"{self.server.url}{target}?token={self.server.token}")
         self.page.locator("#jp-main-dock-panel").wait_for(timeout=60_000)  # a cold first load bundles a lot of JS
         if path:
@@ -238,10 +240,12 @@ class Lab:
         return self.current_path()
 
     def current_path(self) -> str:
-        """The notebook's path, from the Jupyter server's sessions (the one notebook open)."""
-        tab = self.page.locator(".lm-TabBar-tab.lm-mod-current.jp-mod-current .lm-TabBar-tabLabel").first
-        name = tab.inner_text().strip()
-        return name
+        """The current notebook's path (its tab's label: notebooks here live in the root dir)."""
+        return self._current_tab.locator(".lm-TabBar-tabLabel").inner_text().strip()
+
+    @property
+    def _current_tab(self) -> Any:
+        return self.page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
 
     def kernel_status(self) -> str:
         return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator").first.get_attribute("data-status") or ""
@@ -250,8 +254,9 @@ class Lab:
         wait_for(lambda: self.kernel_status() == "idle", timeout=timeout, what="the notebook's kernel to be idle")
 
     def save(self) -> None:
+        """Ctrl+S, until the tab's "unsaved" mark is gone."""
         self.page.keyboard.press("Control+s")
-        self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").locator(".jp-mod-dirty").wait_for(state="detached")
+        wait_for(lambda: "jp-mod-dirty" not in (self._current_tab.get_attribute("class") or ""), what="the notebook to be saved")
 
     def run(self, code: str) -> Any:
         """Type ``code`` into a fresh cell at the end and press Shift+Enter; returns the cell."""

@@ -80,7 +80,7 @@ def browser() -> Iterator[Any]:
 def lab(server: LabServer, browser: Any, request: pytest.FixtureRequest) -> Iterator[Lab]:
     shots = ARTIFACTS / request.node.name
     shots.mkdir(parents=True, exist_ok=True)
-    ui = Lab(browser, server, shots)
+    ui = Lab(browser, server, shots, workspace=request.node.name.replace("_", "-"))
     ui.open()
     try:
         yield ui
@@ -88,6 +88,8 @@ def lab(server: LabServer, browser: Any, request: pytest.FixtureRequest) -> Iter
         if ui.page is not None:
             ui.shot("99-last")  # what the page showed at the end, pass or fail
             ui.page.close()
+        for session in server.api("GET", "/api/sessions"):  # the next test gets the CPU
+            server.api("DELETE", f"/api/sessions/{session['id']}")
 
 
 def sessions_of(server: LabServer, path: str) -> list[dict[str, Any]]:
@@ -178,7 +180,6 @@ def _pid_or_none(server: LabServer, kernel_id: str) -> int | None:
 def test_durable_outputs_bring_back_what_a_closed_page_missed(lab: Lab, server: LabServer) -> None:
     """Needs ``%durable outputs`` (being implemented): fails until it lands."""
     path = lab.new_notebook()
-    lab.save()
     code = (
         "import time\n"
         "for i in range(1, 11):\n"
@@ -188,14 +189,15 @@ def test_durable_outputs_bring_back_what_a_closed_page_missed(lab: Lab, server: 
     )
     cell = lab.run(code)
     lab.wait_output(cell, "progress 2/10")
+    lab.save()  # the cell and what it showed so far, as a person would before closing
     lab.shot("01-long-cell-running")
     kernel_id = kernel_of(server, path)["id"]
     lab.close_page()
 
     # Reopen the notebook: the same kernel, still running the cell the page left.
     lab.open(path)
-    wait_for(lambda: lab.kernel_status() == "busy", what="the reopened notebook to show its kernel busy")
     assert kernel_of(server, path)["id"] == kernel_id
+    assert server.api("GET", f"/api/kernels/{kernel_id}")["execution_state"] == "busy"  # still running the cell
     lab.shot("02-reopened-while-running")
     deadline = time.monotonic() + 40
     wait_for(
@@ -206,7 +208,8 @@ def test_durable_outputs_bring_back_what_a_closed_page_missed(lab: Lab, server: 
     lab.wait_kernel_idle()
 
     cell = lab.run("%durable outputs")
-    text = lab.wait_output(cell, "all done")
+    lab.wait_done(cell)
     lab.shot("03-durable-outputs")
-    for i in range(1, 11):
-        assert f"progress {i}/10" in text, text
+    text = lab.output_text(cell)
+    expected = [f"progress {i}/10" for i in range(1, 11)] + ["all done"]
+    assert [line for line in text.splitlines() if line in expected] == expected, text
