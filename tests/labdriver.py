@@ -147,14 +147,21 @@ class LabServer:
         raise AssertionError(f"no process has {connection_file} on its command line")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the kernels it started
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
+        """SIGTERM (the server shuts its kernels down), SIGKILL after 15 s; then any
+        kernel of this server still alive (kernels run in sessions of their own)."""
+        import psutil
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+        runtime = str(self.runtime) + os.sep
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(arg.startswith(runtime) for arg in proc.info["cmdline"] or []):
+                proc.kill()
 
 
 class Lab:
@@ -232,7 +239,7 @@ class Lab:
         self.menu("File", "New", "Notebook")
         self.dialog.locator(".jp-Dialog-header", has_text="Select Kernel").wait_for()
         self.dialog.locator("select").select_option(label=kernel)
-        self.shot("01-kernel-picker")
+        self.shot("00-kernel-picker")
         self.dialog.get_by_role("button", name="Select").click()
         self.dialog.wait_for(state="detached")
         self.notebook.wait_for()
