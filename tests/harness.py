@@ -203,7 +203,7 @@ class Kernel:
     def pid(self) -> int:
         return self.km.provisioner.process.pid  # type: ignore[union-attr]
 
-    def send_execute(self, code: str, msg_id: str | None = None, **content: Any) -> str:
+    def send_execute(self, code: str, msg_id: str | None = None, cell_id: str | None = None, **content: Any) -> str:
         body = {
             "code": code,
             "silent": False,
@@ -216,6 +216,8 @@ class Kernel:
         msg = self.kc.session.msg("execute_request", body)
         if msg_id is not None:
             msg["header"]["msg_id"] = msg_id
+        if cell_id is not None:
+            msg["metadata"]["cellId"] = cell_id  # as JupyterLab sends it
         self.kc.shell_channel.send(msg)
         return msg["header"]["msg_id"]
 

@@ -58,3 +58,21 @@ def test_status_is_the_default_subcommand_and_help_lists_them(kernel: Kernel) ->
     text = "\n".join(pages)
     for sub in ("executions", "pending", "resume", "checkpoints", "restore N", "exclude NAME", "limit SIZE", "SUBCOMMAND"):
         assert sub in text, text
+
+
+def test_outputs_shows_again_what_an_execution_stored(kernel: Kernel) -> None:
+    first = kernel.ok("print('one')\n'first result'", cell_id="cell-a")
+    kernel.ok("from IPython.display import HTML, display\ndisplay(HTML('<b>two</b>'))\nprint('two', flush=True)", cell_id="cell-b")
+    kernel.ok("x = 3")  # no outputs: skipped by the default
+
+    latest = kernel.ok("%durable outputs")
+    assert latest.stream("stdout") == "two\n"
+    assert [m["content"]["data"]["text/html"] for m in latest.of_type("display_data")] == ["<b>two</b>"]
+    assert latest.of_type("execute_result") == []  # no second Out[N] in this cell
+
+    by_count = kernel.ok(f"%durable outputs {first.content['execution_count']}")
+    assert by_count.stream("stdout") == "one\n"
+    assert [m["content"]["data"]["text/plain"] for m in by_count.of_type("display_data")] == ["'first result'"]
+    assert kernel.ok("%durable outputs --cell cell-a").stream("stdout") == "one\n"
+    assert "no stored outputs for cell nope" in kernel.ok("%durable outputs --cell nope").stream("stdout")
+    assert "no stored outputs for execution 999" in kernel.ok("%durable outputs 999").stream("stdout")

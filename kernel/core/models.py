@@ -83,6 +83,7 @@ class ExecutionSummary(BaseModel):
     state: str
     execution_count: int | None = None
     code: str = ""
+    cell_id: str | None = None
     created_at: int
     settled_at: int | None = None
     ename: str | None = None

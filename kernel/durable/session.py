@@ -344,9 +344,13 @@ class DurableSession:
     # -- inside a running cell: prompts and steps ----------------------------------
 
     @property
+    def current_execution(self) -> str | None:
+        """The ``exec:<msg_id>`` running now, if any: prompts and steps become its child promises."""
+        return self.prompts.execution_id
+
+    @property
     def executing(self) -> bool:
-        """A cell's execution is running: prompts and steps become its child promises."""
-        return self.prompts.execution_id is not None
+        return self.current_execution is not None
 
     def ask(self, prompt: str, *, password: bool = False, channel: StdinChannel | None) -> str:
         """input()/getpass() as the prompt promise ``exec:<msg_id>:input:<n>``; a

@@ -123,7 +123,7 @@ class DurableKernel(IPythonKernel):
         )
         self.durable = self.keeper.open()
         if self.shell is not None:
-            self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable))
+            self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored))
             self.shell.user_ns["durable"] = DurableAPI(lambda: self.durable, self._prompt_channel)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
             self._restore_namespace()
@@ -159,6 +159,13 @@ class DurableKernel(IPythonKernel):
             return
         text, self.notices = "".join(self.notices), []
         self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent, ident=self._topic("stream"))
+
+    def _show_stored(self, outputs: list[dict[str, Any]]) -> None:
+        """``%durable outputs``: publish stored outputs in the running cell (its
+        results as displays, so the cell gets no second ``Out[N]``)."""
+        flush_std()
+        shown = [{**o, "output_type": "display_data"} if o.get("output_type") == "execute_result" else o for o in outputs]
+        publish(self.session, self.iopub_socket, self.get_parent(), shown, self._topic)
 
     # -- execution -----------------------------------------------------------
 

@@ -33,6 +33,7 @@ from kernel.core.clock import to_ms
 from kernel.core.errors import PyRepl3Error
 from kernel.core.text import first_line, human_size, local_time, parse_size
 from kernel.durable.session import DurableSession
+from kernel.store.records import latest_outputs
 
 if TYPE_CHECKING:
     from kernel.checkpoint.history import StoredCheckpoint
@@ -115,6 +116,13 @@ def _restore_args() -> None:
     """Bring back the namespace as it was after execution N."""
 
 
+@magic_arguments(name="durable outputs")
+@argument("n", metavar="N", nargs="?", type=_execution_count, help="an execution count (default: the latest with outputs)")
+@argument("--cell", metavar="ID", help="the latest execution of the notebook cell with this id")
+def _outputs_args() -> None:
+    """Show again the stored outputs of an execution (one a closed page or a dead kernel did not show)."""
+
+
 @magic_arguments(name="durable exclude")
 @argument("names", metavar="NAME", nargs="*", help="names to keep out of checkpoints")
 def _exclude_args() -> None:
@@ -145,6 +153,7 @@ SUBCOMMANDS: dict[str, Any] = {
     "restore": _restore_args,
     "exclude": _exclude_args,
     "limit": _limit_args,
+    "outputs": _outputs_args,
 }
 
 
@@ -155,9 +164,13 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 
 @magics_class
 class DurableMagics(Magics):
-    def __init__(self, shell: Any, session: Callable[[], DurableSession | None]) -> None:
+    def __init__(
+        self, shell: Any, session: Callable[[], DurableSession | None], show: Callable[[list[dict[str, Any]]], None]
+    ) -> None:
         super().__init__(shell)
         self.session = session
+        #: Publishes stored nbformat outputs in the running cell (the kernel's iopub).
+        self.show = show
 
     @magic_arguments()
     @argument("subcommand", metavar="SUBCOMMAND", nargs="?", default="status", choices=list(SUBCOMMANDS),
@@ -177,6 +190,8 @@ class DurableMagics(Magics):
         restore N         bring back the namespace as it was after execution N
         exclude NAME...   keep NAME out of checkpoints
         limit SIZE        skip values larger than SIZE (e.g. 200MB; 0 = no limit)
+        outputs [N]       show again the stored outputs of execution N (default: the latest
+                          with outputs); --cell ID: of the latest run of that notebook cell
 
         A wrong subcommand or argument is a UsageError (no traceback).
         """
@@ -233,6 +248,14 @@ class DurableMagics(Magics):
                 ds.value_size_limit = _size_limit(args.size)
             limit = ds.value_size_limit
             print("checkpoint size limit per value: " + (human_size(limit) if limit else "none"))
+            return None
+        if command == "outputs":
+            found = latest_outputs(catalog, ds.session, args.n, args.cell, skip=ds.current_execution)
+            if found is None:
+                what = f"execution {args.n}" if args.n is not None else f"cell {args.cell}" if args.cell else "any execution"
+                print(f"no stored outputs for {what} of this session (see %durable executions)")
+                return None
+            self.show(found)
             return None
         if command == "resume":
             lines = ds.resume_interrupted()

@@ -14,6 +14,7 @@ from resonate.codec import Codec, NoopEncryptor
 from resonate.types import Value
 
 from kernel.core.models import CellError, ExecutionSummary, PromiseRecord
+from kernel.store.base import Catalog
 
 _codec = Codec(NoopEncryptor())
 
@@ -54,10 +55,41 @@ def execution_summary(rec: PromiseRecord) -> ExecutionSummary:
         state=rec["state"],
         execution_count=param.get("execution_count"),
         code=param.get("code", ""),
+        cell_id=param.get("cell_id"),
         created_at=rec["created_at"],
         settled_at=rec["settled_at"],
         ename=err.ename if err else None,
     )
+
+
+def outputs_of(rec: PromiseRecord) -> list[dict[str, Any]]:
+    """The nbformat outputs a settled ``exec:`` record holds (resolved or rejected)."""
+    if rec["state"] == "resolved" and isinstance(rec["value"], dict):
+        return list(rec["value"].get("outputs") or [])
+    err = error_of(rec["value"])
+    return list(err.outputs) if err else []
+
+
+def latest_outputs(
+    catalog: Catalog, session: str, execution_count: int | None = None, cell_id: str | None = None, *, skip: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The outputs of ``session``'s latest settled execution with outputs (that count, or that cell), or None.
+
+    ``skip`` is the execution asking (``%durable outputs`` itself)."""
+    for row in reversed(catalog.executions(session)):
+        if row.id == skip or row.state not in TERMINAL:
+            continue
+        if execution_count is not None and row.execution_count != execution_count:
+            continue
+        if cell_id is not None and row.cell_id != cell_id:
+            continue
+        rec = catalog.promise(row.id)
+        outputs = outputs_of(rec) if rec is not None else []
+        if outputs:
+            return outputs
+        if execution_count is not None or cell_id is not None:
+            return None
+    return None
 
 
 def _task_args(param: Any) -> dict[str, Any]:
