@@ -178,7 +178,7 @@ def _pid_or_none(server: LabServer, kernel_id: str) -> int | None:
 
 @pytest.mark.timeout(170)
 def test_durable_outputs_bring_back_what_a_closed_page_missed(lab: Lab, server: LabServer) -> None:
-    """Needs ``%durable outputs`` (being implemented): fails until it lands."""
+    """A page closed during a long cell misses its outputs; ``%durable outputs`` brings them back."""
     path = lab.new_notebook()
     code = (
         "import time\n"
