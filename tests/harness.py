@@ -128,7 +128,8 @@ def cli(home: Path, *args: str, check: bool = True, store: Store | None = None) 
     if check:
         assert proc.returncode == 0, f"pyrepl3 {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
     if store.shared and "--json" in args and proc.returncode == 0:
-        proc.stdout = json.dumps(store.view(json.loads(proc.stdout)))
+        # Only this test's sessions, printed in the CLI's own shape (indent=2, newline).
+        proc.stdout = json.dumps(store.view(json.loads(proc.stdout)), indent=2) + "\n"
     return proc
 
 
