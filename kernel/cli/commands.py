@@ -142,6 +142,27 @@ def run(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     return run_notebook(Path(args.notebook), Path(args.output) if args.output else None, timeout=args.timeout, env=kernel_env)
 
 
+def export(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Fill a notebook's cells with the latest stored outputs of a session (see :mod:`kernel.cli.export`)."""
+    # Imported here: nbformat (and run's nbclient) are only needed by this command.
+    from kernel.cli.export import export_notebook
+
+    with closing(_catalog(settings)) as cat:
+        report = export_notebook(
+            Path(args.notebook), cat, session=args.session, output=Path(args.output) if args.output else None
+        )
+    if args.json:
+        out.json(report.as_data())
+        return 0
+    if report.other_sessions:
+        out.error(
+            f"{1 + len(report.other_sessions)} sessions ran this notebook's cells; took {report.session} (the most "
+            f"recently active), not {', '.join(report.other_sessions)}; choose one with --session"
+        )
+    out.line(f"pyrepl3 export: {report.summary()}")
+    return 0
+
+
 def settings_table(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Every setting: the value in force (secrets as ***), where it came from, its default and what it does."""
     rows = settings.rows()

@@ -7,6 +7,7 @@
     pyrepl3 answer PROMISE_ID VALUE
     pyrepl3 approve|deny PROMISE_ID [--reason R]
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
+    pyrepl3 export NOTEBOOK.ipynb [--session S] [--output OUT.ipynb] [--json]
     pyrepl3 settings [--json]
 
 Reads go straight to the store (safe while kernels are running on it).
@@ -87,6 +88,15 @@ def _add_run(sub: Subparsers) -> None:
     p.set_defaults(fn=commands.run)
 
 
+def _add_export(sub: Subparsers) -> None:
+    p = sub.add_parser("export", help="fill a notebook's cells with the latest outputs the store holds for them")
+    p.add_argument("notebook")
+    p.add_argument("--session", help="the session to take outputs from (default: the one that ran these cells)")
+    p.add_argument("--output", help="where to write the filled notebook (default: the notebook itself)")
+    _json_flag(p)
+    p.set_defaults(fn=commands.export)
+
+
 def _add_approve_deny(sub: Subparsers) -> None:
     for name in ("approve", "deny"):
         p = sub.add_parser(name, help=f"{name} a waiting approval request")
@@ -109,6 +119,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_pending,
     _add_answer,
     _add_run,
+    _add_export,
     _add_approve_deny,
     _add_settings,
 )
