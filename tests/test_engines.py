@@ -505,14 +505,24 @@ def keep_running_until(k: Any, text: str, timeout: float = TIMEOUT) -> list[Any]
 
 
 @pytest.mark.engines("postgres")
-def test_engine_lost_mid_session_then_back(kernels: KernelFactory, home: Path, relay: TcpRelay, store: Store) -> None:
+def test_engine_lost_mid_session_then_back(
+    kernels: KernelFactory, home: Path, tmp_path: Path, relay: TcpRelay, store: Store
+) -> None:
     relay.up()
     env = kernel_env(home, "flaky", PYREPL3_STORE=relay.dsn(store.dsn), PYREPL3_RECONNECT_SECONDS="1", PYREPL3_ENGINE_TIMEOUT="2")
     k = kernels.start(env=env)
     before = [k.ok("a = 1"), k.ok("a += 1")]
-    inflight = k.send_execute("import time\ntime.sleep(2)\nb = 'made while the engine went away'\nprint(b)")
+    # The cell runs until the test has cut the engine (a file appears), so it is
+    # seen pending however slow the CLI is, and finishes while the engine is away.
+    gate = tmp_path / "engine-is-cut"
+    inflight = k.send_execute(
+        f"import os, time\ndeadline = time.monotonic() + {2 * TIMEOUT:g}\n"
+        f"while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:\n    time.sleep(0.05)\n"
+        "b = 'made while the engine went away'\nprint(b)"
+    )
     wait_for(lambda: executions(home, "flaky").get(exec_id(inflight), {}).get("state") == "pending", what="the cell to start")
     relay.cut()
+    gate.touch()
     mid = k.collect(inflight)
     assert mid.content["status"] == "ok" and mid.stream("stdout") == "made while the engine went away\n"
     offline = k.ok("print('offline', a)")
@@ -545,7 +555,15 @@ def test_engine_unreachable_at_start_then_back(kernels: KernelFactory, home: Pat
     env = kernel_env(home, "late", PYREPL3_STORE=relay.dsn(store.dsn), PYREPL3_RECONNECT_SECONDS="1", PYREPL3_ENGINE_TIMEOUT="2")
     k = kernels.start(env=env)  # the relay is down: nothing listens on its port
     relay.up()
-    time.sleep(3)  # the keeper reconnects in the background
+
+    # The keeper reconnects in the background. Wait for it without running a cell: a
+    # silent request (no promise, no execution count) takes the new session up, and
+    # its user_expressions show when the namespace is back.
+    def namespace_back() -> bool:
+        reply = k.execute("", silent=True, user_expressions={"kept": "kept"}).content
+        return reply["user_expressions"]["kept"]["status"] == "ok"
+
+    wait_for(namespace_back, interval=0.2, what="the kernel to reconnect and restore the namespace")
     run = k.ok("print(kept)")
     notice = run.stream("stderr")
     assert "durability is off: [RES004]" in notice and "durability is back on" in notice, notice
