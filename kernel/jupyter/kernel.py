@@ -256,9 +256,14 @@ class DurableKernel(IPythonKernel):
         await self.restoring.wait()
         return super().do_inspect(code, cursor_pos, detail_level, omit_sections)  # type: ignore[no-any-return]
 
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        await super().kernel_info_request(stream, ident, parent)
+        # The frontend knows the kernel is up: now the namespace comes back (an
+        # execute that comes first starts the restore itself, and waits for it).
+        self.restoring.start()
+
     def start(self) -> None:
         super().start()
-        self.restoring.start()
         ds = self.durable
         if ds is not None and ds.resumes_at_start:
             self.io_loop.add_callback(self._auto_resume)

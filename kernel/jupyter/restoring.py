@@ -4,9 +4,11 @@ Reading back a large namespace takes as long as its size says (half a
 gigabyte of arrays: seconds). A kernel that did it before answering
 kernel_info would leave frontends at "starting" meanwhile, and jupyter_client
 would send kernel_info again after 1 s. So the restore runs on a thread of its
-own from kernel start on; kernel_info, comm_info and history are answered at
-once, and each request that uses the namespace (execute, complete, inspect)
-first awaits :meth:`RestoreAtStart.wait`. The values still go straight into
+own, started once the first kernel_info is answered (so that it does not
+compete with the start for the interpreter), or by the first request that
+needs the namespace; kernel_info, comm_info and history are answered at once,
+and each request that uses the namespace (execute, complete, inspect) first
+awaits :meth:`RestoreAtStart.wait`. The values still go straight into
 the real user namespace, which nothing else touches until then.
 """
 
@@ -35,7 +37,7 @@ class RestoreAtStart(Generic[T]):
         self._finished = False
 
     def start(self) -> None:
-        """Begin restoring (once; the kernel calls it as it starts)."""
+        """Begin restoring (the first call does; later ones do nothing)."""
         if self._done is not None:
             return
         self._done = cf.Future()
@@ -49,11 +51,6 @@ class RestoreAtStart(Generic[T]):
             log.exception("restoring the namespace at start failed")
             result = None
         done.set_result(result)
-
-    @property
-    def pending(self) -> bool:
-        """Started and not finished yet."""
-        return self._done is not None and not self._finished
 
     async def wait(self) -> None:
         """Return once the namespace is back (at once after the first time).
