@@ -126,7 +126,7 @@ class DurableKernel(IPythonKernel):
             interval=reconnect_interval(self.settings),
         )
         self.durable = self.keeper.open()
-        #: The session's namespace comes back in the background from start() on (see kernel.jupyter.restoring).
+        #: The session's namespace comes back in the background once kernel_info is answered (kernel.jupyter.restoring).
         self.restoring: RestoreAtStart[StoredCheckpoint] = RestoreAtStart(self._restored_checkpoint, self._continue_numbering)
         if self.shell is not None:
             self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored))
