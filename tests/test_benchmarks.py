@@ -1,4 +1,4 @@
-"""The checkpoint benchmark runs at a small size in CI (figures are printed, not asserted)."""
+"""The checkpoint and start benchmarks run at a small size in CI (figures are printed, not asserted)."""
 
 from __future__ import annotations
 
@@ -21,4 +21,16 @@ def test_checkpoint_benchmark_small() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     # The benchmark itself checks every restored value after the kill -9.
     assert "restore after kill -9" in done.stdout and "store on disk" in done.stdout
+    print(done.stdout)
+
+
+def test_start_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark itself checks every restored value and that the kernel reported the restore.
+    assert "empty store: ready" in done.stdout and "with checkpoint: first execute_reply" in done.stdout
     print(done.stdout)

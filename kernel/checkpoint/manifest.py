@@ -13,15 +13,16 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, Field
+import msgspec
 
+from kernel.core.models import Model
 from kernel.store.digests import HASH_NAME
 
 #: Bumped when a manifest written by this code could not be read by older code.
 FORMAT = 1
 
 
-class Entry(BaseModel):
+class Entry(Model, kw_only=True):
     """How to bring back one name."""
 
     kind: Literal["pickle", "module"]
@@ -54,12 +55,12 @@ class Entry(BaseModel):
         )
 
 
-class Manifest(BaseModel):
+class Manifest(Model, kw_only=True):
     """One checkpoint of a namespace. JSON via ``model_dump(mode="json")`` / ``model_validate``."""
 
     format: int = FORMAT
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    created: float = Field(default_factory=time.time)
+    id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+    created: float = msgspec.field(default_factory=time.time)
     hash: str = HASH_NAME
     entries: dict[str, Entry] = {}
     skipped: dict[str, str] = {}  # name -> why it is not in this checkpoint

@@ -1,4 +1,4 @@
-"""Pydantic payloads that cross the durability boundary.
+"""The payloads that cross the durability boundary.
 
 Promise params and values are JSON; these models fix their shape so the kernel,
 the CLI and the tests read the same thing.
@@ -6,13 +6,52 @@ the CLI and the tests read the same thing.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Self, TypedDict
 
-from pydantic import BaseModel, Field
+import msgspec
 
 
-class ExecutionParams(BaseModel):
+class Model(msgspec.Struct, kw_only=True):
+    """A typed JSON payload: a :class:`msgspec.Struct` with the few conversions
+    the code uses, named as pydantic names them.
+
+    Not pydantic, for the start time: importing pydantic and building its
+    models took longer than the rest of the kernel's own import; msgspec is
+    imported by the Resonate SDK anyway, and defining a Struct costs microseconds.
+    Reading (``model_validate*``) checks types and converts lax JSON values
+    (``"3"`` for 3) and ignores unknown keys; a wrong payload raises
+    :class:`msgspec.ValidationError`, a ``ValueError``. Subclasses pass
+    ``kw_only=True`` too (msgspec does not inherit it): fields with defaults
+    may then come before required ones.
+    """
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Self:
+        return msgspec.convert(data, cls, strict=False)
+
+    @classmethod
+    def model_validate_json(cls, text: str | bytes) -> Self:
+        return msgspec.json.decode(text, type=cls, strict=False)
+
+    @classmethod
+    def model_construct(cls, **fields: Any) -> Self:
+        """Built from trusted parts (a Struct's constructor never validates)."""
+        return cls(**fields)
+
+    def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """Plain data (dicts, lists, str, numbers: the same in both modes for these models)."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    def model_dump_json(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    def model_copy(self, *, deep: bool = False) -> Self:
+        return copy.deepcopy(self) if deep else copy.copy(self)
+
+
+class ExecutionParams(Model, kw_only=True):
     """The param of ``exec:<msg_id>``: what was asked to run, and by whom."""
 
     session: str
@@ -21,17 +60,17 @@ class ExecutionParams(BaseModel):
     execution_count: int
     cell_id: str | None = None
     kernel_pid: int
-    nonce: str = Field(description="tells this kernel's create apart from an earlier one")
+    nonce: str  # tells this kernel's create apart from an earlier one
     submitted_at: float
 
 
-class Timings(BaseModel):
+class Timings(Model, kw_only=True):
     started: float
     finished: float
     duration_ms: float
 
 
-class CellResult(BaseModel):
+class CellResult(Model, kw_only=True):
     """The value of a resolved ``exec:<msg_id>``."""
 
     status: Literal["ok"] = "ok"
@@ -43,7 +82,7 @@ class CellResult(BaseModel):
     timings: Timings
 
 
-class CellError(BaseModel):
+class CellError(Model, kw_only=True):
     """Carried (as JSON) by a rejected ``exec:<msg_id>``."""
 
     status: Literal["error"] = "error"
@@ -52,7 +91,7 @@ class CellError(BaseModel):
     ename: str
     evalue: str
     traceback: list[str] = []
-    code: str | None = Field(default=None, description="RES00x for errors of PyREPL3 itself")
+    code: str | None = None  # RES00x for errors of PyREPL3 itself
     outputs: list[dict[str, Any]] = []
     timings: Timings | None = None
 
@@ -75,7 +114,7 @@ class ResolvedPromise:
     value: Any
 
 
-class ExecutionSummary(BaseModel):
+class ExecutionSummary(Model, kw_only=True):
     """One row of ``pyrepl3 executions`` and ``%durable``."""
 
     id: str

@@ -14,7 +14,7 @@ import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.ipkernel import IPythonKernel
 from resonate.types import PromiseRecord
@@ -33,7 +33,11 @@ from kernel.jupyter.durable_object import DurableAPI
 from kernel.jupyter.magics import DurableMagics
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
 from kernel.jupyter.replies import outcome_of_reply, outcome_of_run, stored_reply, timings
+from kernel.jupyter.restoring import RestoreAtStart
 from kernel.jupyter.stdin import FrontendStdin
+
+if TYPE_CHECKING:
+    from kernel.checkpoint.history import StoredCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +126,12 @@ class DurableKernel(IPythonKernel):
             interval=reconnect_interval(self.settings),
         )
         self.durable = self.keeper.open()
+        #: The session's namespace comes back in the background once kernel_info is answered (kernel.jupyter.restoring).
+        self.restoring: RestoreAtStart[StoredCheckpoint] = RestoreAtStart(self._restored_checkpoint, self._continue_numbering)
         if self.shell is not None:
             self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored))
             self.shell.user_ns["durable"] = DurableAPI(lambda: self.durable, self._prompt_channel)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
-            self._restore_namespace()
 
     def _configured_settings(self) -> dict[str, Any]:
         """The setting traitlets the user configured (those not at their defaults)."""
@@ -134,10 +139,16 @@ class DurableKernel(IPythonKernel):
         return {name: getattr(self, name) for name in self.SETTING_TRAITS if getattr(self, name) != traits[name].default()}
 
     def _restore_namespace(self) -> None:
-        """A kernel starting for a session with checkpoints gets its namespace back."""
-        restored = self.durable.restore_latest() if self.durable is not None else None
+        """A kernel (re)connecting to a session with checkpoints gets its namespace back."""
+        self._continue_numbering(self._restored_checkpoint())
+
+    def _restored_checkpoint(self) -> StoredCheckpoint | None:
+        """Restore the session's latest checkpoint (on the restoring thread at start)."""
+        return self.durable.restore_latest() if self.durable is not None and self.shell is not None else None
+
+    def _continue_numbering(self, restored: StoredCheckpoint | None) -> None:
+        """Continue the session's numbering, so "after execution N" stays unambiguous."""
         if restored is not None and restored.execution_count is not None:
-            # Continue the session's numbering, so "after execution N" stays unambiguous.
             self.shell.execution_count = restored.execution_count + 1
 
     # -- user-facing notices -------------------------------------------------
@@ -180,6 +191,7 @@ class DurableKernel(IPythonKernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
+        await self.restoring.wait()
         run_code = functools.partial(
             super().do_execute, code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
@@ -236,14 +248,30 @@ class DurableKernel(IPythonKernel):
         error = result.error_before_exec or result.error_in_exec
         return outcome_of_run(execution_id, params.execution_count, error, outputs, timings(started, self.clock.wall()))
 
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
+        await self.restoring.wait()  # completes the restored names, not a namespace being filled
+        return super().do_complete(code, cursor_pos)  # type: ignore[no-any-return]
+
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
+        await self.restoring.wait()
+        return super().do_inspect(code, cursor_pos, detail_level, omit_sections)  # type: ignore[no-any-return]
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        await super().kernel_info_request(stream, ident, parent)
+        # The frontend knows the kernel is up: now the namespace comes back (an
+        # execute that comes first starts the restore itself, and waits for it).
+        self.restoring.start()
+
     def start(self) -> None:
         super().start()
         ds = self.durable
         if ds is not None and ds.resumes_at_start:
             self.io_loop.add_callback(self._auto_resume)
 
-    def _auto_resume(self) -> None:
-        """PYREPL3_AUTO_RESUME: resume interrupted executions as soon as the kernel runs."""
+    async def _auto_resume(self) -> None:
+        """PYREPL3_AUTO_RESUME: resume interrupted executions as soon as the kernel runs
+        (in the restored namespace)."""
+        await self.restoring.wait()
         ds = self.durable
         if ds is None:
             return
@@ -284,6 +312,7 @@ class DurableKernel(IPythonKernel):
         return ds.ask(str(prompt), password=True, channel=self._prompt_channel())
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        self.restoring.join(timeout=30.0)
         self.keeper.close()
         if self.durable is not None:
             self.durable.close()
