@@ -62,11 +62,15 @@ def test_another_matplotlib_backend_comes_back(kernels: KernelFactory) -> None:
 
 def test_inline_backend_config_comes_back(kernels: KernelFactory) -> None:
     kernel = kernels.start(session="mpl-svg")
-    kernel.ok("%matplotlib inline\n%config InlineBackend.figure_formats = ['svg']\nimport matplotlib.pyplot as plt")
+    kernel.ok(
+        "%config InlineBackend.rc = {'figure.figsize': (2.0, 1.5)}\n%matplotlib inline\n"
+        "%config InlineBackend.figure_formats = ['svg']\nimport matplotlib.pyplot as plt"
+    )
     assert len(displays(kernel.ok("plt.plot([1, 2]); plt.show()"), "image/svg+xml")) == 1
     again = restarted(kernels, kernel, "mpl-svg")
-    run = again.ok("plt.plot([1, 2]); plt.show()")
+    run = again.ok("print(list(plt.rcParams['figure.figsize']))\nplt.plot([1, 2]); plt.show()")
     assert len(displays(run, "image/svg+xml")) == 1 and displays(run, "image/png") == [], run.iopub
+    assert run.stream("stdout") == "[2.0, 1.5]\n"  # InlineBackend.rc, applied when inline support is configured
 
 
 def test_config_values_come_back(kernels: KernelFactory) -> None:

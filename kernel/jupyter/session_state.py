@@ -21,8 +21,8 @@ gets the user's changes on top of its own environment, not the old kernel's.
 Secrets are never stored: an environment variable or ``%config`` trait whose
 name contains PASSWORD, PASSWD, SECRET, TOKEN, KEY or CREDENTIAL, the
 PyREPL3/Resonate credentials, and any value holding a URL with a password
-(``scheme://user:pass@host``). Such variables are stored by name only, so a
-restart says which ones to set again.
+(``scheme://user:pass@host``); see :mod:`kernel.jupyter.secret_names`. Such
+variables are stored by name only, so a restart says which ones to set again.
 
 Restoring is item by item (the working directory; ``sys.path``; each
 environment variable; each extension; autoreload; each ``%config`` value;
@@ -261,7 +261,8 @@ def _compose_path(start: list[str], changes: Mapping[str, Any]) -> list[str]:
 # -- the environment -----------------------------------------------------------
 
 
-def _env_changes(start: Mapping[str, str], now: Mapping[str, str]) -> dict[str, Any] | None:
+def _env_changes(start: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, Any] | None:
+    now = dict(environ)  # one pass over os.environ, which encodes and decodes on every access
     changed: dict[str, str] = {}
     secret: list[str] = []
     for name, value in now.items():
