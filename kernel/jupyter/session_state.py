@@ -94,7 +94,10 @@ class SessionState:
         """Settle the baseline just before the first cell runs (see :meth:`settle`)."""
         def first_cell() -> None:
             self.shell.events.unregister("pre_execute", first_cell)
-            self.settle()
+            try:
+                self.settle()
+            except Exception:  # noqa: BLE001 - never in the user's cell; capture takes a baseline later
+                log.warning("session state: could not take the kernel's start", exc_info=True)
 
         self.shell.events.register("pre_execute", first_cell)
 
