@@ -19,10 +19,11 @@ its fields without decoding anything else.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from kernel.checkpoint.checkpointer import Checkpointer
 from kernel.checkpoint.manifest import CaptureReport, Manifest, RestoreReport
@@ -32,6 +33,8 @@ from kernel.core.errors import CheckpointNotFoundError
 from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
 from kernel.core.models import ResolvedPromise
 
+log = logging.getLogger(__name__)
+
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
@@ -39,6 +42,21 @@ CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 def canonical(manifest: dict[str, Any]) -> bytes:
     """The bytes a manifest's signature covers: its JSON with sorted keys and no spaces."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+class SessionStateHooks(Protocol):
+    """Kernel-level state kept with each checkpoint (the working directory, sys.path,
+    environment, extensions, ``%config``, matplotlib: :mod:`kernel.jupyter.session_state`).
+
+    It is small plain JSON data, so it lives in the manifest and is signed with
+    it; it is applied before the namespace, so imports in restored values see
+    the session's ``sys.path`` and directory."""
+
+    def capture(self) -> dict[str, Any]:
+        """The state now (plain JSON data)."""
+
+    def restore(self, state: dict[str, Any]) -> Any:
+        """Apply ``state``; reports what fails itself, item by item, and never raises."""
 
 
 @dataclass
@@ -71,8 +89,10 @@ class NamespaceCheckpoints:
         records: Callable[[], list[dict[str, Any]]],
         *,
         clock: Clock = SYSTEM,
+        state: SessionStateHooks | None = None,
     ) -> None:
         self.clock = clock
+        self.state = state
         self.checkpointer = checkpointer
         self.signer = signer
         self.session = session
@@ -89,6 +109,7 @@ class NamespaceCheckpoints:
         """Capture the namespace (every blob durable on return) and prepare the
         promise that makes it the latest checkpoint; the caller stores it."""
         manifest, report = self.checkpointer.capture(namespace, code=code, previous=self.previous)
+        manifest.state = self._captured_state()
         body = manifest.model_dump(mode="json")
         self._seq += 1
         value = {
@@ -107,6 +128,15 @@ class NamespaceCheckpoints:
         )
         self.previous = manifest
         return promise, report
+
+    def _captured_state(self) -> dict[str, Any]:
+        if self.state is None:
+            return {}
+        try:
+            return self.state.capture()
+        except Exception:  # noqa: BLE001 - the namespace checkpoint goes on; the last state is kept
+            log.warning("could not capture the session state", exc_info=True)
+            return dict(self.previous.state) if self.previous is not None else {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -138,6 +168,11 @@ class NamespaceCheckpoints:
 
     def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
         manifest = self._verified(rec)
+        if self.state is not None and manifest.state:  # {}: a checkpoint older than session state
+            try:
+                self.state.restore(manifest.state)
+            except Exception:  # noqa: BLE001 - the namespace is restored regardless
+                log.warning("could not restore the session state", exc_info=True)
         if clear:
             for name in [n for n in list(namespace) if self._travel_may_delete(n, namespace) and n not in manifest.entries]:
                 del namespace[name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -66,6 +66,9 @@ class Manifest(Model, kw_only=True):
     skipped: dict[str, str] = {}  # name -> why it is not in this checkpoint
     changed: list[str] = []  # names whose saved value differs from the previous manifest's
     removed: list[str] = []  # names in the previous manifest that are gone from the namespace
+    #: Kernel-level session state (working directory, sys.path, environment, extensions, %config,
+    #: matplotlib) as plain JSON data, so the signature covers it; {} in checkpoints older than it.
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def blob_sizes(self) -> dict[str, int]:
         """Every blob this checkpoint needs, with its size."""

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from resonate.types import PromiseRecord
 
 from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, RestoreReport
-from kernel.checkpoint.history import NamespaceCheckpoints, StoredCheckpoint
+from kernel.checkpoint.history import NamespaceCheckpoints, SessionStateHooks, StoredCheckpoint
 from kernel.checkpoint.signing import Signer, load_key
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
@@ -105,6 +105,7 @@ class DurableSession:
         connection_file: str = "",
         namespace_hidden: Mapping[str, object] | None = None,
         skipped: SkippedNames | None = None,
+        session_state: SessionStateHooks | None = None,
         clock: Clock = SYSTEM,
     ) -> DurableSession:
         """Open the session ``settings`` and the connection file name, on the engine they select.
@@ -134,7 +135,7 @@ class DurableSession:
                 engine.blobs(), exclude=set(settings.checkpoint_exclude),
                 size_limit=settings.checkpoint_max_bytes or None, hidden=namespace_hidden,
             )
-            history = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session), clock=clock)
+            history = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session), clock=clock, state=session_state)
         except BaseException:
             if runtime is not None:
                 runtime.stop()

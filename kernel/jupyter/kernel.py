@@ -32,6 +32,7 @@ from kernel.durable.session import DurableSession, SkippedNames
 from kernel.jupyter.durable_object import DurableAPI
 from kernel.jupyter.magics import DurableMagics
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
+from kernel.jupyter.session_state import SessionState
 from kernel.jupyter.replies import outcome_of_reply, outcome_of_run, stored_reply, timings
 from kernel.jupyter.restoring import RestoreAtStart
 from kernel.jupyter.stdin import FrontendStdin
@@ -117,10 +118,13 @@ class DurableKernel(IPythonKernel):
         self.durable: DurableSession | None = None
         skipped = SkippedNames()  # outlives a reconnect: a name is reported once, not once per session
         connection_file = getattr(self.parent, "connection_file", "") or ""
+        # cwd, sys.path, env, extensions, %config, matplotlib: kept with every checkpoint, back before the namespace
+        self.session_state = SessionState(self.shell, self.notice) if self.shell is not None else None
         self.keeper = SessionKeeper(
             lambda: DurableSession.open(
                 self, self.settings, connection_file=connection_file, skipped=skipped, clock=self.clock,
                 namespace_hidden=self.shell.user_ns_hidden if self.shell is not None else None,
+                session_state=self.session_state,
             ),
             self.notice,
             interval=reconnect_interval(self.settings),
@@ -132,6 +136,7 @@ class DurableKernel(IPythonKernel):
             self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored))
             self.shell.user_ns["durable"] = DurableAPI(lambda: self.durable, self._prompt_channel)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
+            self.session_state.watch()
 
     def _configured_settings(self) -> dict[str, Any]:
         """The setting traitlets the user configured (those not at their defaults)."""
