@@ -5,8 +5,9 @@ what the kernel has to say never becomes a cell output. Two levels:
 
 - ``INFO``: what was restored, what a checkpoint skipped, a reconnect that
   worked, an interrupted execution that was rejected. Nothing the user relies
-  on is broken. It goes to the kernel's log (the Jupyter server's terminal)
-  and to ``%durable`` (:class:`NoticeBook`), never into a notebook's outputs.
+  on is broken. It goes to ``%durable`` (:class:`NoticeBook`) and the kernel's
+  log at INFO (shown with PYREPL3_DEBUG=1: a kernel whose promises hold is as
+  quiet on its stderr as ipykernel), never into a notebook's outputs.
 - ``BROKEN``: a promise does not hold: durability is off (and why), a cell ran
   without durability, a checkpoint or a restore failed, a setting could not
   be used. It goes to the next cell's stderr too, unless ``notices_to`` is

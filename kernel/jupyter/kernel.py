@@ -40,7 +40,9 @@ from kernel.jupyter.replies import outcome_of_reply, outcome_of_run, stored_repl
 from kernel.jupyter.stdin import FrontendStdin
 
 log = logging.getLogger(__name__)
-#: The user-facing notices, informational ones included: always logged at INFO and above.
+#: The user-facing notices: a broken promise at WARNING (in the server's log by default),
+#: informational ones at INFO (with PYREPL3_DEBUG=1): a kernel whose promises hold is
+#: as quiet on its stderr as ipykernel (nbclient's tests check that).
 notices_log = logging.getLogger("kernel.notices")
 
 
@@ -74,7 +76,6 @@ def _route_logs(debug: bool) -> None:
             package.addHandler(handler)
             package.propagate = False
         package.setLevel(logging.INFO if debug else logging.WARNING)
-    notices_log.setLevel(logging.INFO)
 
 
 class DurableKernel(IPythonKernel):
@@ -181,10 +182,11 @@ class DurableKernel(IPythonKernel):
     # -- user-facing notices -------------------------------------------------
 
     def notice(self, text: str, level: NoticeLevel = INFO) -> None:
-        """Tell the user something (:mod:`kernel.core.notices`): always the kernel
-        log and ``%durable``; a ``BROKEN`` promise also the next cell's stderr,
-        unless ``notices_to == "log"``. Informational notices never reach a
-        notebook's outputs, so a notebook looks as it does under ipykernel."""
+        """Tell the user something (:mod:`kernel.core.notices`): always ``%durable``
+        and the kernel log (INFO ones only with PYREPL3_DEBUG=1); a ``BROKEN``
+        promise also the next cell's stderr, unless ``notices_to == "log"``.
+        Informational notices never reach a notebook's outputs, so a notebook
+        looks as it does under ipykernel."""
         self.notice_book.add(text, level)
         notices_log.log(logging.WARNING if level is BROKEN else logging.INFO, "%s", text)
         if level is BROKEN and self.notices_to == "cell":
