@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pexpect
 import pytest
-from harness import PYREPL3_CLI, SCRUBBED, Kernel, KernelFactory, Store, cli, wait_for
+from harness import PYREPL3_CLI, SCRUBBED, Kernel, KernelFactory, Store, cli, kernel_env, wait_for
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 #: Cell code that is also rich markup and an emoji code: it must print as typed.
@@ -83,7 +83,8 @@ def test_executions_sessions_and_show_as_text_and_json(kernel: Kernel, home: Pat
 
 
 @pytest.mark.engines("embedded", "postgres")
-def test_pending_as_text_and_json(kernel: Kernel, home: Path, store: Store) -> None:
+def test_pending_as_text_and_json(kernels: KernelFactory, home: Path, store: Store) -> None:
+    kernel = kernels.start(env=kernel_env(home, "test-session", PYREPL3_HEADLESS_INPUT="wait"))
     assert cli(home, "pending", "--session", store.session(kernel.session)).stdout == "no prompts are waiting\n"
     asking = kernel.send_execute("input('[red]your name?[/red] ')", allow_stdin=False)
     items = wait_for(lambda: json.loads(cli(home, "pending", "--session", store.session(kernel.session), "--json").stdout),

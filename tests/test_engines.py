@@ -188,7 +188,8 @@ def test_a_session_moves_to_another_machine(kernels: KernelFactory, tmp_path: Pa
     m1, m2, m3 = (machine(tmp_path, n) for n in ("m1", "m2", "m3"))
 
     def env(m: dict[str, Path]) -> dict[str, str]:
-        return kernel_env(m["home"], "roaming", PYREPL3_KEY=key, JUPYTER_DATA_DIR=str(m["data"]), IPYTHONDIR=str(m["ipython"]))
+        return kernel_env(m["home"], "roaming", PYREPL3_KEY=key, JUPYTER_DATA_DIR=str(m["data"]), IPYTHONDIR=str(m["ipython"]),
+                          PYREPL3_HEADLESS_INPUT="wait")
 
     k1 = kernels.start(env=env(m1), cwd=m1["cwd"], home=m1["home"])
     first = k1.ok("import os\nstarted_in = os.getcwd()\ncounter = 41")
@@ -205,7 +206,8 @@ def test_a_session_moves_to_another_machine(kernels: KernelFactory, tmp_path: Pa
     k2 = kernels.start(env=env(m2), cwd=m2["cwd"], home=m2["home"])
     run = k2.ok("print(counter, answer, started_in == os.getcwd())")
     assert run.stream("stdout") == "42 machine three False\n"
-    assert "namespace of execution 3 is back" in run.stream("stderr"), run.stream("stderr")
+    assert run.stream("stderr") == ""
+    assert "namespace of execution 3 is back" in k2.ok("%durable").stream("stdout")
     history = executions(m3["home"], "roaming")
     assert exec_id(first.msg_id) in history and exec_id(asking) in history and exec_id(run.msg_id) in history
     assert {r["state"] for r in history.values()} == {"resolved"}
@@ -262,7 +264,7 @@ def test_the_password_is_never_shown(kernels: KernelFactory, home: Path, tmp_pat
     dsn, password = dsn_with_password(store.dsn)
     secret_store = Store("postgres", dsn, store.ns)
     log = tmp_path / "kernel.log"
-    k = kernels.start(env=kernel_env(home, "creds", store=secret_store), log=log)
+    k = kernels.start(env=kernel_env(home, "creds", store=secret_store, PYREPL3_HEADLESS_INPUT="wait"), log=log)
     texts = []
     magic = k.ok("x = 1\n%durable")
     texts += [magic.stream("stdout"), magic.stream("stderr")]
@@ -493,12 +495,12 @@ def relay(store: Store) -> Any:
 
 
 def keep_running_until(k: Any, text: str, timeout: float = TIMEOUT) -> list[Any]:
-    """Run ``pass`` cells until one's stderr mentions ``text``; return the runs."""
+    """Run ``pass`` cells until ``%durable`` lists the notice ``text``; return the runs."""
     runs: list[Any] = []
 
     def seen() -> bool:
         runs.append(k.ok("pass"))
-        return text in runs[-1].stream("stderr")
+        return text in k.ok("%durable").stream("stdout")
 
     wait_for(seen, timeout=timeout, interval=0.5, what=f"a cell saying {text!r}")
     return runs
@@ -532,9 +534,10 @@ def test_engine_lost_mid_session_then_back(
     still = k.ok("a += 10")
     relay.up()
     runs = keep_running_until(k, "durability is back on")
-    assert "the namespace was not restored" in runs[-1].stream("stderr"), "what ran meanwhile is kept"
-    said = "".join(r.stream("stderr") for r in [offline, still, *runs])
+    said = k.ok("%durable").stream("stdout")
+    assert "the namespace was not restored, since cells ran while durability was off" in said, "what ran meanwhile is kept"
     assert f"{exec_id(inflight)} finished while the engine was away; its outcome is stored now" in said, said
+    assert all(r.stream("stderr") == "" for r in runs), "a reconnect that worked is no cell output"
     after = k.ok("print(a)")
     assert after.stream("stdout") == "12\n" and after.stream("stderr") == ""
     rows = executions(home, "flaky")
@@ -566,8 +569,10 @@ def test_engine_unreachable_at_start_then_back(kernels: KernelFactory, home: Pat
     wait_for(namespace_back, interval=0.2, what="the kernel to reconnect and restore the namespace")
     run = k.ok("print(kept)")
     notice = run.stream("stderr")
-    assert "durability is off: [RES004]" in notice and "durability is back on" in notice, notice
-    assert "namespace of execution 1 is back" in notice, "no cell had run: the namespace comes back"
+    assert "durability is off: [RES004]" in notice and "durability is back on" not in notice, notice
+    said = k.ok("%durable").stream("stdout")
+    assert "durability is back on" in said, said
+    assert "namespace of execution 1 is back" in said, "no cell had run: the namespace comes back"
     assert run.stream("stdout") == "from the first kernel\n"
     assert executions(home, "late")[exec_id(run.msg_id)]["state"] == "resolved"
 
@@ -702,7 +707,7 @@ def test_resonate_server_engine(
 ) -> None:
     shared = str(tmp_path / "shared") if blobs == "directory" else store.dsn
     http = Store("http", resonate_server.url, store.ns, blobs=shared)
-    env = kernel_env(home, "over-http", store=http)
+    env = kernel_env(home, "over-http", store=http, PYREPL3_HEADLESS_INPUT="wait")
     k = kernels.start(env=env)
     first = k.ok("import numpy as np\nvalues = np.arange(10)\nprint(values.sum())")
     assert first.stream("stdout") == "45\n" and first.stream("stderr") == ""
@@ -718,7 +723,8 @@ def test_resonate_server_engine(
     k.kill9()
     again = kernels.start(env=env)
     run = again.ok("print(values.sum(), name)")
-    assert run.stream("stdout") == "45 over http\n" and "namespace of execution" in run.stream("stderr")
+    assert run.stream("stdout") == "45 over http\n" and run.stream("stderr") == ""
+    assert "namespace of execution" in again.ok("%durable").stream("stdout")
     interrupted = wait_for(lambda: (r := show(home, exec_id(running), store=http))["state"] != "pending" and r,
                            what="the interrupted execution settled")
     assert interrupted["error"]["ename"] == "KernelExitInterruption"

@@ -89,7 +89,7 @@ def test_headless_nbclient_input_answered_out_of_band(home: Path) -> None:
         nb, kernel_name="pyrepl3", timeout=60, startup_timeout=60,
         resources={"metadata": {"path": str(home.parent)}},
     )
-    env = kernel_env(home, "headless-session")
+    env = kernel_env(home, "headless-session", PYREPL3_HEADLESS_INPUT="wait")
     errors: queue.Queue = queue.Queue()
 
     def run() -> None:
@@ -113,14 +113,29 @@ def test_headless_nbclient_input_answered_out_of_band(home: Path) -> None:
     assert second.outputs[0]["text"] == "answer is 42\n"
 
 
-def test_headless_raise_setting_restores_ipykernel_behaviour(kernels: KernelFactory, home: Path) -> None:
-    kernel = kernels.start(env=kernel_env(home, "s", PYREPL3_HEADLESS_INPUT="raise"))
+def test_headless_input_raises_by_default_as_ipykernel_does(kernels: KernelFactory, home: Path) -> None:
+    kernel = kernels.start(env=kernel_env(home, "s"))
     run = kernel.execute("input('x? ')")
     assert run.content["ename"] == "StdinNotImplementedError"
+    assert _pending(home) == [], "no prompt promise waits for an answer"
+    assert kernel.ok("1 + 1").content["status"] == "ok"
+
+
+@pytest.mark.parametrize("how", ["environment", "traitlet"])
+def test_headless_wait_setting_waits_for_an_out_of_band_answer(kernels: KernelFactory, home: Path, how: str) -> None:
+    if how == "environment":
+        kernel = kernels.start(env=kernel_env(home, "s", PYREPL3_HEADLESS_INPUT="wait"))
+    else:
+        kernel = kernels.start(env=kernel_env(home, "s"), extra_arguments=["--DurableKernel.headless_input=wait"])
+    msg_id = kernel.send_execute("x = input('x? ')\nprint('got', x)", allow_stdin=False)
+    pending = wait_for(lambda: _pending(home), what="the prompt promise")
+    assert pending[0]["id"] == f"exec:{msg_id}:input:1"
+    cli(home, "answer", pending[0]["id"], "out of band")
+    assert kernel.collect(msg_id).stream("stdout") == "got out of band\n"
 
 
 def test_timeout_gives_a_clear_error(kernels: KernelFactory, home: Path) -> None:
-    kernel = kernels.start(env=kernel_env(home, "s", PYREPL3_INPUT_TIMEOUT="1"))
+    kernel = kernels.start(env=kernel_env(home, "s", PYREPL3_INPUT_TIMEOUT="1", PYREPL3_HEADLESS_INPUT="wait"))
     run = kernel.execute("input('never answered? ')")
     assert run.content["status"] == "error"
     assert run.content["ename"] == "PromptTimeoutError"
@@ -132,7 +147,7 @@ def test_timeout_gives_a_clear_error(kernels: KernelFactory, home: Path) -> None
 
 @pytest.mark.parametrize("allow_stdin", [True, False], ids=["stdin", "out-of-band"])
 def test_interrupt_while_waiting(kernels: KernelFactory, home: Path, allow_stdin: bool) -> None:
-    kernel = kernels.start()
+    kernel = kernels.start(env=kernel_env(home, "test-session", PYREPL3_HEADLESS_INPUT="wait"))
     msg_id = kernel.send_execute("x = input('wait? ')", allow_stdin=allow_stdin)
     if allow_stdin:
         kernel.kc.get_stdin_msg(timeout=TIMEOUT)

@@ -98,9 +98,17 @@ def run_notebook(path: Path, output: Path | None = None, *, timeout: float | Non
     session = run_session(path)
     msg_ids = cell_msg_ids(nb, session)
     progress = RunProgress(len(msg_ids))
-    # The kernel's own notices (namespace restored, ...) go to its log, which
-    # reaches this terminal, not into the cells: outputs stay the cells' own.
-    kernel_env = {**os.environ, **(env or {}), "PYREPL3_SESSION": session, "PYREPL3_NOTICES": "log"}
+    # The kernel's own notices go to its log, which reaches this terminal, not
+    # into the cells: outputs stay the cells' own. An input() waits for an answer
+    # out of band (`pyrepl3 answer`), since a run has no stdin (unless
+    # PYREPL3_HEADLESS_INPUT says otherwise).
+    kernel_env = {
+        "PYREPL3_HEADLESS_INPUT": "wait",
+        **os.environ,
+        **(env or {}),
+        "PYREPL3_SESSION": session,
+        "PYREPL3_NOTICES": "log",
+    }
     client = ResumableRun(
         nb,
         msg_ids,

@@ -130,8 +130,8 @@ DECLARED: dict[str, Setting] = {
     "headless_input": Setting(
         "PYREPL3_HEADLESS_INPUT",
         _choice("wait", "raise"),
-        "wait",
-        "input() with a frontend that has no stdin: wait for an out-of-band answer, or raise StdinNotImplementedError.",
+        "raise",
+        "input() with a frontend that has no stdin: raise StdinNotImplementedError (as ipykernel), or wait for an out-of-band answer.",
         trait="headless_input",
     ),
     "auto_resume": Setting("PYREPL3_AUTO_RESUME", _flag, False, "Resume executions a dead kernel left unfinished at kernel start."),
@@ -152,7 +152,8 @@ DECLARED: dict[str, Setting] = {
         "PYREPL3_NOTICES",
         _choice("cell", "log"),
         "cell",
-        "Where PyREPL3's own messages go: the next cell's stderr (cell) or only the kernel's log (log).",
+        "Where PyREPL3's messages about a broken promise (durability off, a failed restore) go: also the next cell's stderr "
+        "(cell) or only the kernel's log (log). Informational ones only ever go to the log and %durable.",
         trait="notices_to",
     ),
     "lock_wait": Setting("PYREPL3_LOCK_WAIT", _seconds, 3.0, "Seconds a starting kernel waits for its session's lock."),
@@ -204,7 +205,7 @@ class Settings:
     session: str = ""
     start_timeout: float = 30.0
     input_timeout: float = 86400.0
-    headless_input: str = "wait"
+    headless_input: str = "raise"
     auto_resume: bool = False
     resume_limit: int = 3
     checkpoint_exclude: tuple[str, ...] = ()

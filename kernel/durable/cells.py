@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from resonate.types import PromiseRecord
 
 from kernel.core.models import CellOutcome, ExecutionParams
+from kernel.core.notices import INFO, NoticeLevel
 
 R = TypeVar("R")
 
@@ -50,8 +51,9 @@ class CellRequest(Protocol[R]):
 class SessionHost(Protocol):
     """What the session needs of the kernel it serves, for as long as it is open."""
 
-    def notice(self, text: str) -> None:
-        """Queue a one-line message for the user."""
+    def notice(self, text: str, level: NoticeLevel = INFO) -> None:
+        """Tell the user something: ``INFO`` only in the log and ``%durable``, ``BROKEN``
+        (a promise does not hold) in the next cell too (:mod:`kernel.core.notices`)."""
 
     def namespace(self) -> dict[str, Any]:
         """The user namespace cells run in (what namespace checkpoints capture and restore)."""

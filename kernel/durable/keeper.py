@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
+from kernel.core.notices import BROKEN, Notify
 from kernel.core.settings import Settings
 from kernel.durable.session import DurableSession
 
@@ -33,7 +34,7 @@ class SessionKeeper:
     engine kept it, and the new session reads it back from there.
     """
 
-    def __init__(self, opener: Callable[[], DurableSession], notice: Callable[[str], None], *, interval: float = DEFAULT_RECONNECT) -> None:
+    def __init__(self, opener: Callable[[], DurableSession], notice: Notify, *, interval: float = DEFAULT_RECONNECT) -> None:
         self._opener = opener
         self._notice = notice
         self.interval = interval
@@ -46,18 +47,18 @@ class SessionKeeper:
         try:
             return self._opener()
         except EngineConnectionError as exc:
-            self._notice(f"durability is off: {exc}; PyREPL3 will reconnect by itself (every {self.interval:g}s)")
+            self._notice(f"durability is off: {exc}; PyREPL3 will reconnect by itself (every {self.interval:g}s)", BROKEN)
             self._start(None)
         except PyRepl3Error as exc:
-            self._notice(f"durability is off: {exc}")
+            self._notice(f"durability is off: {exc}", BROKEN)
         except Exception as exc:  # noqa: BLE001 - the kernel must start regardless
             log.exception("could not open the durable store")
-            self._notice(f"durability is off: the durable store could not be opened ({exc})")
+            self._notice(f"durability is off: the durable store could not be opened ({exc})", BROKEN)
         return None
 
     def lost(self, ds: DurableSession, why: BaseException | str) -> None:
         """The engine went away under ``ds``: close it (in the background) and start reconnecting."""
-        self._notice(f"durability is off: {why}; PyREPL3 will reconnect by itself (every {self.interval:g}s)")
+        self._notice(f"durability is off: {why}; PyREPL3 will reconnect by itself (every {self.interval:g}s)", BROKEN)
         self._start(ds)
 
     def poll(self) -> DurableSession | None:
@@ -95,7 +96,7 @@ class SessionKeeper:
             except Exception as exc:  # noqa: BLE001 - keep trying; say it once
                 if str(exc) != reported:
                     reported = str(exc)
-                    self._notice(f"durability stays off: {exc}")
+                    self._notice(f"durability stays off: {exc}", BROKEN)
                 continue
             if old is not None:
                 self._carry_over(old, ds)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.ids import exec_id, resume_attempt_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
+from kernel.core.notices import BROKEN, Notify
 from kernel.durable.dispatcher import CellDispatcher, Orphan
 from kernel.durable.runtime import DurableRuntime
 
@@ -49,7 +50,7 @@ class ResumePolicy:
     runtime: DurableRuntime
     dispatcher: CellDispatcher
     interrupted: list[str]
-    notice: Callable[[str], None]
+    notice: Notify
     limit: int
     #: PYREPL3_AUTO_RESUME: resume them as soon as the kernel runs.
     auto: bool = False
@@ -96,7 +97,7 @@ class ResumePolicy:
                     f"it is not resumed again (PYREPL3_RESUME_LIMIT={self.limit})",
                 )
             )
-            self.notice(f"{eid} was not resumed: it crashed the kernel {attempt - 1} times (PYREPL3_RESUME_LIMIT)")
+            self.notice(f"{eid} was not resumed: it crashed the kernel {attempt - 1} times (PYREPL3_RESUME_LIMIT)", BROKEN)
             return False
         attempt_id = resume_attempt_id(eid, attempt)
         self.runtime.create(attempt_id, self.clock.ms_after(FAR_FUTURE), {"attempt": attempt, "kernel_pid": self.kernel_pid}, {})

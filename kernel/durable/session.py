@@ -36,6 +36,7 @@ from kernel.core.errors import EngineConnectionError, PyRepl3Error
 from kernel.core.ids import exec_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.core.locations import default_home, resolve_session
+from kernel.core.notices import BROKEN, INFO
 from kernel.core.redaction import redact
 from kernel.core.settings import SESSION_SETTINGS, Settings
 from kernel.durable.cells import CellRequest, SessionHost
@@ -212,7 +213,7 @@ class DurableSession:
             record = self.runtime.submit(params)
         except PyRepl3Error as exc:
             self.dispatcher.forget(eid)
-            self.host.notice(f"this cell ran without durability: {exc}")
+            self.host.notice(f"this cell ran without durability: {exc}", BROKEN)
             if isinstance(exc, EngineConnectionError):
                 self.host.durability_lost(self, exc)
             return None
@@ -229,10 +230,8 @@ class DurableSession:
             self.dispatcher.abandon(ticket, self._error(
                 params, "EngineTimeout", f"the engine did not start {eid} in time; the cell ran without durability"
             ))
-            self.host.notice(
-                f"the durable engine did not start {eid} within {self.start_timeout:g}s "
-                "(PYREPL3_START_TIMEOUT); the cell ran without durability"
-            )
+            self.host.notice(f"the durable engine did not start {eid} within {self.start_timeout:g}s "
+                             "(PYREPL3_START_TIMEOUT); the cell ran without durability", BROKEN)
             return None
 
     def _settled(self, record: PromiseRecord) -> PromiseRecord:
@@ -270,7 +269,7 @@ class DurableSession:
             except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
                 self.runtime.store_resolved([], after=eid)
         except PyRepl3Error as exc:
-            self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}")
+            self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}", BROKEN)
         cell.show_notices()
         return ran.reply
 
@@ -292,7 +291,7 @@ class DurableSession:
             )
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
             log.exception("checkpoint failed")
-            self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}")
+            self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
             return []
         if fresh := self.skipped.newly_skipped(report):
             listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
@@ -382,16 +381,17 @@ class DurableSession:
         try:
             restored = self.history.restore_latest(self.host.namespace())
         except PyRepl3Error as exc:
-            self.host.notice(f"the namespace was not restored: {exc}")
+            self.host.notice(f"the namespace was not restored: {exc}", BROKEN)
             return None
         except Exception as exc:  # noqa: BLE001 - never fail the kernel start over it
             log.exception("restoring the namespace failed")
-            self.host.notice(f"the namespace was not restored: {type(exc).__name__}: {exc}")
+            self.host.notice(f"the namespace was not restored: {type(exc).__name__}: {exc}", BROKEN)
             return None
         if restored is None:
             return None
         checkpoint, report = restored
-        self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
+        lost = set(report.skipped) - set(checkpoint.skipped)  # saved, yet not back: the restore failed for them
+        self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost else INFO)
         self.skipped.restored(report)
         return checkpoint
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ipykernel.ipkernel import IPythonKernel
+from ipykernel.thread import CONTROL_THREAD_NAME
 from resonate.types import PromiseRecord
 from traitlets import Enum, Float, Unicode
 
@@ -26,6 +29,7 @@ from kernel.core.errors import EngineConnectionError
 from kernel.core.ids import msg_id_of
 from kernel.core.settings import Settings
 from kernel.core.models import CellOutcome, ExecutionParams
+from kernel.core.notices import BROKEN, INFO, SILENCE_HINT, NoticeBook, NoticeLevel
 from kernel.durable.cells import RanCell
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
 from kernel.durable.session import DurableSession, SkippedNames
@@ -41,25 +45,56 @@ if TYPE_CHECKING:
     from kernel.checkpoint.history import StoredCheckpoint
 
 log = logging.getLogger(__name__)
+#: The user-facing notices: a broken promise at WARNING (in the server's log by default),
+#: informational ones at INFO (with PYREPL3_DEBUG=1): a kernel whose promises hold is
+#: as quiet on its stderr as ipykernel (nbclient's tests check that).
+notices_log = logging.getLogger("kernel.notices")
+
+
+def _process_stderr() -> TextIO | None:
+    """The kernel process's own stderr, as the Jupyter server (or terminal) sees it.
+
+    ipykernel's ``OutStream(watchfd=True)`` points file descriptor 2 at a pipe
+    whose every byte it forwards into the running cell's output (and to the
+    original stderr); it keeps a dup of the original in
+    ``_original_stdstream_copy``. Writing there reaches the server's log and
+    never a cell. Our own dup of it, so ipykernel closing its copy at shutdown
+    does not close ours. ``sys.__stderr__`` when fd 2 is not redirected."""
+    original = getattr(sys.stderr, "_original_stdstream_copy", None)
+    if isinstance(original, int):
+        try:
+            return os.fdopen(os.dup(original), "w", buffering=1, encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    return sys.__stderr__
 
 
 def _route_logs(debug: bool) -> None:
-    """Send PyREPL3's log records to the kernel process's real stderr (the
-    terminal or the Jupyter server log). Without a handler, Python would print
-    them on ``sys.stderr``, which ipykernel redirects into the running cell."""
-    package = logging.getLogger("kernel")
-    if not package.handlers:
-        handler = logging.StreamHandler(sys.__stderr__)
-        handler.setFormatter(logging.Formatter("[PyREPL3] %(levelname)s | %(message)s"))
-        package.addHandler(handler)
-        package.propagate = False
-    package.setLevel(logging.INFO if debug else logging.WARNING)
+    """Send PyREPL3's (and resonate's) log records to the kernel process's real
+    stderr, never into a cell: not to ``sys.stderr`` (ipykernel's OutStream, the
+    running cell) nor to fd 2 (forwarded into the running cell as well)."""
+    for name in ("kernel", "resonate"):
+        package = logging.getLogger(name)
+        if not package.handlers:
+            handler = logging.StreamHandler(_process_stderr())
+            handler.setFormatter(logging.Formatter("[PyREPL3] %(levelname)s | %(name)s | %(message)s"))
+            package.addHandler(handler)
+            package.propagate = False
+        package.setLevel(logging.INFO if debug else logging.WARNING)
 
 
 class DurableKernel(IPythonKernel):
-    implementation = "pyrepl3"
-    implementation_version = __version__
-    banner = "PyREPL3 — Python with durable execution (IPython kernel)"
+    # implementation / implementation_version stay IPythonKernel's ("ipython" and
+    # IPython's version): frontends and ipykernel's message-spec tests key on them.
+    # PyREPL3 says who it is in kernel_info's added "pyrepl3" field and the banner.
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        return f"{super().banner.rstrip()}\nPyREPL3 {__version__} -- every cell a durable execution (%durable)\n"
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:  # type: ignore[override]
+        return {**super().kernel_info, "pyrepl3": {"version": __version__}}
 
     home = Unicode(
         "",
@@ -76,11 +111,11 @@ class DurableKernel(IPythonKernel):
     )
     headless_input = Enum(
         ["wait", "raise"],
-        "wait",
+        "raise",
         config=True,
-        help="When the frontend does not allow stdin: 'wait' for an out-of-band answer "
-        "(pyrepl3 answer), or 'raise' StdinNotImplementedError as ipykernel does "
-        "(PYREPL3_HEADLESS_INPUT overrides it).",
+        help="When the frontend does not allow stdin: 'raise' StdinNotImplementedError as "
+        "ipykernel does, or 'wait' for an out-of-band answer (pyrepl3 answer; what "
+        "`pyrepl3 run` uses). PYREPL3_HEADLESS_INPUT overrides it.",
     )
 
     store = Unicode(
@@ -95,9 +130,10 @@ class DurableKernel(IPythonKernel):
         ["cell", "log"],
         "cell",
         config=True,
-        help="Where PyREPL3's own messages go: the next cell's stderr ('cell'), or only the "
-        "kernel's log ('log'; what `pyrepl3 run` uses so output notebooks hold only the cells' "
-        "own outputs). PYREPL3_NOTICES overrides it.",
+        help="Where PyREPL3's messages about a broken promise (durability off, a failed restore) "
+        "go: the kernel's log and the next cell's stderr ('cell'), or only the kernel's log ('log'; "
+        "what `pyrepl3 run` uses). Informational ones (what was restored or skipped) only ever go "
+        "to the log and %durable. PYREPL3_NOTICES overrides it.",
     )
 
     #: The traitlets that are also settings (see :mod:`kernel.core.settings`).
@@ -110,10 +146,11 @@ class DurableKernel(IPythonKernel):
         _route_logs(debug=self.settings.debug)
         self.clock = SYSTEM
         self.notices: list[str] = []
+        self.notice_book = NoticeBook()
         for name in ("notices_to", "headless_input"):  # the kernel's own: a wrong one falls back, named
             setattr(self, name, getattr(self.settings, name))
             if problem := self.settings.problems.get(name):
-                self.notice(f"{problem}; using {getattr(self.settings, name)!r}")
+                self.notice(f"{problem}; using {getattr(self.settings, name)!r}", BROKEN)
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
         skipped = SkippedNames()  # outlives a reconnect: a name is reported once, not once per session
@@ -133,7 +170,9 @@ class DurableKernel(IPythonKernel):
         #: The session's namespace comes back in the background once kernel_info is answered (kernel.jupyter.restoring).
         self.restoring: RestoreAtStart[StoredCheckpoint] = RestoreAtStart(self._restored_checkpoint, self._continue_numbering)
         if self.shell is not None:
-            self.shell.register_magics(DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored))
+            self.shell.register_magics(
+                DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored, notices=self.notice_book.lines)
+            )
             self.shell.user_ns["durable"] = DurableAPI(lambda: self.durable, self._prompt_channel)
             self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
             self.session_state.watch()
@@ -158,22 +197,21 @@ class DurableKernel(IPythonKernel):
 
     # -- user-facing notices -------------------------------------------------
 
-    def notice(self, text: str) -> None:
-        """Queue a one-line message for the user; shown on the next cell's stderr
-        (or only logged, to the kernel's stderr, with ``notices = "log"``).
-
-        Logged at INFO when it goes to the cell: ipykernel forwards the process's
-        own stderr into the running cell too, so a WARNING would show it twice."""
-        if self.notices_to == "cell":
-            log.info("PyREPL3: %s", text)
+    def notice(self, text: str, level: NoticeLevel = INFO) -> None:
+        """Tell the user something (:mod:`kernel.core.notices`): always ``%durable``
+        and the kernel log (INFO ones only with PYREPL3_DEBUG=1); a ``BROKEN``
+        promise also the next cell's stderr, unless ``notices_to == "log"``.
+        Informational notices never reach a notebook's outputs, so a notebook
+        looks as it does under ipykernel."""
+        self.notice_book.add(text, level)
+        notices_log.log(logging.WARNING if level is BROKEN else logging.INFO, "%s", text)
+        if level is BROKEN and self.notices_to == "cell":
             self.notices.append(f"PyREPL3: {text}\n")
-        else:
-            log.warning("PyREPL3: %s", text)
 
     def _flush_notices(self, parent: dict[str, Any]) -> None:
         if not self.notices:
             return
-        text, self.notices = "".join(self.notices), []
+        text, self.notices = "".join(self.notices) + f"PyREPL3: {SILENCE_HINT}\n", []
         self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent, ident=self._topic("stream"))
 
     def _show_stored(self, outputs: list[dict[str, Any]]) -> None:
@@ -200,8 +238,14 @@ class DurableKernel(IPythonKernel):
         run_code = functools.partial(
             super().do_execute, code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
-        parent = self.get_parent("shell") or {}
+        # The request being handled on this thread: get_parent("shell") on the
+        # control thread is the last *shell* request, which would be replayed.
+        parent = self.get_parent() or {}
         msg_id = (parent.get("header") or {}).get("msg_id")
+        if threading.current_thread().name == CONTROL_THREAD_NAME:
+            # Out of band (it may run while a shell cell runs): as ipykernel runs it, not
+            # a durable execution, since the session runs one cell at a time.
+            return await run_code()
         ds = self._durable_session()
         if ds is None or silent or not msg_id:
             if not silent:
@@ -285,7 +329,6 @@ class DurableKernel(IPythonKernel):
         self.recorder.begin(request["header"]["msg_id"])
         try:
             for line in ds.resume_interrupted():
-                log.warning("PyREPL3 auto-resume: %s", line)
                 self.notice(f"auto-resume: {line}")
         except Exception:
             log.exception("auto-resume failed")
@@ -335,7 +378,7 @@ class JupyterCell:
         self.parent = parent
 
     def show_notices(self) -> None:
-        self.kernel._flush_notices(self.kernel.get_parent("shell") or {})
+        self.kernel._flush_notices(self.parent)
 
     async def run(self, execution_id: str) -> RanCell[dict[str, Any]]:
         kernel = self.kernel

@@ -165,12 +165,18 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 @magics_class
 class DurableMagics(Magics):
     def __init__(
-        self, shell: Any, session: Callable[[], DurableSession | None], show: Callable[[list[dict[str, Any]]], None]
+        self,
+        shell: Any,
+        session: Callable[[], DurableSession | None],
+        show: Callable[[list[dict[str, Any]]], None],
+        notices: Callable[[], list[str]] = list,
     ) -> None:
         super().__init__(shell)
         self.session = session
         #: Publishes stored nbformat outputs in the running cell (the kernel's iopub).
         self.show = show
+        #: The kernel's latest notices, one line each: the informational ones are nowhere else in a notebook.
+        self.notices = notices
 
     @magic_arguments()
     @argument("subcommand", metavar="SUBCOMMAND", nargs="?", default="status", choices=list(SUBCOMMANDS),
@@ -182,7 +188,8 @@ class DurableMagics(Magics):
 
         %durable [SUBCOMMAND [ARGS]]
 
-        (nothing)         session id, store, counts, and a table of this session's executions
+        (nothing)         session id, store, counts, PyREPL3's latest notices (what was
+                          restored or skipped), and a table of this session's executions
         executions        only the table
         pending           prompts of this session waiting for an answer
         resume            re-run executions a crashed kernel left unfinished
@@ -198,6 +205,7 @@ class DurableMagics(Magics):
         ds = self.session()
         if ds is None:
             print("PyREPL3: durability is off in this kernel; see the message printed at start.")
+            self._print_notices()
             return None
         command, args = self._parse(line)
         catalog = ds.catalog()
@@ -208,6 +216,13 @@ class DurableMagics(Magics):
             return None
         finally:
             catalog.close()
+
+    def _print_notices(self) -> None:
+        """What PyREPL3 said (restores, skipped names, ...; ``!`` marks a broken promise)."""
+        lines = self.notices()
+        print("notices: " + (f"{len(lines)} latest, oldest first (also in the kernel log)" if lines else "none"))
+        for line in lines:
+            print(line)
 
     def _parse(self, line: str) -> tuple[str, argparse.Namespace]:
         """``restore 3`` -> ``("restore", Namespace(n=3))``; a ``UsageError`` that says what is wrong otherwise."""
@@ -227,6 +242,7 @@ class DurableMagics(Magics):
             total = sum(counts.values())
             summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none yet"
             print(f"session: {ds.session}\nstore:   {ds.store_path}\nexecutions: {total} ({summary})")
+            self._print_notices()
             display(ExecutionTable(catalog.executions(ds.session, limit=50)))
             return None
         if command == "executions":
