@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel.core.notices import BROKEN, Notify
 from kernel.jupyter.secret_names import looks_secret
 from kernel.jupyter.shell_state import (
     activate_matplotlib, autoreload_items, autoreload_of, config_changes, config_values, load_extension, matplotlib_of, set_config,
@@ -81,7 +82,7 @@ class SessionState:
     """Capture and apply the kernel-level state of one IPython shell
     (:class:`kernel.checkpoint.history.SessionStateHooks`)."""
 
-    def __init__(self, shell: Any, notice: Callable[[str], None], process: Process | None = None) -> None:
+    def __init__(self, shell: Any, notice: Notify, process: Process | None = None) -> None:
         self.shell = shell
         self.notice = notice
         self.process = process or Process()
@@ -166,7 +167,7 @@ class SessionState:
         rest still applied. Returns the items applied."""
         self.begin()
         if int(state.get("format", 0)) > STATE_FORMAT:
-            self.notice(f"the session state of this checkpoint is of a newer format ({state.get('format')}); not restored")
+            self.notice(f"the session state of this checkpoint is of a newer format ({state.get('format')}); not restored", BROKEN)
             return []
         applied: list[str] = []
         failed: dict[str, str] = {}
@@ -180,10 +181,11 @@ class SessionState:
                 applied.append(item)
         if failed:
             listed = "; ".join(f"{item} ({why})" for item, why in failed.items())
-            self.notice(f"not restored from the session: {listed}; run those lines again if you need them")
+            self.notice(f"not restored from the session: {listed}; run those lines again if you need them", BROKEN)
         if secrets := (state.get("env") or {}).get("secret"):
             self.notice(
-                "environment variables that look like secrets are never saved; set them again: " + ", ".join(sorted(secrets))
+                "environment variables that look like secrets are never saved; set them again: " + ", ".join(sorted(secrets)),
+                BROKEN,
             )
         log.info("session state restored: %s", ", ".join(applied) or "nothing")
         if not self._settled:
