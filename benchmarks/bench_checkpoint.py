@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         km, kc, restart = kernels.start("pyrepl3", env)
         notes: list[str] = []
         run_cell(kc, CHECK.format(n=n, objects=objects, last=objects - 1), timeout=120, stderr=notes)
+        # The restore report is an informational notice: in %durable, not in the cell's outputs.
+        run_cell(kc, "%%capture status\n%durable")
+        run_cell(kc, "import sys\nsys.stderr.write(status.stdout)", stderr=notes)
         found = re.search(r"restored \d+ names.* in ([0-9.]+)s", "".join(notes))
         if not found:
             raise BenchError(f"the restarted kernel did not report a restore: {''.join(notes)!r}")

@@ -18,7 +18,9 @@ def test_example_notebook_runs(path: Path, tmp_path: Path, home: Path) -> None:
     assert nb.metadata.kernelspec.name == "pyrepl3"
     session = f"example-{path.stem}"
     client = NotebookClient(nb, timeout=TIMEOUT, startup_timeout=TIMEOUT, resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=kernel_env(home, session))  # only cells tagged raises-exception may fail
+    # Headless, as the notebooks say to run them: an input() waits for an out-of-band answer.
+    env = kernel_env(home, session, PYREPL3_HEADLESS_INPUT="wait")
+    client.execute(env=env)  # only cells tagged raises-exception may fail
 
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     rows = executions(home, session)
