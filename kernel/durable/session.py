@@ -178,13 +178,13 @@ class DurableSession:
         ticket = self.dispatcher.expect(eid)
         try:
             started = self._start(params, ticket, cell)
-        except KeyboardInterrupt:
-            # Interrupted before the cell started: the execution is settled as
-            # interrupted whenever the engine delivers it, never left pending.
-            self.dispatcher.abandon(ticket, self._error(params, "KeyboardInterrupt", "interrupted before the cell started"))
+            if isinstance(started, Handoff):
+                return await self._run(started, code, cell)
+        except BaseException as exc:
+            # Interrupted before the cell ran (or between hand-off and run): settled as interrupted
+            # whenever the engine delivers it, never left pending; a no-op once the run set its outcome.
+            self.dispatcher.abandon(ticket, self._error(params, type(exc).__name__, "interrupted before the cell started"))
             raise
-        if isinstance(started, Handoff):
-            return await self._run(started, code, cell)
         cell.show_notices()
         if started is None:
             return await cell.run_without_durability()
