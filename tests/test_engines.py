@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from conftest import PG_DSN
 from harness import TIMEOUT, KernelFactory, Store, cli, cli_json, executions, kernel_env, show, wait_for
 
 from kernel.durable import hitl
