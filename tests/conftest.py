@@ -8,6 +8,7 @@ back through the ``pyrepl3`` CLI, as a user would.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,29 @@ PG_SKIP = (
 )
 
 ENGINES = ("embedded", "postgres")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pyrepl3 faults", "the fault suite (tests/test_fault_*.py)")
+    group.addoption("--fault-trials", type=int, default=20, help="random trials per fault test (CI: 20; try hundreds by hand)")
+    group.addoption("--fault-seed", type=int, default=None, help="seed of the fault suite's random choices (default: a fresh one, printed)")
+
+
+@pytest.fixture
+def fault_trials(request: pytest.FixtureRequest) -> int:
+    """How many random trials a fault test runs (``--fault-trials``)."""
+    return int(request.config.getoption("--fault-trials"))
+
+
+@pytest.fixture
+def fault_rng(request: pytest.FixtureRequest) -> random.Random:
+    """A seeded random source for fault injection; the seed is printed so a failing run can be repeated
+    with ``--fault-seed``."""
+    seed = request.config.getoption("--fault-seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    print(f"fault seed: {seed} (repeat with --fault-seed {seed})")
+    return random.Random(seed)
 
 
 def pytest_configure(config: pytest.Config) -> None:
