@@ -3,9 +3,13 @@
 This module only glues the Jupyter protocol to the durable session
 (:class:`kernel.durable.session.DurableSession`, which owns the cell protocol):
 an execute_request becomes :meth:`DurableSession.execute` with a
-:class:`JupyterCell` that runs the code through ipykernel, records its outputs
-and publishes stored ones again. Everything else (completion, inspection,
-history, display, magics, comms, interrupts) is ipykernel's, unchanged.
+:class:`kernel.jupyter.durable_side.JupyterCell` that runs the code through
+ipykernel, records its outputs and publishes stored ones again. Everything
+else (completion, inspection, history, display, magics, comms, interrupts) is
+ipykernel's, unchanged. Nothing of the durable layer is imported here: the
+durable side (:mod:`kernel.jupyter.durable_side`) is imported, and the session
+opened, in the background once kernel_info is answered, so the kernel starts
+as fast as ipykernel does.
 """
 
 from __future__ import annotations
@@ -15,34 +19,30 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.thread import CONTROL_THREAD_NAME
-from resonate.types import PromiseRecord
 from traitlets import Enum, Float, Unicode
 
 from kernel import __version__
 from kernel.core.clock import SYSTEM
 from kernel.core.errors import EngineConnectionError
-from kernel.core.ids import msg_id_of
 from kernel.core.settings import Settings
-from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import BROKEN, INFO, SILENCE_HINT, NoticeBook, NoticeLevel
-from kernel.durable.cells import RanCell
-from kernel.durable.keeper import SessionKeeper, reconnect_interval
-from kernel.durable.session import DurableSession, SkippedNames
-from kernel.jupyter.durable_object import DurableAPI
-from kernel.jupyter.magics import DurableMagics
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
 from kernel.jupyter.session_state import SessionState
-from kernel.jupyter.replies import outcome_of_reply, outcome_of_run, stored_reply, timings
-from kernel.jupyter.restoring import RestoreAtStart
+from kernel.jupyter.startup import BackgroundStart
 from kernel.jupyter.stdin import FrontendStdin
 
 if TYPE_CHECKING:
     from kernel.checkpoint.history import StoredCheckpoint
+    from kernel.core.models import CellOutcome, ExecutionParams
+    from kernel.durable.keeper import SessionKeeper
+    from kernel.durable.session import DurableSession
+
+#: A kernel whose frontend never asks for kernel_info still opens its session after this many seconds.
+START_WITHOUT_KERNEL_INFO = 1.0
 
 log = logging.getLogger(__name__)
 #: The user-facing notices: a broken promise at WARNING (in the server's log by default),
@@ -153,28 +153,13 @@ class DurableKernel(IPythonKernel):
                 self.notice(f"{problem}; using {getattr(self.settings, name)!r}", BROKEN)
         self.recorder = OutputRecorder(self.session)
         self.durable: DurableSession | None = None
-        skipped = SkippedNames()  # outlives a reconnect: a name is reported once, not once per session
-        connection_file = getattr(self.parent, "connection_file", "") or ""
+        self.keeper: SessionKeeper | None = None
         # cwd, sys.path, env, extensions, %config, matplotlib: kept with every checkpoint, back before the namespace
         self.session_state = SessionState(self.shell, self.notice) if self.shell is not None else None
-        self.keeper = SessionKeeper(
-            lambda: DurableSession.open(
-                self, self.settings, connection_file=connection_file, skipped=skipped, clock=self.clock,
-                namespace_hidden=self.shell.user_ns_hidden if self.shell is not None else None,
-                session_state=self.session_state,
-            ),
-            self.notice,
-            interval=reconnect_interval(self.settings),
-        )
-        self.durable = self.keeper.open()
-        #: The session's namespace comes back in the background once kernel_info is answered (kernel.jupyter.restoring).
-        self.restoring: RestoreAtStart[StoredCheckpoint] = RestoreAtStart(self._restored_checkpoint, self._continue_numbering)
-        if self.shell is not None:
-            self.shell.register_magics(
-                DurableMagics(self.shell, session=lambda: self.durable, show=self._show_stored, notices=self.notice_book.lines)
-            )
-            self.shell.user_ns["durable"] = DurableAPI(lambda: self.durable, self._prompt_channel)
-            self.shell.user_ns_hidden["durable"] = self.shell.user_ns["durable"]
+        #: The session opens and its namespace comes back in the background once kernel_info is answered
+        #: (kernel.jupyter.startup); every request that needs them waits.
+        self.startup: BackgroundStart[StoredCheckpoint] = BackgroundStart(self._open_and_restore, self._finish_start)
+        if self.session_state is not None:
             self.session_state.watch()
 
     def _configured_settings(self) -> dict[str, Any]:
@@ -186,8 +171,20 @@ class DurableKernel(IPythonKernel):
         """A kernel (re)connecting to a session with checkpoints gets its namespace back."""
         self._continue_numbering(self._restored_checkpoint())
 
+    def _open_and_restore(self) -> StoredCheckpoint | None:
+        """On the start thread: attach the durable side, open the session and
+        restore its latest checkpoint; then resume at start if asked to."""
+        from kernel.jupyter.durable_side import attach  # noqa: PLC0415 - not before kernel_info: see kernel.jupyter.startup
+
+        self.keeper = attach(self)
+        self.durable = self.keeper.open()
+        restored = self._restored_checkpoint()
+        if self.durable is not None and self.durable.resumes_at_start:
+            self.io_loop.add_callback(self.startup.wait)  # thread-safe: so it resumes with no request waiting
+        return restored
+
     def _restored_checkpoint(self) -> StoredCheckpoint | None:
-        """Restore the session's latest checkpoint (on the restoring thread at start)."""
+        """Restore the session's latest checkpoint."""
         return self.durable.restore_latest() if self.durable is not None and self.shell is not None else None
 
     def _continue_numbering(self, restored: StoredCheckpoint | None) -> None:
@@ -234,7 +231,7 @@ class DurableKernel(IPythonKernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
-        await self.restoring.wait()
+        await self.startup.wait()
         run_code = functools.partial(
             super().do_execute, code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
@@ -251,6 +248,8 @@ class DurableKernel(IPythonKernel):
             if not silent:
                 self._flush_notices(parent)
             return await run_code()
+        from kernel.jupyter.durable_side import JupyterCell  # noqa: PLC0415 - imported by the start thread already
+
         count = self.shell.execution_count if store_history else self.shell.execution_count - 1
         return await ds.execute(msg_id, code, count, cell_id, JupyterCell(self, run_code, parent))
 
@@ -260,7 +259,7 @@ class DurableKernel(IPythonKernel):
         ds = self.durable
         if ds is not None and not ds.healthy():
             self.durability_lost(ds, EngineConnectionError(f"the connection to the {ds.store_path} was lost"))
-        if self.durable is None and (fresh := self.keeper.poll()) is not None:
+        if self.durable is None and self.keeper is not None and (fresh := self.keeper.poll()) is not None:
             self.durable = fresh
             if self.shell.execution_count <= 1:
                 self._restore_namespace()
@@ -285,45 +284,43 @@ class DurableKernel(IPythonKernel):
             self.keeper.lost(session, why)
 
     def run_nested(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
-        """Run a resumed execution's code inside the current request, its outputs
-        recorded apart from the request's own."""
-        started = self.clock.wall()
-        self.recorder.push()
-        try:
-            result = self.shell.run_cell(params.code, store_history=False, silent=False)
-        finally:
-            flush_std()
-            outputs = self.recorder.pop()
-        error = result.error_before_exec or result.error_in_exec
-        return outcome_of_run(execution_id, params.execution_count, error, outputs, timings(started, self.clock.wall()))
+        from kernel.jupyter.durable_side import run_nested  # noqa: PLC0415 - imported by the start thread already
+
+        return run_nested(self, execution_id, params)
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
-        await self.restoring.wait()  # completes the restored names, not a namespace being filled
+        await self.startup.wait()  # completes the restored names, not a namespace being filled
         return super().do_complete(code, cursor_pos)  # type: ignore[no-any-return]
 
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
-        await self.restoring.wait()
+        await self.startup.wait()
         return super().do_inspect(code, cursor_pos, detail_level, omit_sections)  # type: ignore[no-any-return]
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
         await super().kernel_info_request(stream, ident, parent)
-        # The frontend knows the kernel is up: now the namespace comes back (an
-        # execute that comes first starts the restore itself, and waits for it).
-        self.restoring.start()
+        # The frontend knows the kernel is up: now the session opens and the namespace
+        # comes back (an execute that comes first starts this itself, and waits for it).
+        self.startup.start()
 
     def start(self) -> None:
         super().start()
+        # A frontend asks for kernel_info at once; a kernel nobody asks still opens its session.
+        self.io_loop.call_later(START_WITHOUT_KERNEL_INFO, self.startup.start)
+
+    def _finish_start(self, restored: StoredCheckpoint | None) -> None:
+        """On the kernel's thread, before the first request that needs the session:
+        continue the numbering, and resume interrupted executions if
+        PYREPL3_AUTO_RESUME asks (before any new cell could reject them)."""
+        self._continue_numbering(restored)
         ds = self.durable
         if ds is not None and ds.resumes_at_start:
-            self.io_loop.add_callback(self._auto_resume)
+            self._auto_resume(ds)
 
-    async def _auto_resume(self) -> None:
-        """PYREPL3_AUTO_RESUME: resume interrupted executions as soon as the kernel runs
-        (in the restored namespace)."""
-        await self.restoring.wait()
-        ds = self.durable
-        if ds is None:
-            return
+    def _auto_resume(self, ds: DurableSession) -> None:
+        """PYREPL3_AUTO_RESUME: resume interrupted executions in the restored
+        namespace, under a request of their own (the waiting request's parent
+        is set back afterwards, so its outputs stay its own)."""
+        ident, parent = self._shell_parent_ident.get([]), self._shell_parent.get({})
         request = self.session.msg("execute_request", {"code": "%durable resume", "silent": False})
         self.set_parent([], request, "shell")
         self.recorder.begin(request["header"]["msg_id"])
@@ -334,6 +331,7 @@ class DurableKernel(IPythonKernel):
             log.exception("auto-resume failed")
         finally:
             self.recorder.end()
+            self.set_parent(ident, parent, "shell")
 
     # -- prompts -------------------------------------------------------------
 
@@ -360,42 +358,10 @@ class DurableKernel(IPythonKernel):
         return ds.ask(str(prompt), password=True, channel=self._prompt_channel())
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
-        self.restoring.join(timeout=30.0)
-        self.keeper.close()
+        self.startup.join(timeout=30.0)
+        if self.keeper is not None:
+            self.keeper.close()
         if self.durable is not None:
             self.durable.close()
             self.durable = None
         return super().do_shutdown(restart)
-
-
-class JupyterCell:
-    """One execute_request, as :meth:`DurableSession.execute` drives it
-    (:class:`kernel.durable.cells.CellRequest`)."""
-
-    def __init__(self, kernel: DurableKernel, run_code: Callable[[], Awaitable[dict[str, Any]]], parent: dict[str, Any]) -> None:
-        self.kernel = kernel
-        self.run_code = run_code
-        self.parent = parent
-
-    def show_notices(self) -> None:
-        self.kernel._flush_notices(self.parent)
-
-    async def run(self, execution_id: str) -> RanCell[dict[str, Any]]:
-        kernel = self.kernel
-        started = kernel.clock.wall()
-        kernel.recorder.begin(msg_id_of(execution_id))
-        try:
-            reply = await self.run_code()
-        finally:
-            flush_std()
-            outputs = kernel.recorder.end()
-        return RanCell(reply, outcome_of_reply(execution_id, reply, outputs, timings(started, kernel.clock.wall())))
-
-    async def run_without_durability(self) -> dict[str, Any]:
-        return await self.run_code()
-
-    def replay(self, record: PromiseRecord) -> dict[str, Any]:
-        """Publish the stored outputs of an execution and return its stored reply."""
-        outputs, reply = stored_reply(record)
-        publish(self.kernel.session, self.kernel.iopub_socket, self.parent, outputs, self.kernel._topic)
-        return reply
