@@ -133,6 +133,10 @@ def main():
     run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     target = ".[test]" if args.test else "."
     run([py, "-m", "pip", "install", "--quiet", "-e", target])
+    # An editable install leaves the package's bytecode to be written at first import, which
+    # PYTHONDONTWRITEBYTECODE (or a read-only checkout) prevents: then every kernel start would
+    # compile the whole package again. Compile it now, as pip does for an installed wheel.
+    run([py, "-m", "compileall", "-q", ROOT / "kernel"])
     write_kernelspec(VENV / "share" / "jupyter" / "kernels")
     if args.user:
         user_dir = subprocess.run(
