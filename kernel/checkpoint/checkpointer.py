@@ -30,8 +30,6 @@ Why incremental, and how
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pickle
 import sys
 import time
 import types
@@ -39,13 +37,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from kernel.checkpoint.groups import Group, pickle_units
+from kernel.checkpoint.loading import load_values
 from kernel.checkpoint.manifest import FORMAT, CaptureReport, Entry, Manifest, RestoreReport
 from kernel.checkpoint.names import is_user_name
-from kernel.checkpoint.pickling import PickleContext, Pickled, restoring_into, type_name, unpicklable_reason
+from kernel.checkpoint.pickling import PickleContext, Pickled, type_name, unpicklable_reason
+from kernel.checkpoint.poison import LoadGuard, NoGuard
 from kernel.checkpoint.scan import CellScan, expand_touched, scan_cell
+from kernel.checkpoint.secrets import IS_SECRET, Secrets
+from kernel.checkpoint.writing import write_units
 from kernel.core.errors import StoreError
 from kernel.core.text import human_size
-from kernel.store.base import BlobCorruptError, BlobMissingError, BlobStore
+from kernel.store.base import BlobStore
 from kernel.store.digests import HASH_NAME
 
 
@@ -58,6 +60,7 @@ class _Slot:
     reason: str | None = None  # why skipped, if entry is None
     group: Group | None = None
     too_large: int | None = None  # pickled size, when skipped for the size limit
+    broken: bool = False  # skipped for a broken promise (no room in the store), not by choice
 
 
 @dataclasses.dataclass
@@ -86,7 +89,8 @@ class Checkpointer:
     as skipped. ``hidden`` is the shell's record of the names it put in the
     namespace itself (IPython's ``shell.user_ns_hidden``, read live; see
     :mod:`kernel.checkpoint.names`): those are neither saved nor mentioned.
-    Not thread-safe: the kernel calls it from its main thread only.
+    ``guard`` remembers which value a restore was loading, should it kill the
+    process (:mod:`kernel.checkpoint.poison`). Not thread-safe: one thread at a time.
     """
 
     def __init__(
@@ -96,21 +100,20 @@ class Checkpointer:
         exclude: set[str] | None = None,
         size_limit: int | None = None,
         hidden: Mapping[str, object] | None = None,
+        guard: LoadGuard | None = None,
     ) -> None:
         self.blobs = blobs
         self.exclude: set[str] = set(exclude or ())
         #: The shell's own names -> the object it bound to each: never saved, never reported.
         self.hidden: Mapping[str, object] = hidden if hidden is not None else {}
-        self._secrets: list[str] = []  # kept alive so their ids stay theirs
-        self._secret_ids: set[int] = set()
+        self.secrets = Secrets()
+        self.guard: LoadGuard = guard if guard is not None else NoGuard()
         self.size_limit: int | None = size_limit
         self._state = _State()
 
     def keep_out(self, secret: str) -> str:
-        """Never save this object (a getpass() answer), under whatever name it is bound."""
-        self._secrets.append(secret)
-        self._secret_ids.add(id(secret))
-        return secret
+        """Never save this getpass() answer: not under any name, nor inside any value."""
+        return self.secrets.keep_out(secret)
 
     def is_user_name(self, name: object, value: Any) -> bool:
         """Whether ``name`` belongs in a checkpoint (see :mod:`kernel.checkpoint.names`).
@@ -139,26 +142,24 @@ class Checkpointer:
         touched, full_reason = self._touched(candidates, namespace, scan, previous)
         ctx = PickleContext(namespace, candidates.values())
         outcomes, replaced = self._pickle_touched(touched, candidates, scan, ctx)
-        units = pickle_units({n: o for n, o in outcomes.items() if isinstance(o, Pickled)}, candidates, ctx)
-
-        with self.blobs.batch():
-            stored = self.blobs.put_many([view for _names, p in units for view in (p.stream, *p.buffers)])
-        written = sum(n for _digest, n in stored)
-        digests = iter(d for d, _n in stored)
+        alone = {n: o for n, o in outcomes.items() if isinstance(o, Pickled)}
+        units, refused, written = write_units(self.blobs, pickle_units(alone, candidates, ctx), alone, self.secrets)
 
         now = time.time()
         entries: dict[str, Entry] = {}
         slots: dict[str, _Slot] = {}
         new_groups: list[Group] = []
-        for names, pickled in units:
-            blob = next(digests)
-            buffers = [next(digests) for _ in pickled.buffers]
+        for unit in units:
+            names, pickled = unit.names, unit.pickled
             group = Group(names, pickled.shared, pickled.global_names)
             new_groups.append(group)
             for name in names:
                 value = candidates[name]
-                entries[name] = _pickle_entry(value, outcomes[name].size, blob, buffers, pickled, names, now)  # type: ignore[union-attr]
+                entries[name] = _pickle_entry(value, alone[name].size, unit.blob, unit.buffers, pickled, names, now)
                 slots[name] = _Slot(value, entry=entries[name], group=group)
+        for name, refusal in refused.items():  # pickled, but not written (no room; a secret inside)
+            skipped[name] = refusal.reason
+            slots[name] = _Slot(candidates[name], reason=refusal.reason, broken=refusal.broken)
         for name, outcome in outcomes.items():
             if isinstance(outcome, _Module):
                 entries[name] = outcome.entry
@@ -202,6 +203,7 @@ class Checkpointer:
             pickled=sorted(n for n, o in outcomes.items() if isinstance(o, Pickled)),
             full=full_reason is not None,
             full_reason=full_reason,
+            broken=sorted(n for n in manifest.skipped if n in slots and slots[n].broken),
         )
         return manifest, report
 
@@ -214,8 +216,8 @@ class Checkpointer:
                 continue
             if name in self.exclude:
                 skipped[name] = "excluded"
-            elif id(value) in self._secret_ids:
-                skipped[name] = "a getpass() secret (never stored)"
+            elif id(value) in self.secrets.ids:
+                skipped[name] = IS_SECRET
             else:
                 candidates[name] = value
         return candidates, skipped
@@ -332,66 +334,14 @@ class Checkpointer:
                 f"checkpoint {manifest.id} has format {manifest.format} / hash {manifest.hash}; "
                 f"this PyREPL3 reads format {FORMAT} / {HASH_NAME}"
             )
-        skipped: dict[str, str] = dict(manifest.skipped)
-        restored: dict[str, Any] = {}
-        slots: dict[str, _Slot] = {}
-
-        units: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-        for name, entry in manifest.entries.items():
-            if entry.kind == "module":
-                try:
-                    module = importlib.import_module(entry.module or name)
-                    for sub in entry.submodules:
-                        importlib.import_module(sub)
-                except Exception as exc:  # noqa: BLE001 - report and go on
-                    skipped[name] = f"module {entry.module} could not be imported ({type(exc).__name__}: {exc})"
-                    continue
-                namespace[name] = module
-                restored[name] = module
-                slots[name] = _Slot(module, entry=entry)
-            elif entry.blob is None:
-                skipped[name] = "manifest entry has no blob"
-            else:
-                units.setdefault((entry.blob, tuple(entry.group) or (name,)), []).append(name)
-
-        # Newest pickle last: when several blobs carry one notebook class, the newest state wins.
-        order = sorted(units, key=lambda key: manifest.entries[units[key][0]].pickled_at)
-        wanted = [d for key in order for d in manifest.entries[units[key][0]].buffers]
-        opened = iter(self.blobs.open_buffers(wanted))
-        loaded: list[tuple[tuple[str, ...], list[str]]] = []
-        with restoring_into(namespace):
-            for key in order:
-                members = units[key]
-                entry = manifest.entries[members[0]]
-                buffers = [next(opened) for _ in entry.buffers]
-                try:
-                    for buf in buffers:
-                        if isinstance(buf, Exception):
-                            raise buf
-                    stream = self.blobs.get(entry.blob)  # type: ignore[arg-type]
-                except StoreError as exc:
-                    for name in members:
-                        skipped[name] = _blob_problem(exc)
-                    continue
-                try:
-                    value = pickle.loads(stream, buffers=buffers)
-                    values = value if entry.group else (value,)
-                    if len(values) != len(key[1]):
-                        raise ValueError(f"blob holds {len(values)} values, the manifest expects {len(key[1])}")
-                except Exception as exc:  # noqa: BLE001 - report and go on
-                    for name in members:
-                        skipped[name] = f"could not be unpickled ({type(exc).__name__}: {exc})"[:300]
-                    continue
-                for name, v in zip(key[1], values, strict=True):
-                    if name in members:
-                        namespace[name] = v
-                        restored[name] = v
-                loaded.append((key[1], members))
+        loaded = load_values(manifest, namespace, self.blobs, exclude=self.exclude, guard=self.guard)
+        restored = loaded.restored
+        slots = {n: _Slot(v, entry=manifest.entries[n]) for n, v in restored.items() if manifest.entries[n].kind == "module"}
 
         # Rebuild the incremental state (what each blob shares) without writing anything.
         ctx = PickleContext(namespace, restored.values())
         index: dict[int, Group] = {}
-        for _names, members in loaded:
+        for members in loaded.units:
             values = tuple(restored[n] for n in members)
             try:
                 pickled = ctx.pickle(values[0] if len(values) == 1 else values, keep_buffers=False)
@@ -405,7 +355,7 @@ class Checkpointer:
             for name in members:
                 slots[name] = _Slot(restored[name], entry=manifest.entries[name], group=group)
         self._state = _State(manifest.id, slots, index)
-        return RestoreReport(sorted(restored), skipped, time.perf_counter() - started)
+        return RestoreReport(sorted(restored), loaded.skipped, time.perf_counter() - started, loaded.excluded)
 
 
 def _pickle_entry(
@@ -436,15 +386,6 @@ def _pickled_globals(state: _State, name: str) -> frozenset[str]:
     """Names the notebook functions inside ``name``'s last pickle may use."""
     slot = state.slots.get(name)
     return slot.group.global_names if slot is not None and slot.group is not None else frozenset()
-
-
-def _blob_problem(exc: StoreError) -> str:
-    if isinstance(exc, BlobMissingError):
-        return f"its saved data is missing ({exc})"
-    if isinstance(exc, BlobCorruptError):
-        return f"its saved data is corrupt ({exc})"
-    return f"its saved data cannot be read ({exc})"
-
 
 
 __all__ = ["Checkpointer"]

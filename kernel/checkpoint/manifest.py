@@ -97,6 +97,8 @@ class CaptureReport:
     pickled: list[str] = dataclasses.field(default_factory=list)  # names re-pickled by this capture
     full: bool = False  # every name was treated as touched
     full_reason: str | None = None
+    #: Skipped names whose promise broke (their blob did not fit in the store), not by choice.
+    broken: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -106,6 +108,7 @@ class RestoreReport:
     restored: list[str]
     skipped: dict[str, str]
     seconds: float
+    excluded: list[str] = dataclasses.field(default_factory=list)  # skipped by the user's choice (excluded now)
 
     def summary(self) -> str:
         """One line for the user: what came back and what did not, and why."""

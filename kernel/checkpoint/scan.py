@@ -101,16 +101,22 @@ def code_names(code: types.CodeType) -> frozenset[str]:
     return frozenset(found)
 
 
-def _notebook_functions(value: Any, namespace: dict) -> list[types.FunctionType]:
-    """Functions with the notebook's globals that calling into ``value`` may run.
+def _reachable_code(value: Any, namespace: dict) -> tuple[list[types.CodeType], list[Any]]:
+    """Code with the notebook's globals that calling into (or advancing) ``value`` may run,
+    and the objects suspended generators hold in their locals.
 
-    Looks through the wrappers a value can put around them (bound methods,
+    Looks through the wrappers a value can put around functions (bound methods,
     partials, decorators with ``__wrapped__``, static/class methods,
-    properties) and, for classes and instances, through the methods of the
-    class and its bases. Containers are not searched here: the functions they
-    held are recorded when they are pickled (``pickled_globals`` in :func:`expand_touched`).
+    properties), for classes and instances through the methods of the class
+    and its bases, and into suspended generators, coroutines and async
+    generators of the notebook: ``next(it)`` runs the generator's code, which
+    may mutate the globals it names or the objects in its frame (its
+    arguments, ``yield from`` sub-generators). Containers are not searched
+    here: the functions they held are recorded when they are pickled
+    (``pickled_globals`` in :func:`expand_touched`).
     """
-    found: list[types.FunctionType] = []
+    found: list[types.CodeType] = []
+    held: list[Any] = []
     seen: set[int] = set()
     stack = [value]
     while stack:
@@ -120,10 +126,19 @@ def _notebook_functions(value: Any, namespace: dict) -> list[types.FunctionType]
         seen.add(id(v))
         if isinstance(v, types.FunctionType):
             if v.__globals__ is namespace:
-                found.append(v)
+                found.append(v.__code__)
             wrapped = getattr(v, "__wrapped__", None)
             if wrapped is not None:
                 stack.append(wrapped)
+        elif isinstance(v, _SUSPENDABLE):
+            frame, code, inner = _suspended(v)
+            if frame is not None and frame.f_globals is namespace:
+                found.append(code)
+                frame_locals = list(frame.f_locals.values())
+                held += frame_locals
+                stack += frame_locals
+            if inner is not None:
+                stack.append(inner)
         elif isinstance(v, types.MethodType):
             stack += (v.__func__, v.__self__)
         elif isinstance(v, functools.partial):
@@ -149,7 +164,19 @@ def _notebook_functions(value: Any, namespace: dict) -> list[types.FunctionType]
                 wrapped = None
             if isinstance(wrapped, types.FunctionType):
                 stack.append(wrapped)
-    return found
+    return found, held
+
+
+_SUSPENDABLE = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+
+
+def _suspended(v: Any) -> tuple[types.FrameType | None, types.CodeType, Any]:
+    """A generator's (coroutine's, async generator's) frame (None once finished), code and delegate."""
+    if isinstance(v, types.GeneratorType):
+        return v.gi_frame, v.gi_code, v.gi_yieldfrom
+    if isinstance(v, types.CoroutineType):
+        return v.cr_frame, v.cr_code, v.cr_await
+    return v.ag_frame, v.ag_code, v.ag_await
 
 
 def _array_families(candidates: dict[str, Any]) -> dict[str, set[str]]:
@@ -191,15 +218,22 @@ def expand_touched(
       slices, ``np.frombuffer`` over a named ``bytearray``, shared memory).
 
     Named numpy arrays that are views of one another (``b = a[::2]``)
-    touch each other: a write through one changes the other's data.
+    touch each other: a write through one changes the other's data. A touched
+    notebook generator (``next(it)``, ``for x in it``) touches the globals its
+    code names and the named objects its suspended frame holds.
     """
     views = _array_families(candidates)
+    by_id: dict[int, str] | None = None
     work = list(touched)
     while work:
         name = work.pop()
         found = set(pickled_globals(name))
-        for func in _notebook_functions(candidates.get(name), namespace):
-            found |= code_names(func.__code__)
+        codes, held = _reachable_code(candidates.get(name), namespace)
+        for code in codes:
+            found |= code_names(code)
+        if held:  # objects a suspended generator holds: the names bound to them
+            by_id = by_id if by_id is not None else {id(v): n for n, v in candidates.items()}
+            found |= {by_id[id(o)] for o in held if id(o) in by_id}
         found |= views.get(name, set())
         doubt = found & _DOUBT_CODE_NAMES or found & _DOUBT_ATTRS
         if doubt:

@@ -28,14 +28,15 @@ from typing import Any, TypeVar
 
 from resonate.types import PromiseRecord
 
-from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, RestoreReport
+from kernel.checkpoint.checkpointer import Checkpointer, RestoreReport
 from kernel.checkpoint.history import NamespaceCheckpoints, SessionStateHooks, StoredCheckpoint
+from kernel.checkpoint.poison import RestoreGuard
 from kernel.checkpoint.signing import Signer, load_key
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
-from kernel.core.ids import exec_id
+from kernel.core.ids import exec_id, session_key
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
-from kernel.core.locations import default_home, resolve_session
+from kernel.core.locations import default_home, resolve_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
 from kernel.core.redaction import redact
 from kernel.core.settings import SESSION_SETTINGS, Settings
@@ -44,6 +45,7 @@ from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
 from kernel.durable.resume import ResumePolicy
 from kernel.durable.runtime import DurableRuntime
+from kernel.durable.skipped import SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
 from kernel.store.embedded.engine import EmbeddedEngine
@@ -59,23 +61,6 @@ REPLAY_WAIT = 10.0
 CARRY_OVER_WAIT = 10.0
 #: A cell whose code starts with this resumes interrupted executions: it is not "moving on".
 RESUME_MAGIC = "%durable resume"
-
-
-class SkippedNames:
-    """Names the namespace checkpoints leave out, reported when they start being
-    skipped, not again every cell (the reason may be worded differently from one
-    capture to the next). The kernel keeps one across reconnected sessions."""
-
-    def __init__(self) -> None:
-        self._reported: dict[str, str] = {}
-
-    def restored(self, report: RestoreReport) -> None:
-        self._reported = dict(report.skipped)
-
-    def newly_skipped(self, report: CaptureReport) -> dict[str, str]:
-        fresh = {n: why for n, why in report.skipped.items() if n not in self._reported}
-        self._reported = dict(report.skipped)
-        return fresh
 
 
 @dataclass
@@ -135,6 +120,7 @@ class DurableSession:
             checkpointer = Checkpointer(
                 engine.blobs(), exclude=set(settings.checkpoint_exclude),
                 size_limit=settings.checkpoint_max_bytes or None, hidden=namespace_hidden,
+                guard=RestoreGuard(resolve_home(settings) / "restoring", session_key(session)),
             )
             history = NamespaceCheckpoints(checkpointer, signer, session, lambda: catalog.checkpoints(session), clock=clock, state=session_state)
         except BaseException:
@@ -293,9 +279,7 @@ class DurableSession:
             log.exception("checkpoint failed")
             self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
             return []
-        if fresh := self.skipped.newly_skipped(report):
-            listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
-            self.host.notice(f"not saved in the checkpoint: {listed}")
+        self.skipped.tell(report, self.host.notice)
         return [promise]
 
     # -- resume ------------------------------------------------------------------
@@ -390,7 +374,7 @@ class DurableSession:
         if restored is None:
             return None
         checkpoint, report = restored
-        lost = set(report.skipped) - set(checkpoint.skipped)  # saved, yet not back: the restore failed for them
+        lost = set(report.skipped) - set(checkpoint.skipped) - set(report.excluded)  # saved, yet not back: failed
         self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost else INFO)
         self.skipped.restored(report)
         return checkpoint

@@ -152,6 +152,7 @@ class DurableKernel(IPythonKernel):
             if problem := self.settings.problems.get(name):
                 self.notice(f"{problem}; using {getattr(self.settings, name)!r}", BROKEN)
         self.recorder = OutputRecorder(self.session)
+        self._expressions: list[str] = []  # the running request's user_expressions
         self.durable: DurableSession | None = None
         self.keeper: SessionKeeper | None = None
         # cwd, sys.path, env, extensions, %config, matplotlib: kept with every checkpoint, back before the namespace
@@ -251,6 +252,7 @@ class DurableKernel(IPythonKernel):
         from kernel.jupyter.durable_side import JupyterCell  # noqa: PLC0415 - imported by the start thread already
 
         count = self.shell.execution_count if store_history else self.shell.execution_count - 1
+        self._expressions = [str(e) for e in (user_expressions or {}).values()]
         return await ds.execute(msg_id, code, count, cell_id, JupyterCell(self, run_code, parent))
 
     def _durable_session(self) -> DurableSession | None:
@@ -276,7 +278,11 @@ class DurableKernel(IPythonKernel):
         return self.shell.user_ns
 
     def transformed(self, code: str) -> str | None:
-        return self.shell.transform_cell(code)
+        """What the request ran, for the checkpoint's scan: the transformed cell, then the
+        request's user_expressions (ipykernel evaluates them in the namespace after the
+        cell, and an expression may mutate what it names: ``acc.append(7) or len(acc)``)."""
+        cell = self.shell.transform_cell(code)
+        return "\n".join([cell, *(f"(\n{e}\n)" for e in self._expressions)]) if self._expressions else cell
 
     def durability_lost(self, session: Any, why: BaseException | str) -> None:
         if self.durable is session:

@@ -77,6 +77,11 @@ class BlobCorruptError(StoreCorruptError):
     """A blob's bytes do not hash to its name (truncated, overwritten, bit rot)."""
 
 
+class BlobSpaceError(StoreError):
+    """The store has no room for this blob (disk full, quota, a size limit): the
+    value is skipped and named, and the rest of the checkpoint is still written."""
+
+
 class BlobStore(Protocol):
     """Immutable, content-addressed blobs (named by :func:`kernel.store.digests.digest_of`).
 

@@ -20,6 +20,7 @@ those of :class:`kernel.store.base.BlobStore`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import threading
@@ -30,11 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernel.core.errors import StoreError
-from kernel.store.base import BlobCorruptError, BlobMissingError
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
 _WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
 _PARALLEL_MIN = 4 << 20  # below this, a thread hand-off costs more than it saves
 _STALE_TEMP_SECONDS = 3600
+#: errno values meaning "this blob does not fit", not "the store is broken".
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class FileBlobStore:
@@ -147,7 +150,7 @@ class FileBlobStore:
             try:
                 shard.mkdir(exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot create {shard}: {exc}") from exc
+                raise (BlobSpaceError if exc.errno in _NO_ROOM else StoreError)(f"cannot create {shard}: {exc}") from exc
             self._sync_later(self.root)
         temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
         try:
@@ -156,7 +159,8 @@ class FileBlobStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            raise StoreError(f"cannot write blob {digest} to {final}: {exc}") from exc
+            kind = BlobSpaceError if exc.errno in _NO_ROOM else StoreError
+            raise kind(f"cannot write blob {digest} to {final}: {exc}") from exc
         self._sync_later(shard)
         return view.nbytes
 
@@ -166,8 +170,11 @@ class FileBlobStore:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             if view.nbytes >= _WRITE_CHUNK:
-                with contextlib.suppress(OSError):  # a hint; not all filesystems have it
+                try:  # a hint (not all filesystems have it), and a fast "does not fit"
                     os.posix_fallocate(fd, 0, view.nbytes)
+                except OSError as exc:
+                    if exc.errno in _NO_ROOM:
+                        raise
             offset = 0
             while offset < view.nbytes:
                 offset += os.write(fd, view[offset : offset + _WRITE_CHUNK])
@@ -294,4 +301,4 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["HASH_NAME", "BlobCorruptError", "BlobMissingError", "FileBlobStore", "byte_view", "digest_of"]
+__all__ = ["HASH_NAME", "BlobCorruptError", "BlobMissingError", "BlobSpaceError", "FileBlobStore", "byte_view", "digest_of"]

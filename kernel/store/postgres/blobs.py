@@ -25,7 +25,7 @@ import psycopg
 from kernel.core.redaction import redact
 from kernel.core.errors import StoreError
 from kernel.core.clock import SYSTEM, Clock
-from kernel.store.base import BlobCorruptError, BlobMissingError
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
 from kernel.store.postgres.link import PgLink, unreachable
 
@@ -105,7 +105,16 @@ class PgBlobStore:
             self._batch.begun = True  # type: ignore[attr-defined]
 
     def _store(self, digest: str, view: memoryview) -> int:
-        """Write ``view`` as blob ``digest`` unless it exists; return bytes written."""
+        """Write ``view`` as blob ``digest`` unless it exists; return bytes written.
+
+        Each blob is its own (sub)transaction -- a savepoint inside a batch -- so
+        one that does not fit (disk full, a bytea/row limit) is rolled back alone."""
+        try:
+            return self._store_one(digest, view)
+        except (psycopg.errors.DiskFull, psycopg.errors.ProgramLimitExceeded) as exc:
+            raise BlobSpaceError(f"cannot write blob {digest} ({view.nbytes} bytes) to {self.where}: {exc}") from exc
+
+    def _store_one(self, digest: str, view: memoryview) -> int:
         self._begin_batch()
         with self._conn() as conn, conn.transaction():
             row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
