@@ -19,7 +19,8 @@ from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import NoticeBook, Notify
 from kernel.durable.cells import RanCell
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
-from kernel.durable.session import DurableSession, SkippedNames
+from kernel.durable.session import DurableSession
+from kernel.durable.skipped import SkippedNames
 from kernel.jupyter.durable_object import DurableAPI
 from kernel.jupyter.magics import DurableMagics
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
