@@ -3,6 +3,7 @@ bad store settings. Real kernels, a real Postgres, a real frozen TCP relay."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,7 +12,7 @@ from random import Random
 import psycopg
 import pytest
 from conftest import PG_DSN
-from harness import Kernel, KernelFactory, Store, kernel_env, show, wait_for
+from harness import BIN, Kernel, KernelFactory, Store, kernel_env, show, wait_for
 from relay import Relay
 
 #: PYREPL3_START_TIMEOUT in these trials: short, so that a trial takes seconds.
@@ -108,3 +109,61 @@ def test_stalled_engine_never_runs_a_cell_twice(
         for line, count in sorted(outcomes.items()):
             print(f"  {count:3d} x {line}")
         assert twice == 0 and pending == 0, outcomes
+
+
+def _pg_parts() -> tuple[str, str, str]:
+    netloc, db = PG_DSN.split("@", 1)[1].split("/", 1)
+    host, port = netloc.rsplit(":", 1)
+    return host, port, db.split("?", 1)[0]
+
+
+@pytest.mark.engines("postgres")
+@pytest.mark.parametrize("reachable", [True, False], ids=["server", "no-server"])
+def test_keyword_dsn_is_postgres_and_its_password_never_shows(
+    kernels: KernelFactory, home: Path, store: Store, tmp_path: Path, reachable: bool
+) -> None:
+    """Point 11: a libpq keyword string is a Postgres DSN, never a directory; its password is never shown."""
+    host, port, db = _pg_parts()
+    secret = "KwSecret9731"
+    dsn = f"host={host} port={port if reachable else '1'} user=postgres password={secret} dbname={db}"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    log = tmp_path / "kernel.log"
+    kernel = kernels.start(env=kernel_env(home, "kw", PYREPL3_STORE=dsn), cwd=cwd, log=log)
+    shown = kernel.ok("%durable").stream("stdout") + kernel.ok("1 + 1").stream("stderr")
+    settings = subprocess.run([str(BIN / "pyrepl3"), "settings"], env=kernel_env(home, "kw", PYREPL3_STORE=dsn),
+                              cwd=cwd, capture_output=True, text=True, timeout=60)
+    kernel.close()
+    everything = shown + settings.stdout + settings.stderr + log.read_text()
+    assert "password=***" in everything
+    assert secret not in everything
+    assert list(cwd.iterdir()) == []  # no folder named after the DSN
+    if reachable:
+        assert "postgres engine" in shown
+    else:
+        assert "RES004" in shown and "PYREPL3_STORE" in shown
+    print(f"keyword DSN ({'reachable' if reachable else 'unreachable'}): secret shown 0 times, directories created 0")
+
+
+@pytest.mark.engines("postgres")
+def test_wrong_password_is_res005_and_not_retried(kernels: KernelFactory, home: Path, store: Store, tmp_path: Path) -> None:
+    """Point 11: a refused login is RES005 (user shown, password never), and durability stays off: no reconnecting."""
+    host, port, db = _pg_parts()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        hba = conn.execute("SHOW hba_file").fetchone()[0]  # type: ignore[index]
+        conn.execute("DO $$BEGIN CREATE ROLE pyrepl3_pw LOGIN PASSWORD 'right-one'; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+        rule = "host all pyrepl3_pw 127.0.0.1/32 scram-sha-256\n"  # the test server trusts everyone else
+        text = Path(hba).read_text()
+        if rule not in text:
+            Path(hba).write_text(rule + text)
+        conn.execute("SELECT pg_reload_conf()")
+    secret = "WrongSecret5521"
+    log = tmp_path / "kernel.log"
+    kernel = kernels.start(env=kernel_env(home, "pw", PYREPL3_STORE=f"postgresql://pyrepl3_pw:{secret}@{host}:{port}/{db}"), log=log)
+    first = kernel.ok("1 + 1").stream("stderr")
+    durable = kernel.ok("%durable").stream("stdout")
+    kernel.close()
+    assert "RES005" in first and "authentication failed for PYREPL3_STORE" in first and "pyrepl3_pw" in first
+    assert "reconnect" not in first + durable  # the keeper does not retry a refused login
+    assert secret not in first + durable + log.read_text()
+    print("wrong password: RES005 1 time, retried 0 times, secret shown 0 times")
