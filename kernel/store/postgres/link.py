@@ -94,7 +94,7 @@ def unreachable(dsn: str, exc: BaseException, setting: str = STORE_SETTING) -> E
         return AuthenticationError(
             f"authentication failed for {setting} (user {_user_of(dsn)!r}, the Postgres engine at {redact(dsn)}): {detail}"
         )
-    return EngineConnectionError(f"the Postgres engine at {redact(dsn)} ({setting}) is unreachable: {detail}")
+    return EngineConnectionError(f"the Postgres engine at {redact(dsn)} is unreachable (set by {setting}): {detail}")
 
 
 def connect(dsn: str, *, timeout: float = DEFAULT_TIMEOUT, setting: str = STORE_SETTING) -> psycopg.Connection[Any]:
