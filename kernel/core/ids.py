@@ -5,6 +5,7 @@
 ``exec:<msg_id>:step:<n>``         the n-th durable step in it
 ``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named step value (``durable.checkpoint``) in it
 ``exec:<msg_id>:resume:<k>``       the k-th resume attempt of an interrupted execution
+``exec:<msg_id>:started``          the kernel took the execution and began running it
 ``ckpt:<session-key>:<count>``     a namespace checkpoint manifest
 
 Tags: :data:`SESSION_TAG` (which session a promise belongs to) and
@@ -52,6 +53,10 @@ def step_value_id(execution_id: str, name: str, version: int) -> str:
 
 def resume_attempt_id(execution_id: str, attempt: int) -> str:
     return f"{execution_id}:resume:{attempt}"
+
+
+def started_id(execution_id: str) -> str:
+    return f"{execution_id}:started"
 
 
 def checkpoint_prefix(session_key: str) -> str:

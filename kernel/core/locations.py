@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from jupyter_core.paths import jupyter_data_dir
 
 from kernel.core.errors import ConfigurationError
-from kernel.core.redaction import redact
+from kernel.core.redaction import is_keyword_dsn, redact
 from kernel.core.settings import Settings
 
 STORE_FILE = "store.sqlite3"
@@ -46,7 +46,8 @@ def resolve_engine(settings: Settings) -> EngineSpec:
     if not raw:
         return EngineSpec("embedded", "", setting)
     scheme = _scheme(raw)
-    if scheme in ("postgresql", "postgres"):
+    if scheme in ("postgresql", "postgres") or is_keyword_dsn(raw):
+        # A libpq keyword string (host=... dbname=...) is a Postgres DSN too, never a directory.
         return EngineSpec("postgres", raw, setting)
     if scheme in ("http", "https"):
         return EngineSpec("http", raw, setting)

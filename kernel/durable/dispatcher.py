@@ -7,17 +7,34 @@ dispatcher hands it a :class:`Handoff` when it arrives, and the main thread
 completes the handoff's ``outcome``, which settles the promise. An execution
 no request here expects (one a dead kernel left pending) is kept as an
 :class:`Orphan` for the resume policy to decide.
+
+A kernel that stops waiting (the engine stalled past PYREPL3_START_TIMEOUT, or
+an interrupt) and runs the cell without durability *abandons* the ticket
+(:meth:`CellDispatcher.take`, :meth:`CellDispatcher.abandon`). Taking and
+abandoning are one atomic choice on the ticket (a future that is either given
+its hand-off or cancelled, never both), so an execution is either handed to the
+main thread or settled with the abandoning error when it arrives -- however
+late. The hand-off is the one moment that is known to this process only, so it
+is put on record (``on_handoff``: the runtime stores ``exec:<msg_id>:started``);
+see :mod:`kernel.durable.resume` for why that, and not a deadline, decides
+whether a pending execution may be resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
+import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+from kernel.core.clock import SYSTEM, Clock
 from kernel.core.ids import exec_id
-from kernel.core.models import CellOutcome, ExecutionParams
+from kernel.core.models import CellError, CellOutcome, ExecutionParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +43,8 @@ class Handoff:
 
     params: ExecutionParams
     outcome: cf.Future[CellOutcome]
+    #: Done once the hand-off is on record (``exec:<msg_id>:started``), or failed to be.
+    recorded: cf.Future[None] = field(default_factory=cf.Future)
 
     @property
     def execution_id(self) -> str:
@@ -49,12 +68,16 @@ class Orphan:
 class CellDispatcher:
     """Meets ``durable_execute`` (runtime thread) and the kernel (main thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._waiting: dict[str, cf.Future[Handoff]] = {}
+        self._abandoned: dict[str, CellError] = {}
         self._orphans: dict[str, Orphan] = {}
         self._recent: dict[str, cf.Future[CellOutcome]] = {}
         self._lock = threading.Lock()
         self._orphan_arrived = threading.Condition(self._lock)
+        #: Called (on the runtime loop) once the main thread has an execution's hand-off.
+        self.on_handoff: Callable[[str], Awaitable[None]] | None = None
 
     def expect(self, execution_id: str) -> cf.Future[Handoff]:
         fut: cf.Future[Handoff] = cf.Future()
@@ -62,9 +85,29 @@ class CellDispatcher:
             self._waiting[execution_id] = fut
         return fut
 
-    def abandon(self, ticket: cf.Future[Handoff], error: CellOutcome) -> None:
+    def take(self, ticket: cf.Future[Handoff], timeout: float, error: CellError) -> Handoff | None:
+        """The hand-off, if the engine delivers it within ``timeout``; else the
+        ticket is abandoned with ``error`` (and None returned) -- unless the
+        hand-off won the race, which is then returned and must be run."""
+        deadline = self._clock.monotonic() + timeout
+        try:
+            handoff = ticket.result(timeout=timeout)
+        except cf.TimeoutError:
+            if self._cancel(ticket, error):
+                return None
+            handoff = ticket.result()
+        # Run durably either way (the choice is made); waiting for the record only narrows
+        # the window in which a dying kernel leaves an execution that cannot be resumed.
+        with contextlib.suppress(cf.TimeoutError):
+            handoff.recorded.result(timeout=max(0.0, deadline - self._clock.monotonic()))
+        return handoff
+
+    def abandon(self, ticket: cf.Future[Handoff], error: CellError) -> None:
         """The kernel will not run this execution: settle it with ``error``
-        whenever (or if already) the engine delivers it, so it is never left pending."""
+        whenever (or if already) the engine delivers it, so it is never left
+        pending. ``error.execution_id`` names it."""
+        if self._cancel(ticket, error):
+            return
 
         def settle(done: cf.Future[Handoff]) -> None:
             outcome = done.result().outcome
@@ -73,6 +116,15 @@ class CellDispatcher:
 
         ticket.add_done_callback(settle)
 
+    def _cancel(self, ticket: cf.Future[Handoff], error: CellError) -> bool:
+        with self._lock:
+            if not ticket.cancel():
+                return False  # handed off already
+            self._abandoned[error.execution_id] = error
+            if self._waiting.get(error.execution_id) is ticket:
+                del self._waiting[error.execution_id]
+        return True
+
     def forget(self, execution_id: str) -> None:
         with self._lock:
             self._waiting.pop(execution_id, None)
@@ -80,18 +132,37 @@ class CellDispatcher:
     async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
         with self._lock:
             ticket = self._waiting.pop(execution_id, None)
-            if ticket is None:
+            abandoned = self._abandoned.pop(execution_id, None)
+            if ticket is None and abandoned is None:
                 orphan = self._orphans.get(execution_id)
                 if orphan is None or orphan.outcome.done():
                     orphan = Orphan(params, cf.Future())
                     self._orphans[execution_id] = orphan
                     self._orphan_arrived.notify_all()
+        if abandoned is not None:
+            # Its kernel gave up waiting and ran the cell without durability: never run it.
+            return abandoned
         if ticket is None:
             self._remember(execution_id, orphan.outcome)
             return await asyncio.wrap_future(orphan.outcome)
         outcome: cf.Future[CellOutcome] = cf.Future()
         self._remember(execution_id, outcome)
-        ticket.set_result(Handoff(params, outcome))
+        try:
+            ticket.set_result(Handoff(params, outcome))
+        except cf.InvalidStateError:  # abandoned a moment ago
+            with self._lock:
+                error = self._abandoned.pop(execution_id, None)
+            if error is not None:
+                return error
+            raise
+        handoff = ticket.result()
+        try:
+            if self.on_handoff is not None:
+                await self.on_handoff(execution_id)
+        except Exception:  # noqa: BLE001 - without the record it is not resumed: at most once
+            log.warning("could not record that %s started; it will not be resumed if this kernel dies", execution_id, exc_info=True)
+        finally:
+            handoff.recorded.set_result(None)
         return await asyncio.wrap_future(outcome)
 
     #: How many recent outcomes :meth:`outcome_of` remembers.

@@ -11,6 +11,28 @@ attempts.
 
 :class:`ResumePolicy` decides; running the code again is the session's
 (:meth:`kernel.durable.session.DurableSession.resume_interrupted`).
+
+Only an execution that *started* is resumed: one whose kernel took the
+hand-off (``exec:<msg_id>:started``, stored then) or that a resume began
+(``exec:<msg_id>:resume:<k>``). Any other pending execution is settled as
+``EngineTimeout``, never run. That is what keeps a stalled engine exactly-once:
+a kernel whose engine stalls past PYREPL3_START_TIMEOUT runs the cell without
+durability, and its ``exec:`` create may land later -- while it lives (its
+dispatcher then settles it) or after it died (a relay or a server holding the
+request). The one thing that separates "ran without durability" from "was
+taken and then interrupted" is the hand-off, which happens in the kernel alone;
+so the kernel records it, and the absence of the record means "never resume".
+
+Why not a deadline in the params, compared with the create's time or made a
+condition of the create in SQL: a create that lands in time can still have its
+hand-off stall (the freeze comes between the create and the delivery, or the
+acquire's answer), and the kernel gives up all the same; and the engine's clock
+(``created_on``) is not the kernel's. Any commit point *before* the hand-off
+leaves that ambiguity; the record written *after* it does not, on every engine
+(embedded, Postgres, HTTP), because it uses only the promise API. Its cost: a
+kernel killed in the millisecond between the hand-off and that write leaves an
+execution that is not resumed (at most once, never twice), and one promise
+write per cell, off the cell's path.
 """
 
 from __future__ import annotations
@@ -20,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
-from kernel.core.ids import exec_id, resume_attempt_id
+from kernel.core.ids import exec_id, resume_attempt_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.notices import BROKEN, Notify
 from kernel.durable.dispatcher import CellDispatcher, Orphan
@@ -39,6 +61,20 @@ def interrupted_by_exit(params: ExecutionParams, detail: str = "") -> CellError:
         evalue=(
             f"execution {params.execution_count} ({exec_id(params.msg_id)}) was interrupted "
             f"by kernel exit before it finished{detail}"
+        ),
+    )
+
+
+def never_started(params: ExecutionParams) -> CellError:
+    """The error of an execution its kernel never ran durably (it gave up waiting, or died first)."""
+    eid = exec_id(params.msg_id)
+    return CellError(
+        execution_id=eid,
+        execution_count=params.execution_count,
+        ename="EngineTimeout",
+        evalue=(
+            f"execution {params.execution_count} ({eid}) was abandoned: the engine did not start it while its "
+            "kernel waited (PYREPL3_START_TIMEOUT), so it ran without durability or not at all; it is never resumed"
         ),
     )
 
@@ -74,7 +110,7 @@ class ResumePolicy:
         not resumed are rejected as interrupted by kernel exit. (Replayed
         requests and ``%durable resume`` do not count as moving on.)"""
         for other, orphan in self._take_all():
-            if orphan is None:
+            if orphan is None or self._abandon_unstarted(orphan):
                 continue
             orphan.outcome.set_result(interrupted_by_exit(orphan.params))
             self.notice(
@@ -89,6 +125,8 @@ class ResumePolicy:
         attempt = 1
         while self.runtime.find(resume_attempt_id(eid, attempt)) is not None:
             attempt += 1
+        if attempt == 1 and self._abandon_unstarted(orphan):
+            return False
         if attempt > self.limit:
             orphan.outcome.set_result(
                 interrupted_by_exit(
@@ -104,6 +142,15 @@ class ResumePolicy:
         self.runtime.settle(attempt_id, "resolved", {"started_at": self.clock.wall()})
         return True
 
+    def _abandon_unstarted(self, orphan: Orphan) -> bool:
+        """Settle ``orphan`` as abandoned if no kernel ever took it (see the module docstring)."""
+        if self.runtime.find(started_id(orphan.execution_id)) is not None:
+            return False
+        orphan.outcome.set_result(never_started(orphan.params))
+        self.notice(f"{orphan.execution_id} was never started durably (its kernel gave up waiting for the engine "
+                    "or died first); it is settled as abandoned (EngineTimeout), not run")
+        return True
+
     def resume_all(self, run: Callable[[Orphan], str]) -> list[str]:
         """``run`` every interrupted execution the limit admits; one report line each."""
         report = []
@@ -111,7 +158,10 @@ class ResumePolicy:
             if orphan is None:
                 report.append(f"{eid}: the engine did not deliver it; nothing to resume")
             elif not self.admit(orphan):
-                report.append(f"{eid}: not resumed (crashed the kernel too often)")
+                settled = orphan.outcome.result()
+                abandoned = isinstance(settled, CellError) and settled.ename == "EngineTimeout"
+                why = "never started durably" if abandoned else "crashed the kernel too often"
+                report.append(f"{eid}: not resumed ({why})")
             else:
                 report.append(run(orphan))
         return report

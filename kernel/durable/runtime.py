@@ -31,7 +31,7 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
-from kernel.core.ids import SESSION_TAG, exec_id
+from kernel.core.ids import SESSION_TAG, exec_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.durable.codec import NoPickledErrors
 from kernel.durable.dispatcher import CellDispatcher
@@ -124,6 +124,7 @@ class DurableRuntime:
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
         self.resonate: Resonate | None = None
         self.target = ""
+        dispatcher.on_handoff = self._record_start
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -178,9 +179,9 @@ class DurableRuntime:
 
     # -- executions -----------------------------------------------------------
 
-    def submit(self, params: ExecutionParams) -> PromiseRecord:
+    def submit(self, params: ExecutionParams, timeout: float | None = None) -> PromiseRecord:
         """Create ``exec:<msg_id>`` as a task for ``durable_execute`` (idempotent)."""
-        return self.call(self._submit(params))
+        return self.call(self._submit(params), timeout=timeout)
 
     async def _submit(self, params: ExecutionParams) -> PromiseRecord:
         assert self.resonate is not None
@@ -198,6 +199,14 @@ class DurableRuntime:
                 SESSION_TAG: self.session,
             },
         )
+
+    async def _record_start(self, execution_id: str) -> None:
+        """Store ``exec:<msg_id>:started``: the main thread has this execution and runs it
+        now. Only a started execution is ever resumed (:mod:`kernel.durable.resume`)."""
+        assert self.resonate is not None
+        pid = started_id(execution_id)
+        await self.resonate.promises.create(pid, self._clock.ms_after(EXECUTION_TIMEOUT), Value(data=None), {SESSION_TAG: self.session})
+        await self.resonate.promises.resolve(pid, Value(data={"at": self._clock.wall()}))
 
     def wait_settled(self, promise_id: str, timeout: float | None = None) -> PromiseRecord:
         """Block until the promise is settled; return its (decoded) record."""

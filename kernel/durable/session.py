@@ -195,10 +195,12 @@ class DurableSession:
         this msg_id (to replay); or None when the cell must run without durability.
         """
         eid = exec_id(params.msg_id)
+        deadline = self.clock.monotonic() + self.start_timeout
+        gave_up = self._error(params, "EngineTimeout", f"the engine did not start {eid} in time; the cell ran without durability")
         try:
-            record = self.runtime.submit(params)
+            record = self.runtime.submit(params, timeout=self.start_timeout or None)
         except PyRepl3Error as exc:
-            self.dispatcher.forget(eid)
+            self.dispatcher.abandon(ticket, gave_up)  # a create that lands later is settled, never run
             self.host.notice(f"this cell ran without durability: {exc}", BROKEN)
             if isinstance(exc, EngineConnectionError):
                 self.host.durability_lost(self, exc)
@@ -210,15 +212,11 @@ class DurableSession:
         if not params.code.lstrip().startswith(RESUME_MAGIC):
             self.resume.reject_interrupted()
         cell.show_notices()
-        try:
-            return ticket.result(timeout=self.start_timeout)
-        except cf.TimeoutError:
-            self.dispatcher.abandon(ticket, self._error(
-                params, "EngineTimeout", f"the engine did not start {eid} in time; the cell ran without durability"
-            ))
-            self.host.notice(f"the durable engine did not start {eid} within {self.start_timeout:g}s "
-                             "(PYREPL3_START_TIMEOUT); the cell ran without durability", BROKEN)
-            return None
+        if (handoff := self.dispatcher.take(ticket, max(0.0, deadline - self.clock.monotonic()), gave_up)) is not None:
+            return handoff
+        self.host.notice(f"the durable engine did not start {eid} within {self.start_timeout:g}s "
+                         "(PYREPL3_START_TIMEOUT); the cell ran without durability", BROKEN)
+        return None
 
     def _settled(self, record: PromiseRecord) -> PromiseRecord:
         """The settled record of an execution submitted before (waiting briefly if

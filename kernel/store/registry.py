@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kernel.core.locations import EngineSpec, resolve_blobs, resolve_engine, resolve_home
+from kernel.core.redaction import is_keyword_dsn
 from kernel.core.settings import Settings
 from kernel.store.base import Engine
 
@@ -56,6 +57,8 @@ ENGINES: dict[str, EngineEntry] = {
 
 
 def scheme_of(target: str) -> str:
+    if is_keyword_dsn(target):
+        return "postgresql"
     return urlsplit(target).scheme.lower() if "://" in target else ""
 
 

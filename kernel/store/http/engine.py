@@ -58,10 +58,10 @@ class HttpEngine:
         self.shared = Path(blobs.target)
         self.index: PromiseIndex
         if blobs.kind == "postgres":
-            self.link = PgLink(blobs.target, timeout=self.timeout)
+            self.link = PgLink(blobs.target, timeout=self.timeout, setting="PYREPL3_BLOBS")
             # Its own connection: the runtime thread writes the index while the
             # main thread may be in the middle of a long blob transaction.
-            self._index_link = PgLink(blobs.target, timeout=self.timeout)
+            self._index_link = PgLink(blobs.target, timeout=self.timeout, setting="PYREPL3_BLOBS")
             self.index = PgIndex(self._index_link)
         else:
             self.index = SqliteIndex(self.shared / "index.sqlite3")

@@ -100,7 +100,7 @@ class PgIndex:
             with self.link.lock:
                 return self.link.conn.execute(sql, args)
         except psycopg.OperationalError as exc:
-            raise unreachable(self.link.dsn, exc) from None
+            raise unreachable(self.link.dsn, exc, self.link.setting) from None
 
     def add(self, pid: str, session: str, kind: str, created_at: int) -> None:
         self._run(

@@ -50,7 +50,7 @@ class PgBlobStore:
             try:
                 yield self.link.conn
             except psycopg.OperationalError as exc:
-                raise unreachable(self.link.dsn, exc) from None
+                raise unreachable(self.link.dsn, exc, self.link.setting) from None
 
     def has(self, digest: str) -> bool:
         with self._conn() as conn:

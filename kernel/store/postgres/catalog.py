@@ -56,7 +56,7 @@ class PgCatalog:
             with self.link.lock:
                 return self.link.conn.execute(sql, args).fetchall()
         except psycopg.OperationalError as exc:
-            raise unreachable(self.link.dsn, exc) from None
+            raise unreachable(self.link.dsn, exc, self.link.setting) from None
 
     def sessions(self) -> list[SessionSummary]:
         rows = self._rows(

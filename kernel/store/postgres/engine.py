@@ -32,7 +32,7 @@ class PostgresEngine:
         self.spec = spec
         self.dsn = spec.target
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-        self.link = PgLink(self.dsn, timeout=self.timeout)
+        self.link = PgLink(self.dsn, timeout=self.timeout, setting=spec.setting)
         self._network: PgNetwork | None = None
 
     def open(self) -> PostgresEngine:
@@ -78,7 +78,7 @@ class PostgresEngine:
             with self.link.lock:
                 status = settle(self.link.conn, promise_id, state, data)
         except psycopg.OperationalError as exc:
-            raise unreachable(self.dsn, exc) from None
+            raise unreachable(self.dsn, exc, self.spec.setting) from None
         if status != 200:
             raise PyRepl3Error(f"the engine refused to settle {promise_id} (status {status})")
         settled = catalog.promise(promise_id)

@@ -25,8 +25,9 @@ from typing import Any
 
 import msgspec
 import psycopg
+import psycopg.conninfo
 
-from kernel.core.errors import EngineConnectionError, StoreError
+from kernel.core.errors import AuthenticationError, EngineConnectionError, StoreError
 from kernel.core.redaction import redact, scrub
 from kernel.store.protocol import envelope, one_line
 
@@ -72,16 +73,36 @@ INSERT INTO pyrepl3.meta VALUES ('schema', '2') ON CONFLICT (key) DO UPDATE SET 
 RPC_SQL = "SELECT resonate.resonate_rpc(%s::text::jsonb)::text"
 
 
-def unreachable(dsn: str, exc: BaseException) -> EngineConnectionError:
-    return EngineConnectionError(f"the Postgres engine at {redact(dsn)} is unreachable: {scrub(one_line(exc), dsn)}")
+#: The setting a DSN comes from, when the caller does not say.
+STORE_SETTING = "PYREPL3_STORE"
+#: SQLSTATEs of a refused login: invalid_password, invalid_authorization_specification.
+_AUTH_STATES = {"28P01", "28000"}
 
 
-def connect(dsn: str, *, timeout: float = DEFAULT_TIMEOUT) -> psycopg.Connection[Any]:
-    """An autocommit connection, or :class:`EngineConnectionError` (RES004) saying why not."""
+def _user_of(dsn: str) -> str:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn).get("user") or "(default user)"
+    except psycopg.Error:
+        return "(unknown user)"
+
+
+def unreachable(dsn: str, exc: BaseException, setting: str = STORE_SETTING) -> EngineConnectionError | AuthenticationError:
+    """The error for a failed request: RES005 when the server refused the login (not worth
+    retrying: the setting must change), else RES004. Names the setting; never the password."""
+    detail = scrub(one_line(exc), dsn)
+    if getattr(exc, "sqlstate", None) in _AUTH_STATES or "authentication failed" in detail:
+        return AuthenticationError(
+            f"authentication failed for {setting} (user {_user_of(dsn)!r}, the Postgres engine at {redact(dsn)}): {detail}"
+        )
+    return EngineConnectionError(f"the Postgres engine at {redact(dsn)} is unreachable (set by {setting}): {detail}")
+
+
+def connect(dsn: str, *, timeout: float = DEFAULT_TIMEOUT, setting: str = STORE_SETTING) -> psycopg.Connection[Any]:
+    """An autocommit connection, or RES004/RES005 saying why not."""
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=max(2, int(timeout)))
     except psycopg.Error as exc:
-        raise unreachable(dsn, exc) from None
+        raise unreachable(dsn, exc, setting) from None
 
 
 def ensure_schema(conn: psycopg.Connection[Any], dsn: str, *, resonate: bool = True) -> None:
@@ -129,16 +150,17 @@ class PgLink:
     The constructor does not connect; :meth:`open` does.
     """
 
-    def __init__(self, dsn: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, dsn: str, *, timeout: float = DEFAULT_TIMEOUT, setting: str = STORE_SETTING) -> None:
         self.dsn = dsn
         self.timeout = timeout
+        self.setting = setting
         self._conn: psycopg.Connection[Any] | None = None
         self.lock = threading.RLock()
 
     def open(self, *, schema: bool = False, resonate: bool = True) -> PgLink:
         """Connect; with ``schema``, also :func:`ensure_schema` (closing again if that fails)."""
         if self._conn is None:
-            self._conn = connect(self.dsn, timeout=self.timeout)
+            self._conn = connect(self.dsn, timeout=self.timeout, setting=self.setting)
         if schema:
             try:
                 ensure_schema(self._conn, self.dsn, resonate=resonate)

@@ -63,7 +63,7 @@ class PgSessionLock:
                 (self.session, _owner(), self.clock.now_ms()),
             )
         except psycopg.OperationalError as exc:
-            raise unreachable(self.link.dsn, exc) from None
+            raise unreachable(self.link.dsn, exc, self.link.setting) from None
         self.held = True
         return self
 
