@@ -39,6 +39,7 @@ class FlockSessionLock:
         may start while its predecessor is still exiting)."""
         try:
             self.modes.make_dirs(self.path.parent)
+            self.modes.create_file(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.modes.file)
         except OSError as exc:
             msg = f"cannot take the session lock {self.path} ({self.setting}): {exc}"
