@@ -49,5 +49,11 @@ class StoreLockedError(StoreError):
     pass
 
 
+class StoreUnavailableError(StoreError, EngineConnectionError):
+    """The store opens but cannot be written (or read) now: locked past the busy
+    timeout, read-only, full, a permission or I/O failure. A lost engine (RES004):
+    the kernel turns durability off, says why, and reconnects by itself."""
+
+
 class ConfigurationError(PyRepl3Error, ValueError):
     """A setting has a value PyREPL3 cannot use; the message names the setting."""

@@ -219,8 +219,7 @@ class DurableSession:
         return None
 
     def _settled(self, record: PromiseRecord) -> PromiseRecord:
-        """The settled record of an execution submitted before (waiting briefly if
-        it is still being settled, e.g. abandoned after an interrupt)."""
+        """The settled record of an earlier submission (waiting briefly while it is settled, e.g. abandoned)."""
         if record.state != "pending":
             return record
         try:
@@ -244,8 +243,7 @@ class DurableSession:
                 outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
             raise
         outcome.set_result(ran.outcome)
-        # The runtime thread settles exec:<msg_id> while this thread captures the
-        # namespace; then one trip stores the checkpoint once the execution is stored.
+        # exec:<msg_id> is settled on the runtime thread while this one captures the namespace.
         checkpoint = self._checkpoint(code, params)
         try:
             try:
@@ -254,6 +252,8 @@ class DurableSession:
                 self.runtime.store_resolved([], after=eid)
         except PyRepl3Error as exc:
             self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}", BROKEN)
+            if not self.engine.healthy():  # the store broke under this cell: durability off, reconnect
+                self.host.durability_lost(self, exc)
         cell.show_notices()
         return ran.reply
 

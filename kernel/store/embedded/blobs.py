@@ -33,6 +33,8 @@ from pathlib import Path
 from kernel.core.errors import StoreError
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
+from kernel.store.modes import PRIVATE, Modes
+
 _WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
 _PARALLEL_MIN = 4 << 20  # below this, a thread hand-off costs more than it saves
 _STALE_TEMP_SECONDS = 3600
@@ -46,12 +48,14 @@ class FileBlobStore:
     The constructor touches nothing; :meth:`open` creates the directories and
     sweeps temp files a crash left behind."""
 
-    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+    def __init__(self, root: Path, *, fsync: bool = False, modes: Modes = PRIVATE) -> None:
         """``fsync``: make every blob survive power loss, not only a crash of the
         process (the same promise the SQLite store makes with ``synchronous=FULL``);
-        it costs about 0.8 ms per checkpoint that writes anything."""
+        it costs about 0.8 ms per checkpoint that writes anything. ``modes``: the
+        permissions of what it creates (owner-only unless a shared directory says otherwise)."""
         self.root = Path(root)
         self.fsync = fsync
+        self.modes = modes
         self._tmp = self.root / "tmp"
         self._quarantine = self.root / "corrupt"
         self._deferred: set[Path] | None = None
@@ -60,7 +64,7 @@ class FileBlobStore:
 
     def open(self) -> FileBlobStore:
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            self.modes.make_dirs(self._tmp)
         except OSError as exc:
             raise StoreError(f"cannot create the blob store at {self.root}: {exc}") from exc
         self._sweep_temps()
@@ -148,13 +152,13 @@ class FileBlobStore:
         shard = final.parent
         if not shard.is_dir():
             try:
-                shard.mkdir(exist_ok=True)
+                self.modes.make_dirs(shard)
             except OSError as exc:
                 raise (BlobSpaceError if exc.errno in _NO_ROOM else StoreError)(f"cannot create {shard}: {exc}") from exc
             self._sync_later(self.root)
         temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
         try:
-            self._write(temp, view, self.fsync)
+            self._write(temp, view, self.fsync, self.modes.file)
             os.replace(temp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -165,10 +169,11 @@ class FileBlobStore:
         return view.nbytes
 
     @staticmethod
-    def _write(temp: Path, view: memoryview, fsync: bool) -> None:
+    def _write(temp: Path, view: memoryview, fsync: bool, mode: int) -> None:
         """Write (and, if asked, fsync) ``view`` to a new file ``temp``, straight from the caller's memory."""
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
+            os.fchmod(fd, mode)  # whatever the umask
             if view.nbytes >= _WRITE_CHUNK:
                 try:  # a hint (not all filesystems have it), and a fast "does not fit"
                     os.posix_fallocate(fd, 0, view.nbytes)
@@ -264,7 +269,7 @@ class FileBlobStore:
         """Move a corrupt blob aside (so the next put rewrites it) and raise."""
         moved = ""
         with contextlib.suppress(OSError):
-            self._quarantine.mkdir(exist_ok=True)
+            self.modes.make_dirs(self._quarantine)
             target = self._quarantine / f"{digest}.{int(time.time())}"
             os.replace(path, target)
             moved = f"; moved to {target}"

@@ -6,16 +6,19 @@ every committed write without blocking the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from resonate.codec import Codec, NoopEncryptor
 from resonate.types import PromiseRecord as WireRecord
 
+from kernel.core.errors import StoreCorruptError
 from kernel.core.ids import kind_of
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
-from kernel.store.embedded.database import connect, decode_promise
+from kernel.store.embedded.database import connect, decode_promise, store_error
 from kernel.store.records import execution_summary, matching
 
 _codec = Codec(NoopEncryptor())
@@ -43,21 +46,72 @@ def decode_record(blob: bytes, session: str | None) -> PromiseRecord:
     }
 
 
+class _Reader:
+    """``execute(...).fetchall()/fetchone()`` on the store, a failure raised as :func:`store_error` (naming the file)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, setting: str) -> None:
+        self._conn, self._path, self._setting = conn, path, setting
+
+    @contextlib.contextmanager
+    def _translated(self):  # type: ignore[no-untyped-def]
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise store_error(self._path, self._setting, exc, writing=False) from exc
+
+    def execute(self, sql: str, args: Any = ()) -> _Reader._Rows:
+        with self._translated():
+            return _Reader._Rows(self, self._conn.execute(sql, args))
+
+    class _Rows:
+        def __init__(self, reader: _Reader, cursor: sqlite3.Cursor) -> None:
+            self._reader, self._cursor = reader, cursor
+
+        def fetchall(self) -> list[Any]:
+            with self._reader._translated():
+                return self._cursor.fetchall()
+
+        def fetchone(self) -> Any:
+            with self._reader._translated():
+                return self._cursor.fetchone()
+
+
 class EmbeddedCatalog:
     """Queries over ``path``; a store file that does not exist yet reads as empty."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, setting: str = "PYREPL3_HOME") -> None:
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
+        self.setting = setting
+        self._db_conn: sqlite3.Connection | None = None
+        self._closed = False
 
     def open(self) -> EmbeddedCatalog:
-        if self._db is None and self.path.exists():
-            self._db = connect(self.path, readonly=True)
+        if self._db_conn is None and self.path.exists():
+            self._db_conn = connect(self.path, readonly=True, setting=self.setting)
         return self
 
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        self._closed = True
+        db, self._db_conn = self._db_conn, None
+        if db is not None:
+            db.close()
+
+    @property
+    def _db(self) -> _Reader | None:
+        """The connection, its SQLite errors as PyREPL3's: a malformed page is "unreadable or corrupt", not a traceback."""
+        return None if self._db_conn is None else _Reader(self._db_conn, self.path, self.setting)
+
+    def _decode(self, blob: bytes, session: str | None) -> PromiseRecord:
+        """:func:`decode_record`; a record that does not decode means a damaged file (SQLite checks pages, not records)."""
+        try:
+            return decode_record(blob, session)
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the file is damaged
+            msg = f"store database {self.path} ({self.setting}) is unreadable or corrupt (a record does not decode: {exc})"
+            raise StoreCorruptError(msg) from exc
 
     def sessions(self) -> list[SessionSummary]:
         if self._db is None:
@@ -81,7 +135,7 @@ class EmbeddedCatalog:
             args.append(limit)
         out = []
         for sess, blob in self._db.execute(sql, args).fetchall():
-            out.append(execution_summary(decode_record(blob, sess)))
+            out.append(execution_summary(self._decode(blob, sess)))
         out.reverse()
         return out
 
@@ -102,7 +156,7 @@ class EmbeddedCatalog:
         ).fetchone()
         if row is None:
             return None
-        return decode_record(row[1], row[0])
+        return self._decode(row[1], row[0])
 
     def checkpoints(self, session: str) -> list[PromiseRecord]:
         """This session's resolved checkpoint records, oldest first."""
@@ -112,14 +166,14 @@ class EmbeddedCatalog:
             "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id",
             (session,),
         ).fetchall()
-        return [decode_record(blob, session) for (blob,) in rows]
+        return [self._decode(blob, session) for (blob,) in rows]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         if self._db is None:
             return []
         where, args = matching("?", session=session, kind=kind)
         sql = "SELECT session, record FROM promises WHERE state = 'pending'" + where
-        return [decode_record(blob, sess) for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall()]
+        return [self._decode(blob, sess) for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall()]
 
 
 __all__ = ["EmbeddedCatalog", "decode_record"]

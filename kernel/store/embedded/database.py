@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 from resonate.connections.local import DurablePromise, Task
 
-from kernel.core.errors import StoreCorruptError
+from kernel.core.errors import StoreCorruptError, StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
+from kernel.store.modes import PRIVATE
 
 SCHEMA_VERSION = 1
 
@@ -75,38 +76,95 @@ class _StoredTask(msgspec.Struct, kw_only=True):
     resumes: list[str] = []
 
 
-def connect(path: Path, *, readonly: bool = False, fsync: bool = False) -> sqlite3.Connection:
-    """Open the store database, creating the schema when writable.
+#: SQLite result codes (their primary part) that mean "this store cannot be written now" --
+#: locked by another writer past the busy timeout, read-only, full, an I/O or
+#: permission failure -- as opposed to "this file is not a store we can read".
+UNWRITABLE = frozenset(
+    {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"}
+)
+#: Milliseconds a write waits for another writer's lock before the store counts as unwritable.
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _primary(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return next((code for code in UNWRITABLE if name == code or name.startswith(code + "_")), name)
+
+
+def store_error(path: Path, setting: str, exc: sqlite3.Error, *, writing: bool = True) -> StoreError:
+    """What a failed SQLite call on the store means, naming the file and the setting that chose it.
+
+    Unwritable (locked, read-only, full, I/O): :class:`StoreUnavailableError`, which the kernel treats as
+    a lost engine (durability off, reconnect later); anything else: :class:`StoreCorruptError`.
+    """
+    code = _primary(exc)
+    if code in UNWRITABLE:
+        why = {
+            "SQLITE_BUSY": f"another process held its write lock for more than {BUSY_TIMEOUT_MS / 1000:g}s",
+            "SQLITE_LOCKED": f"another process held its write lock for more than {BUSY_TIMEOUT_MS / 1000:g}s",
+            "SQLITE_READONLY": "it is read-only (file permissions, an immutable file or a read-only mount)",
+            "SQLITE_FULL": "its file system is full",
+            "SQLITE_CANTOPEN": "the file or its directory cannot be opened (permissions?)",
+            "SQLITE_PERM": "permission denied",
+        }.get(code, "an I/O error")
+        verb = "written" if writing else "read"
+        return StoreUnavailableError(f"the store {path} ({setting}) cannot be {verb}: {why} ({exc})")
+    return StoreCorruptError(f"store database {path} ({setting}) is unreadable or corrupt ({exc}); it was left untouched")
+
+
+def connect(path: Path, *, readonly: bool = False, fsync: bool = False, setting: str = "PYREPL3_HOME") -> sqlite3.Connection:
+    """Open the store database, creating it (owner-only) and its schema when writable.
 
     A file that is not a SQLite database, or one whose schema is newer than this
     code, raises :class:`StoreCorruptError` naming the file; nothing is modified.
+    A writable open proves the file can be written (one tiny write), so a
+    read-only or locked store is found at open, not in the middle of a cell:
+    :class:`StoreUnavailableError`.
     """
+    conn: sqlite3.Connection | None = None
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False
-            )
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 10000")
+            try:
+                PRIVATE.make_dirs(path.parent)
+                PRIVATE.create_file(path)
+            except OSError as exc:
+                raise StoreUnavailableError(f"the store {path} ({setting}) cannot be created: {exc}") from exc
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL survives a crash of the process (kill -9); FULL also power loss.
             conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
             conn.executescript(SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                msg = f"store {path} has schema version {row[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                msg = f"store {path} ({setting}) has schema version {row[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
                 raise StoreCorruptError(msg)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(row[0]) if row else str(SCHEMA_VERSION),))
+            PRIVATE.tighten(path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")))
         else:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        msg = f"store database {path} is unreadable or corrupt ({exc}); it was left untouched"
-        raise StoreCorruptError(msg) from exc
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise store_error(path, setting, exc, writing=not readonly) from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
     return conn
+
+
+def checkpoint_and_close(conn: sqlite3.Connection) -> None:
+    """Fold the WAL into the database file and close: what is left is one self-contained file."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # another reader is mid-transaction, or the disk is full: the WAL stays and is still valid
+    finally:
+        conn.close()
 
 
 def promise_row(session: str, p: DurablePromise) -> tuple[Any, ...]:
@@ -176,4 +234,4 @@ def task_sig(t: Task) -> tuple[Any, ...]:
     return (t.state, t.version, t.pid, t.ttl, frozenset(t.resumes))
 
 
-__all__ = ["SCHEMA_VERSION", "connect", "decode_promise", "decode_task", "promise_row", "promise_sig", "task_row", "task_sig"]
+__all__ = ["SCHEMA_VERSION", "UNWRITABLE", "checkpoint_and_close", "connect", "store_error", "decode_promise", "decode_task", "promise_row", "promise_sig", "task_row", "task_sig"]

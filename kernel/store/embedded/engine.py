@@ -15,6 +15,7 @@ from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.locks import FlockSessionLock
 from kernel.store.embedded.outside import settle_from_outside
 from kernel.store.embedded.store import EmbeddedStore
+from kernel.store.modes import PRIVATE
 
 
 class EmbeddedEngine:
@@ -26,7 +27,11 @@ class EmbeddedEngine:
         self.home = Path(spec.target).expanduser() if spec.target else home
         self.fsync = fsync
         self.path = store_path(self.home)
+        #: The setting the store's place came from, named in every error about it.
+        self.setting = spec.setting if spec.target else "PYREPL3_HOME"
         self._store: EmbeddedStore | None = None
+        # Readers handed out; closed with the engine so a clean shutdown leaves no WAL behind.
+        self._catalogs: list[EmbeddedCatalog] = []
 
     def open(self) -> EmbeddedEngine:
         if self.home.exists() and not self.home.is_dir():
@@ -41,10 +46,10 @@ class EmbeddedEngine:
         return "pyrepl3"
 
     def lock(self, session: str, wait: float = 0.0) -> FlockSessionLock:
-        return FlockSessionLock(self.home, session).acquire(wait=wait)
+        return FlockSessionLock(self.home, session, setting=self.setting).acquire(wait=wait)
 
     def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
-        self._store = EmbeddedStore(self.path, session, pid=pid, fsync=self.fsync).open()
+        self._store = EmbeddedStore(self.path, session, pid=pid, fsync=self.fsync, setting=self.setting).open()
         return self._store, None
 
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
@@ -52,18 +57,25 @@ class EmbeddedEngine:
         return self._store.interrupted_executions() if self._store is not None else []
 
     def catalog(self) -> EmbeddedCatalog:
-        return EmbeddedCatalog(self.path).open()
+        catalog = EmbeddedCatalog(self.path, setting=self.setting).open()
+        self._catalogs = [c for c in self._catalogs if c.is_open] + [catalog]
+        return catalog
 
     def blobs(self) -> FileBlobStore:
-        return FileBlobStore(self.home / "blobs", fsync=self.fsync).open()
+        return FileBlobStore(self.home / "blobs", fsync=self.fsync, modes=PRIVATE).open()
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
-        return settle_from_outside(self.home, self.path, promise_id, state, data, wait=wait)
+        return settle_from_outside(self.home, self.path, promise_id, state, data, wait=wait, setting=self.setting)
 
     def healthy(self) -> bool:
-        return True
+        """False once a write failed (locked past the busy timeout, read-only, full): see ``EmbeddedStore.broken``."""
+        return self._store is None or self._store.broken is None
 
     def close(self) -> None:
+        """Close the readers, then the writer, which folds the WAL into ``store.sqlite3``."""
+        catalogs, self._catalogs = self._catalogs, []
+        for catalog in catalogs:
+            catalog.close()
         if self._store is not None:
             self._store.close()
             self._store = None

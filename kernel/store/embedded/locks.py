@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from kernel.core.clock import SYSTEM, Clock
-from kernel.core.errors import StoreLockedError
+from kernel.core.errors import StoreLockedError, StoreUnavailableError
 from kernel.core.ids import session_key
+from kernel.store.modes import PRIVATE, Modes
 
 #: Seconds between attempts while waiting for a lock.
 RETRY_INTERVAL = 0.05
@@ -22,17 +23,27 @@ RETRY_INTERVAL = 0.05
 class FlockSessionLock:
     """Holds ``<home>/locks/<key>.lock`` for the lifetime of a kernel (a :class:`kernel.store.base.SessionLock`)."""
 
-    def __init__(self, home: Path, session: str, *, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, home: Path, session: str, *, clock: Clock = SYSTEM, setting: str = "PYREPL3_HOME", modes: Modes = PRIVATE
+    ) -> None:
+        """``setting`` names where ``home`` came from (for messages); ``modes`` how the lock files are created."""
         self.path = Path(home) / "locks" / f"{session_key(session)}.lock"
         self.session = session
         self.clock = clock
+        self.setting = setting
+        self.modes = modes
         self._fd: int | None = None
 
     def acquire(self, wait: float = 0.0) -> FlockSessionLock:
         """Take the lock, retrying for up to ``wait`` seconds (a restarted kernel
         may start while its predecessor is still exiting)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.modes.make_dirs(self.path.parent)
+            self.modes.create_file(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.modes.file)
+        except OSError as exc:
+            msg = f"cannot take the session lock {self.path} ({self.setting}): {exc}"
+            raise StoreUnavailableError(msg) from exc
 
         def take() -> bool:
             try:

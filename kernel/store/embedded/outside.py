@@ -8,6 +8,7 @@ a tick -- so the kernel's in-memory state and the file never disagree.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import PyRepl3Error
 from kernel.core.models import PromiseRecord
 from kernel.store.embedded.catalog import EmbeddedCatalog
-from kernel.store.embedded.database import connect
+from kernel.store.embedded.database import connect, store_error
 from kernel.store.embedded.locks import FlockSessionLock
 from kernel.store.embedded.store import EmbeddedStore
 from kernel.store.protocol import encode_value
@@ -47,9 +48,11 @@ def settle_from_outside(
     *,
     wait: float = 5.0,
     clock: Clock = SYSTEM,
+    setting: str = "PYREPL3_HOME",
 ) -> PromiseRecord:
-    """Settle ``promise_id`` and return its record once the store shows it settled."""
-    catalog = EmbeddedCatalog(store_file).open()
+    """Settle ``promise_id`` and return its record once the store shows it settled
+    (``setting``: where the store's place came from, for messages)."""
+    catalog = EmbeddedCatalog(store_file, setting=setting).open()
     try:
         record = catalog.promise(promise_id)
         if record is None:
@@ -59,10 +62,10 @@ def settle_from_outside(
         session = record["session"]
         assert session is not None
         request = settle_request(promise_id, state, data)
-        lock = FlockSessionLock(home, session, clock=clock)
+        lock = FlockSessionLock(home, session, clock=clock, setting=setting)
         if lock.try_acquire():
             try:
-                store = EmbeddedStore(store_file, session).open()
+                store = EmbeddedStore(store_file, session, setting=setting).open()
                 try:
                     store.apply(request)
                 finally:
@@ -70,9 +73,11 @@ def settle_from_outside(
             finally:
                 lock.release()
         else:
-            db = connect(store_file)
+            db = connect(store_file, setting=setting)
             try:
                 db.execute("INSERT INTO inbox (session, request) VALUES (?, ?)", (session, msgspec.json.encode(request).decode()))
+            except sqlite3.Error as exc:
+                raise store_error(store_file, setting, exc) from exc
             finally:
                 db.close()
 

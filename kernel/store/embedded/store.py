@@ -14,6 +14,14 @@ through and evicted from memory, so the per-request cost depends on what is in
 flight, not on how many cells ran before. Requests for ids that are no longer
 in memory page them back in from disk first.
 
+A write that fails (the file locked by another writer past the busy timeout,
+read-only, full) *breaks* the store: the request fails with
+:class:`~kernel.core.errors.StoreUnavailableError` (inside the SDK's
+``ConnectorError``), every later request too, and :attr:`EmbeddedStore.broken`
+says why. The in-memory state may then be ahead of the file, so it is never
+used again: the kernel turns durability off and reconnects with a new store
+read from the file, which holds exactly what was committed.
+
 One kernel owns a session's rows at a time (see :mod:`kernel.store.embedded.locks`).
 Other processes -- the CLI answering a prompt, say -- never write a live
 session's promises directly; they append a request to the ``inbox`` table,
@@ -42,9 +50,11 @@ from resonate.connections.local import (
 )
 from resonate.timing import now_ms
 
-from kernel.core.errors import StoreError
+from resonate_base.error import ConnectorError
+
+from kernel.core.errors import StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
-from kernel.store.embedded.database import connect, decode_promise, decode_task, promise_row, promise_sig, task_row, task_sig
+from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +111,13 @@ class EmbeddedStore:
         clock: Callable[[], int] = now_ms,
         tick_interval: float = 0.1,
         fsync: bool = False,
+        setting: str = "PYREPL3_HOME",
     ) -> None:
+        """``setting`` names where ``path`` came from, for messages (PYREPL3_HOME or PYREPL3_STORE)."""
         self.path = Path(path)
+        self.setting = setting
+        #: Why this store stopped taking requests (a write failed), or None while it works.
+        self.broken: StoreUnavailableError | None = None
         self.session = session
         self._pid = pid
         self._group = group
@@ -122,8 +137,12 @@ class EmbeddedStore:
     def open(self) -> EmbeddedStore:
         """Open the database (:class:`StoreCorruptError` if it is not one of ours) and load the live session."""
         if self._db_conn is None:
-            self._db_conn = connect(self.path, fsync=self._fsync)
-            self._load_live()
+            self._db_conn = connect(self.path, fsync=self._fsync, setting=self.setting)
+            try:
+                self._load_live()
+            except sqlite3.Error as exc:
+                self.close()
+                raise store_error(self.path, self.setting, exc) from exc
         return self
 
     @property
@@ -159,25 +178,45 @@ class EmbeddedStore:
         db, self._db_conn = self._db_conn, None
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
-                db.close()
+                checkpoint_and_close(db)
 
     # -- Network ----------------------------------------------------------
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         flat = unwrap_request_envelope(msgspec.json.decode(req))
-        response, outgoing = self.apply(flat)
+        try:
+            response, outgoing = self.apply(flat)
+        except StoreUnavailableError as exc:
+            raise ConnectorError(exc) from None
         self._dispatch(outgoing)
         return msgspec.json.encode(wrap_response_envelope(response)).decode()
 
     def apply(self, flat: Any) -> tuple[dict[str, Any], list[Any]]:
-        """Apply one flat request: page in, run the state machine, write through, evict."""
-        with self._lock:
+        """Apply one flat request: page in, run the state machine, write through, evict.
+
+        Raises :class:`StoreUnavailableError` when the file cannot be written (and from then on)."""
+        with self._lock, self._writing():
             self._page_in(_referenced_ids(flat))
             self.state.outgoing = []
             response = self.state.apply(self._clock(), flat)
             outgoing, self.state.outgoing = self.state.outgoing, []
             self._flush()
             return response, outgoing
+
+    @contextlib.contextmanager
+    def _writing(self):  # type: ignore[no-untyped-def]
+        """Refuse once broken; a failed SQLite call breaks the store (see the module docstring)."""
+        if self.broken is not None:
+            raise self.broken
+        try:
+            yield
+        except sqlite3.Error as exc:
+            error = store_error(self.path, self.setting, exc)
+            if not isinstance(error, StoreUnavailableError):
+                error = StoreUnavailableError(str(error))
+            self.broken = error
+            log.warning("the embedded store stopped taking requests: %s", error)
+            raise error from exc
 
     # -- persistence ------------------------------------------------------
 
@@ -251,18 +290,18 @@ class EmbeddedStore:
 
     def _flush(self) -> None:
         """Write what changed in one transaction, then evict settled lineages."""
-        promise_rows = []
+        promise_rows, promise_sigs = [], {}
         for pid, p in self.state.promises.items():
             sig = promise_sig(p)
             if self._saved.get(pid) != sig:
                 promise_rows.append(promise_row(self.session, p))
-                self._saved[pid] = sig
-        task_rows = []
+                promise_sigs[pid] = sig
+        task_rows, task_sigs = [], {}
         for tid, t in self.state.tasks.items():
             sig = task_sig(t)
             if self._saved_tasks.get(tid) != sig:
                 task_rows.append(task_row(self.session, t))
-                self._saved_tasks[tid] = sig
+                task_sigs[tid] = sig
         if promise_rows or task_rows:
             with self._transaction():
                 self._db.executemany(
@@ -275,6 +314,9 @@ class EmbeddedStore:
                     "state=excluded.state, record=excluded.record",
                     task_rows,
                 )
+            # Only now are they on disk (a failed commit leaves them to be written again).
+            self._saved.update(promise_sigs)
+            self._saved_tasks.update(task_sigs)
         self._evict()
 
     @contextlib.contextmanager
@@ -282,10 +324,12 @@ class EmbeddedStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _evict(self) -> None:
         promises, tasks = self.state.promises, self.state.tasks
@@ -318,25 +362,34 @@ class EmbeddedStore:
                 self._dispatch(self.tick())
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError:
+                pass  # said once, when it broke; the kernel reconnects with a new store
             except Exception:
                 log.exception("embedded store tick failed")
             await asyncio.sleep(self._tick_interval)
 
     def tick(self) -> list[Any]:
         """Fire due timeouts and apply requests other processes left in the inbox."""
+        if self.broken is not None:
+            raise self.broken
         outgoing: list[Any] = []
-        for seq, request in self._db.execute(
-            "SELECT seq, request FROM inbox WHERE session = ? AND seq > ? ORDER BY seq",
-            (self.session, self._inbox_seq),
-        ).fetchall():
-            self._inbox_seq = seq
+        with self._writing():
+            inbox = self._db.execute(
+                "SELECT seq, request FROM inbox WHERE session = ? AND seq > ? ORDER BY seq",
+                (self.session, self._inbox_seq),
+            ).fetchall()
+        for seq, request in inbox:
             try:
                 _, out = self.apply(msgspec.json.decode(request))
                 outgoing.extend(out)
+            except StoreUnavailableError:
+                raise  # not applied: it stays in the inbox for the next store
             except Exception:
                 log.exception("could not apply inbox request %s", seq)
-            self._db.execute("DELETE FROM inbox WHERE seq = ?", (seq,))
-        with self._lock:
+            self._inbox_seq = seq
+            with self._writing():
+                self._db.execute("DELETE FROM inbox WHERE seq = ?", (seq,))
+        with self._lock, self._writing():
             self.state.outgoing = []
             self.state.tick(self._clock())
             outgoing.extend(self.state.outgoing)

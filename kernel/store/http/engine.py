@@ -31,6 +31,7 @@ from kernel.store.http.catalog import RemoteCatalog
 from kernel.store.http.index import PgIndex, PromiseIndex, SqliteIndex
 from kernel.store.http.network import IndexingNetwork
 from kernel.store.http.server import Server, token_and_url
+from kernel.store.modes import Modes
 from kernel.store.postgres.blobs import PgBlobStore
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, PgLink
 from kernel.store.postgres.lock import PgSessionLock
@@ -86,7 +87,7 @@ class HttpEngine:
     def lock(self, session: str, wait: float = 0.0) -> SessionLock:
         if self.link is not None:
             return PgSessionLock(self.link, session).acquire(wait=wait)
-        return FlockSessionLock(self.shared, session).acquire(wait=wait)
+        return FlockSessionLock(self.shared, session, setting="PYREPL3_BLOBS", modes=Modes.like(self.shared)).acquire(wait=wait)
 
     def network(self, session: str, pid: str) -> tuple[Network, list[Source] | None]:
         group = self.group(session)
@@ -107,7 +108,7 @@ class HttpEngine:
     def blobs(self) -> BlobStore:
         if self.link is not None:
             return PgBlobStore(self.link)
-        return FileBlobStore(self.shared / "blobs").open()
+        return FileBlobStore(self.shared / "blobs", modes=Modes.like(self.shared)).open()
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
         catalog = self.catalog()

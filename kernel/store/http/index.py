@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from kernel.store.modes import Modes
 from kernel.store.postgres.link import PgLink, unreachable
 from kernel.store.records import matching
 
@@ -46,7 +47,9 @@ class SqliteIndex:
         self._lock = threading.Lock()
 
     def open(self) -> SqliteIndex:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        modes = Modes.like(self.path.parent)  # owner-only, or group-shared (kernel/store/modes.py)
+        modes.make_dirs(self.path.parent)
+        modes.create_file(self.path)
         db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA busy_timeout = 10000")
         db.executescript(
