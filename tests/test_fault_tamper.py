@@ -19,10 +19,12 @@ import json
 import pickle
 import random
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel.core.ids import SESSION_TAG
 from harness import KernelFactory, Store, kernel_env, show, wait_for
 
 pytestmark = pytest.mark.engines("embedded", "postgres")
@@ -104,16 +106,19 @@ class Rows:
                 row = db.execute("SELECT state, kind, branch, created_at, settled_at, record FROM promises WHERE id = ?", (source,)).fetchone()
                 record = json.loads(row[5])
                 record["id"] = target
+                record["tags"] = {**record.get("tags", {}), SESSION_TAG: session}
                 db.execute(
                     "INSERT INTO promises (id, session, state, kind, branch, created_at, settled_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (target, session, row[0], row[1], target, row[3] + 1, row[4], json.dumps(record).encode()),
                 )
         else:
             with self._pg() as db:
+                (tags,) = db.execute("SELECT tags FROM resonate.promises WHERE id = %s", (source,)).fetchone()
                 db.execute(
-                    "INSERT INTO resonate.promises SELECT %s, state, param_headers, param_data, value_headers, value_data, tags,"
-                    " target, %s, %s, %s, is_timer, external, timeout_at, created_at + 1, settled_at FROM resonate.promises WHERE id = %s",
-                    (target, target, target, target, source),
+                    "INSERT INTO resonate.promises (id, state, param_headers, param_data, value_headers, value_data, tags,"
+                    " timeout_at, created_at, settled_at) SELECT %s, state, param_headers, param_data, value_headers, value_data,"
+                    " %s::jsonb, timeout_at, created_at + 1, settled_at FROM resonate.promises WHERE id = %s",
+                    (target, json.dumps({**tags, SESSION_TAG: session}), source),
                 )
                 db.execute(
                     "INSERT INTO pyrepl3.promises (id, session, kind, created_at, state)"
@@ -267,18 +272,19 @@ def test_tampered_checkpoints_are_never_loaded(kernels: KernelFactory, home: Pat
         victim_session = f"victim-{trial}"
         marker = tmp_path / f"marker-{trial}"
         markers.append(marker)
+        token = uuid.uuid4().hex[:12]  # content no other trial (or test on a shared database) has
         victim = kernels.start(session=victim_session)
         for value in (1, 2, 3):
-            victim.ok(f"x = {{{value}}}")  # a set: pickled, not a module or plain JSON
+            victim.ok(f"x = {{'{token}-{value}'}}")  # a set: pickled, not a module or plain JSON
         if fault_rng.random() < 0.5:
             victim.kill9()
         else:
             victim.close()
         stored = store.session(victim_session)
         ids = wait_for(lambda: len(found := rows.checkpoints(stored)) == 3 and found, what="three checkpoints")
-        restore_session, expected = victim_session, "{3}"
+        restore_session, expected = victim_session, f"{{'{token}-3'}}"
         if kind == "older copied to a higher seq":
-            rows.copy(ids[0], ids[0][: -10] + f"{4:010d}", stored)  # restored as the latest, it would say {1}
+            rows.copy(ids[0], ids[0][: -10] + f"{4:010d}", stored)  # restored as the latest, it would say -1
         elif kind == "copied into another session":
             restore_session, expected = f"other-{trial}", None
             other = store.session(restore_session)
@@ -287,7 +293,7 @@ def test_tampered_checkpoints_are_never_loaded(kernels: KernelFactory, home: Pat
         elif kind == "planted blob in the manifest":
             value = rows.data(ids[-1], "value")
             rows.set_data(ids[-1], "value", checkpoint_value_with_planted_blob(rows, value, marker))
-            expected = "{2}"  # the newest checkpoint that verifies
+            expected = f"{{'{token}-2'}}"  # the newest checkpoint that verifies
         else:  # the genuine blob's bytes replaced by a planted pickle: its hash no longer matches
             digest = rows.data(ids[-1], "value")["manifest"]["entries"]["x"]["blob"]
             _overwrite_blob(rows, digest, pickle.dumps(_Planted(marker), protocol=5))
