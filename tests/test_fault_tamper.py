@@ -344,3 +344,32 @@ def test_a_checkpoint_of_an_older_version_is_refused_by_name(kernels: KernelFact
     assert run.stream("stdout") == "False\n"
     assert "older PyREPL3" in run.stream("stderr") and cid in run.stream("stderr"), run.stream("stderr")
 
+
+
+# -- the rule, on its own ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["none", "promise id", "session", "body", "key", "unsigned", "old format"])
+def test_a_seal_verifies_only_where_it_was_made(change: str) -> None:
+    from kernel.checkpoint.signing import Sealer, SignatureError, Signer
+
+    sealed = Sealer(Signer(b"k"), "victim").seal("exec:a:step:1", {"json": 1})
+    reader, pid = Sealer(Signer(b"k"), "victim"), "exec:a:step:1"
+    if change == "promise id":
+        pid = "exec:a:step:2"
+    elif change == "session":
+        reader = Sealer(Signer(b"k"), "other")
+    elif change == "body":
+        sealed["json"] = 2
+    elif change == "key":
+        reader = Sealer(Signer(b"other key"), "victim")
+    elif change == "unsigned":
+        del sealed["signature"]
+    elif change == "old format":
+        del sealed["sealed"]
+    if change == "none":
+        assert reader.unseal(pid, sealed, "a step") == {"json": 1}
+        return
+    with pytest.raises(SignatureError, match="refusing to load it") as refused:
+        reader.unseal(pid, sealed, "a step")
+    assert pid in str(refused.value) and "RES005" in str(refused.value)

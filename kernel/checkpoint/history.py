@@ -148,24 +148,8 @@ class NamespaceCheckpoints:
         return Manifest.model_validate(body["manifest"])
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
-        """Restore the newest checkpoint whose signature verifies. A newer one that
-        does not (forged, copied from another session or sequence number) is
-        never loaded: it is named in the report's ``refused``; when none verifies,
-        the first refusal is raised."""
         records = self._records()
-        refused: dict[str, SignatureError] = {}
-        for rec in reversed(records):
-            try:
-                self._verified(rec)
-            except SignatureError as exc:
-                refused[rec["id"]] = exc
-                continue
-            summary, report = self._restore(rec, namespace)
-            report.refused = {cid: str(exc) for cid, exc in refused.items()}
-            return summary, report
-        if refused:
-            raise next(iter(refused.values()))
-        return None
+        return self._restore_newest_genuine(records, namespace) if records else None
 
     def restore_execution(self, execution_count: int, namespace: dict, *, clear: bool) -> tuple[StoredCheckpoint, RestoreReport]:
         """Bring back the namespace as it was after execution ``execution_count``."""
@@ -174,7 +158,24 @@ class NamespaceCheckpoints:
             raise CheckpointNotFoundError(
                 f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"
             )
-        return self._restore(matches[-1], namespace, clear=clear)
+        return self._restore_newest_genuine(matches, namespace, clear=clear)
+
+    def _restore_newest_genuine(self, records: list[dict[str, Any]], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
+        """Restore the newest of ``records`` whose signature verifies. A newer one that
+        does not (forged, copied from another session or sequence number) is never
+        loaded: it is named in the report's ``refused``; when none verifies, the
+        newest one's refusal is raised."""
+        refused: dict[str, SignatureError] = {}
+        for rec in reversed(records):
+            try:
+                self._verified(rec)
+            except SignatureError as exc:
+                refused[rec["id"]] = exc
+                continue
+            summary, report = self._restore(rec, namespace, clear=clear)
+            report.refused = {cid: str(exc) for cid, exc in refused.items()}
+            return summary, report
+        raise next(iter(refused.values()))
 
     def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
         manifest = self._verified(rec)
