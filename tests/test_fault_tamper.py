@@ -181,10 +181,11 @@ open({str(out)!r}, 'w').write(repr((sorted(first), second, sorted(acc['seen'])))
 """
 
 
+@pytest.mark.timeout(3600)  # --fault-trials of them, a few seconds each; every wait has its own timeout
 def test_nothing_runs_from_tampered_steps_or_code(kernels: KernelFactory, home: Path, store: Store, tmp_path: Path,
                                                   fault_trials: int, fault_rng: random.Random) -> None:
     rows = Rows(home, store)
-    trials = refused = controls = 0
+    trials = refused = controls = at_start = 0
     markers: list[Path] = []
     donor: str | None = None  # a genuine execution whose params a later trial copies into another
     for trial in range(max(fault_trials, len(STEP_KINDS))):
@@ -231,6 +232,7 @@ def test_nothing_runs_from_tampered_steps_or_code(kernels: KernelFactory, home: 
         record = show(home, eid)
         fresh.close()
         trials += 1
+        at_start += auto
         assert not marker.exists(), f"trial {trial} ({kind}): a planted pickle or edited code ran"
         if kind == "untampered":
             controls += 1
@@ -252,7 +254,8 @@ def test_nothing_runs_from_tampered_steps_or_code(kernels: KernelFactory, home: 
             assert promise in error["evalue"] and "refusing to load it" in error["evalue"], error
             assert not out.exists(), "the cell went on with a value it refused"
         refused += 1
-    print(f"\n[{store.kind}] tampered steps/code trials: {trials} (untampered controls {controls}), "
+    print(f"\n[{store.kind}] tampered steps/code trials: {trials} (untampered controls {controls}; "
+          f"{at_start} by PYREPL3_AUTO_RESUME=1, {trials - at_start} by %durable resume), "
           f"refused: {refused}, ran planted code: {sum(m.exists() for m in markers)}")
     assert refused == trials - controls
 
@@ -262,6 +265,7 @@ def test_nothing_runs_from_tampered_steps_or_code(kernels: KernelFactory, home: 
 CKPT_KINDS = ("older copied to a higher seq", "copied into another session", "planted blob in the manifest", "blob replaced")
 
 
+@pytest.mark.timeout(3600)  # as above
 def test_tampered_checkpoints_are_never_loaded(kernels: KernelFactory, home: Path, store: Store, tmp_path: Path,
                                                fault_trials: int, fault_rng: random.Random) -> None:
     rows = Rows(home, store)
