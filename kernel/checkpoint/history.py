@@ -4,7 +4,11 @@ restore the latest at start, travel back to any execution.
 The values live in the blob store (:class:`kernel.store.base.BlobStore`) and are captured
 by :class:`kernel.checkpoint.checkpointer.Checkpointer`; this module gives each capture a
 durable promise ``ckpt:<session-key>:<seq>`` holding the manifest, signed with
-the user's key (:mod:`kernel.checkpoint.signing`). The manifest names every blob by its
+the user's key (:mod:`kernel.checkpoint.signing`) and bound to the session, the
+promise id (so the sequence number) and the execution it follows: a checkpoint
+copied to a higher sequence number or into another session is refused, and
+restoring the latest then falls back to the newest checkpoint that verifies
+(saying so). The manifest names every blob by its
 SHA-256, and the blob store checks content against that hash before anything
 is unpickled, so the manifest's signature authenticates the blobs too. The
 promise is created only after every blob is durable: a crash mid-checkpoint
@@ -18,7 +22,6 @@ its fields without decoding anything else.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from typing import Any, Protocol
 
 from kernel.checkpoint.checkpointer import Checkpointer
 from kernel.checkpoint.manifest import CaptureReport, Manifest, RestoreReport
-from kernel.checkpoint.signing import Signer
+from kernel.checkpoint.signing import Sealer, SignatureError, Signer
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError
 from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
@@ -37,11 +40,6 @@ log = logging.getLogger(__name__)
 
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
-
-
-def canonical(manifest: dict[str, Any]) -> bytes:
-    """The bytes a manifest's signature covers: its JSON with sorted keys and no spaces."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 class SessionStateHooks(Protocol):
@@ -95,6 +93,7 @@ class NamespaceCheckpoints:
         self.state = state
         self.checkpointer = checkpointer
         self.signer = signer
+        self.sealer = Sealer(signer, session)
         self.session = session
         self._records = records
         self._key = session_key(session)
@@ -112,15 +111,12 @@ class NamespaceCheckpoints:
         manifest.state = self._captured_state()
         body = manifest.model_dump(mode="json")
         self._seq += 1
-        value = {
-            "manifest": body,
-            "signature": self.signer.digest(canonical(body)),
-            "execution_count": execution_count,
-            "msg_id": msg_id,
-            "size": manifest.total_size,
-        }
+        pid = checkpoint_id(self._key, self._seq)
+        value = self.sealer.seal(
+            pid, {"manifest": body, "execution_count": execution_count, "msg_id": msg_id, "size": manifest.total_size}
+        )
         promise = ResolvedPromise(
-            id=checkpoint_id(self._key, self._seq),
+            id=pid,
             timeout_at_ms=self.clock.ms_after(CHECKPOINT_LIFETIME),
             param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id},
             tags={KIND_TAG: "checkpoint"},
@@ -144,18 +140,16 @@ class NamespaceCheckpoints:
         return [_summary(rec) for rec in self._records()]
 
     def _verified(self, rec: dict[str, Any]) -> Manifest:
+        """The manifest of ``rec``, verified against the id and session it was read under."""
         value = rec.get("value") or {}
-        body = value.get("manifest")
-        if not isinstance(body, dict):
+        if not isinstance(value.get("manifest"), dict):
             raise CheckpointNotFoundError(f"checkpoint {rec['id']} holds no manifest")
-        self.signer.verify(value.get("signature"), f"checkpoint {rec['id']}", canonical(body))
-        return Manifest.model_validate(body)
+        body = self.sealer.unseal(rec["id"], value, "checkpoint")
+        return Manifest.model_validate(body["manifest"])
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
         records = self._records()
-        if not records:
-            return None
-        return self._restore(records[-1], namespace)
+        return self._restore_newest_genuine(records, namespace) if records else None
 
     def restore_execution(self, execution_count: int, namespace: dict, *, clear: bool) -> tuple[StoredCheckpoint, RestoreReport]:
         """Bring back the namespace as it was after execution ``execution_count``."""
@@ -164,7 +158,24 @@ class NamespaceCheckpoints:
             raise CheckpointNotFoundError(
                 f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"
             )
-        return self._restore(matches[-1], namespace, clear=clear)
+        return self._restore_newest_genuine(matches, namespace, clear=clear)
+
+    def _restore_newest_genuine(self, records: list[dict[str, Any]], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
+        """Restore the newest of ``records`` whose signature verifies. A newer one that
+        does not (forged, copied from another session or sequence number) is never
+        loaded: it is named in the report's ``refused``; when none verifies, the
+        newest one's refusal is raised."""
+        refused: dict[str, SignatureError] = {}
+        for rec in reversed(records):
+            try:
+                self._verified(rec)
+            except SignatureError as exc:
+                refused[rec["id"]] = exc
+                continue
+            summary, report = self._restore(rec, namespace, clear=clear)
+            report.refused = {cid: str(exc) for cid, exc in refused.items()}
+            return summary, report
+        raise next(iter(refused.values()))
 
     def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
         manifest = self._verified(rec)

@@ -109,6 +109,8 @@ class RestoreReport:
     skipped: dict[str, str]
     seconds: float
     excluded: list[str] = dataclasses.field(default_factory=list)  # skipped by the user's choice (excluded now)
+    #: Newer checkpoints passed over because their signature did not verify (id -> why).
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for the user: what came back and what did not, and why."""
@@ -117,6 +119,8 @@ class RestoreReport:
         text = f"restored {n} name{'' if n == 1 else 's'}" + (f" ({shown})" if n else "") + f" in {self.seconds:.2f}s"
         if self.skipped:
             text += "; skipped " + "; ".join(f"{name}: {why}" for name, why in sorted(self.skipped.items()))
+        if self.refused:
+            text += "; refused newer checkpoints: " + "; ".join(f"{cid}: {why}" for cid, why in sorted(self.refused.items()))
         return text
 
 

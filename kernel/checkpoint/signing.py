@@ -8,20 +8,32 @@ or signed with another key, naming what it refused.
 
 The key is ``PYREPL3_KEY`` (hex or any string), else the file
 ``<jupyter data dir>/pyrepl3/key`` (created 0600 on first use).
+
+A signature alone proves only that this key signed *some* bytes: copied to
+another promise (an old checkpoint to a higher sequence number, one session's
+checkpoint into another session, one step's result to another step) it would
+still verify. :class:`Sealer` therefore binds each signature to where the
+value belongs -- the session and the promise id it is stored under -- and the
+reader checks it against the id it read the value from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import AuthenticationError, ConfigurationError
 
 SIGNATURE_BYTES = 32
+#: What a bound signature covers, stored next to it (``"sealed"``): a value signed
+#: before signatures were bound to their promise has none and is refused.
+SEAL_FORMAT = 2
 
 
 class SignatureError(AuthenticationError):
@@ -71,3 +83,47 @@ class Signer:
             raise SignatureError(f"{what} is not signed; refusing to load it")
         if not hmac.compare_digest(signature, self.digest(*parts)):
             raise SignatureError(f"{what} has a wrong signature (tampered with, or signed with another key); refusing to load it")
+
+
+def canonical(value: Any) -> bytes:
+    """The bytes a signature covers: JSON with sorted keys and no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Sealer:
+    """Signs plain-JSON values bound to one session and the promise that holds them.
+
+    The signature covers ``[format, session, promise_id, body]`` as canonical
+    JSON, so a sealed value verifies only under the promise id and session it
+    was written for. A sealed value is the body plus ``"signature"`` and
+    ``"sealed"`` (the format)."""
+
+    def __init__(self, signer: Signer, session: str) -> None:
+        self.signer = signer
+        self.session = session
+
+    def signature(self, promise_id: str, body: Any) -> str:
+        return self.signer.digest(canonical([SEAL_FORMAT, self.session, promise_id, body]))
+
+    def seal(self, promise_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with its bound signature added."""
+        return {**body, "signature": self.signature(promise_id, body), "sealed": SEAL_FORMAT}
+
+    def unseal(self, promise_id: str, sealed: Any, what: str) -> dict[str, Any]:
+        """The body of ``sealed`` read from ``promise_id``; :class:`SignatureError` unless
+        this key sealed it for this session and this promise id."""
+        if not isinstance(sealed, dict):
+            raise SignatureError(f"{what} ({promise_id}) is not signed; refusing to load it")
+        body = {k: v for k, v in sealed.items() if k not in ("signature", "sealed")}
+        signature = sealed.get("signature")
+        if signature and sealed.get("sealed") != SEAL_FORMAT:
+            raise SignatureError(
+                f"{what} ({promise_id}) was signed by an older PyREPL3 without binding the signature to "
+                "its session and promise id; refusing to load it"
+            )
+        self.signer.verify(
+            signature,
+            f"{what} ({promise_id}, session {self.session!r})",
+            canonical([SEAL_FORMAT, self.session, promise_id, body]),
+        )
+        return body

@@ -62,6 +62,10 @@ class ExecutionParams(Model, kw_only=True):
     kernel_pid: int
     nonce: str  # tells this kernel's create apart from an earlier one
     submitted_at: float
+    #: The session key's signature of all the fields above, bound to the session and
+    #: ``exec:<msg_id>`` (:mod:`kernel.durable.sealing`); an execution is resumed only if it verifies.
+    signature: str = ""
+    sealed: int = 0
 
 
 class Timings(Model, kw_only=True):

@@ -9,6 +9,10 @@ Resume attempts are counted durably (``exec:<msg_id>:resume:<k>``), so a cell
 that kills its kernel every time is rejected after ``PYREPL3_RESUME_LIMIT``
 attempts.
 
+An orphan is resumed only if its params (the code) verify against the session
+key (:mod:`kernel.durable.sealing`): a tampered one is rejected as
+``TamperedExecution`` with a BROKEN notice and never run.
+
 :class:`ResumePolicy` decides; running the code again is the session's
 (:meth:`kernel.durable.session.DurableSession.resume_interrupted`).
 
@@ -41,12 +45,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from kernel.checkpoint.signing import Sealer, SignatureError
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.ids import exec_id, resume_attempt_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.notices import BROKEN, Notify
 from kernel.durable.dispatcher import CellDispatcher, Orphan
 from kernel.durable.runtime import DurableRuntime
+from kernel.durable.sealing import TAMPERED, check_params, seal_params
 
 #: Seconds to wait for the engine to re-deliver an execution a dead kernel left pending.
 ORPHAN_WAIT = 10.0
@@ -93,6 +99,8 @@ class ResumePolicy:
     clock: Clock = SYSTEM
     orphan_wait: float = ORPHAN_WAIT
     kernel_pid: int = field(default_factory=os.getpid)
+    #: Checks an orphan's params before it is resumed.
+    sealer: Sealer = field(kw_only=True)
 
     @property
     def resumes_at_start(self) -> bool:
@@ -103,7 +111,24 @@ class ResumePolicy:
         if execution_id not in self.interrupted:
             return None
         self.interrupted.remove(execution_id)
-        return self.dispatcher.take_orphan(execution_id, self.orphan_wait)
+        orphan = self.dispatcher.take_orphan(execution_id, self.orphan_wait)
+        return orphan if orphan is not None and self.genuine(execution_id, orphan) else None
+
+    def seal(self, params: ExecutionParams) -> ExecutionParams:
+        """Sign a new execution's params as it is submitted, so it can be resumed later."""
+        return seal_params(self.sealer, params)
+
+    def genuine(self, execution_id: str, orphan: Orphan) -> bool:
+        """Whether the orphan's params verify; if not, reject it as tampered (never run it)."""
+        try:
+            check_params(self.sealer, execution_id, orphan.params)
+        except SignatureError as exc:
+            orphan.outcome.set_result(
+                CellError(execution_id=execution_id, ename=TAMPERED, evalue=f"{exc}; it was not resumed", code=exc.code)
+            )
+            self.notice(f"{execution_id} was not resumed and is marked failed: {exc}", BROKEN)
+            return False
+        return True
 
     def reject_interrupted(self) -> None:
         """A new cell means the user moved on: interrupted executions that were
@@ -157,6 +182,8 @@ class ResumePolicy:
         for eid, orphan in self._take_all():
             if orphan is None:
                 report.append(f"{eid}: the engine did not deliver it; nothing to resume")
+            elif not self.genuine(eid, orphan):
+                report.append(f"{eid}: not resumed (its stored code is not signed by this key)")
             elif not self.admit(orphan):
                 settled = orphan.outcome.result()
                 abandoned = isinstance(settled, CellError) and settled.ename == "EngineTimeout"

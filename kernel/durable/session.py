@@ -136,11 +136,11 @@ class DurableSession:
             answer_command=_answer_command(engine, settings.home or None),
             clock=clock,
         )
-        resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock)
+        resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock, sealer=history.sealer)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
             session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
-            StepJournal(runtime, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
+            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
         )
 
     # -- the cell protocol -------------------------------------------------------
@@ -177,7 +177,7 @@ class DurableSession:
         return cell.replay(started)
 
     def _params(self, msg_id: str, code: str, execution_count: int, cell_id: str | None) -> ExecutionParams:
-        return ExecutionParams(
+        return self.resume.seal(ExecutionParams(
             session=self.session,
             msg_id=msg_id,
             code=code,
@@ -186,7 +186,7 @@ class DurableSession:
             kernel_pid=os.getpid(),
             nonce=uuid.uuid4().hex,
             submitted_at=self.clock.wall(),
-        )
+        ))
 
     def _start(self, params: ExecutionParams, ticket: cf.Future[Handoff], cell: CellRequest[Any]) -> Handoff | PromiseRecord | None:
         """Submit ``exec:<msg_id>`` and wait for the engine to hand it to this thread.
@@ -373,7 +373,7 @@ class DurableSession:
             return None
         checkpoint, report = restored
         lost = set(report.skipped) - set(checkpoint.skipped) - set(report.excluded)  # saved, yet not back: failed
-        self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost else INFO)
+        self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost or report.refused else INFO)
         self.skipped.restored(report)
         return checkpoint
 

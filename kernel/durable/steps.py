@@ -13,6 +13,12 @@ saves as it goes, nothing to do with namespace checkpoints) are versioned
 promises ``exec:<msg_id>:ckpt:<name>:<v>``; :meth:`StepJournal.latest_value`
 finds the newest version with a galloping search over ids, so it needs no
 search API from the engine.
+
+Every result and step value is sealed (:class:`kernel.checkpoint.signing.Sealer`):
+signed with the session key and bound to the session and its promise id, and
+checked before it is decoded. Plain-JSON values are sealed too -- JSON is
+never executed, but a swapped result would still change what a resumed cell
+computes -- and a pickled one is never unpickled unless it verifies.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 import cloudpickle
 
+from kernel.checkpoint.signing import Sealer
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
 from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
@@ -55,6 +62,7 @@ def encode_value(value: Any, what: str) -> dict[str, Any]:
 
 
 def decode_value(data: dict[str, Any]) -> Any:
+    """The value of an *unsealed* (verified) body."""
     if "json" in data:
         return data["json"]
     return cloudpickle.loads(base64.b64decode(data["pickle"]))
@@ -63,8 +71,9 @@ def decode_value(data: dict[str, Any]) -> Any:
 class StepJournal(ChildNumbering):
     """The steps and step values of the running execution, as child promises."""
 
-    def __init__(self, runtime: DurableRuntime, *, clock: Clock = SYSTEM) -> None:
+    def __init__(self, runtime: DurableRuntime, sealer: Sealer, *, clock: Clock = SYSTEM) -> None:
         self.runtime = runtime
+        self.sealer = sealer
         self._clock = clock
         super().__init__()
 
@@ -79,7 +88,7 @@ class StepJournal(ChildNumbering):
         name = getattr(fn, "__qualname__", repr(fn))
         record = self._open(pid, {"kind": "run", "function": name})
         if record.state == "resolved":
-            return decode_value(record.value.data)
+            return self._decode(pid, record.value.data, f"the result of durable.run({name})")
         if record.state != "pending":
             error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
             raise StepError(f"step {pid} ({name}) failed when it first ran: {error.get('error', record.state)}")
@@ -93,8 +102,12 @@ class StepJournal(ChildNumbering):
         except StepError as exc:
             self.runtime.settle(pid, "rejected", {"error": str(exc)})
             raise
-        self.runtime.settle(pid, "resolved", encoded)
+        self.runtime.settle(pid, "resolved", self.sealer.seal(pid, encoded))
         return result
+
+    def _decode(self, pid: str, data: Any, what: str) -> Any:
+        """Verify, then decode: a value this key did not seal for ``pid`` is never unpickled."""
+        return decode_value(self.sealer.unseal(pid, data, what))
 
     def sleep(self, seconds: float) -> None:
         pid = self._next_id()
@@ -134,13 +147,13 @@ class StepJournal(ChildNumbering):
         version, _ = self._latest(name)
         pid = self._value_id(name, version + 1)
         self.runtime.create(pid, self._clock.ms_after(FAR_FUTURE), {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"})
-        self.runtime.settle(pid, "resolved", encoded)
+        self.runtime.settle(pid, "resolved", self.sealer.seal(pid, encoded))
 
     def latest_value(self, name: str, default: Any = NO_DEFAULT) -> Any:
         """The newest version of the step value ``name``, else ``default``."""
-        _, record = self._latest(name)
+        version, record = self._latest(name)
         if record is None or record.state != "resolved":
             if default is NO_DEFAULT:
                 raise CheckpointNotFoundError(f"no checkpoint named {name!r} in {self.execution_id}")
             return default
-        return decode_value(record.value.data)
+        return self._decode(self._value_id(name, version), record.value.data, f"the step value {name!r}")
