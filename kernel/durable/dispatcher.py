@@ -77,15 +77,29 @@ class CellDispatcher:
         with self._lock:
             self._waiting.pop(execution_id, None)
 
+    def finished(self, execution_id: str, outcome: CellOutcome) -> None:
+        """``execution_id`` ran to its end (a dead kernel stored its checkpoint and
+        outcome, :mod:`kernel.durable.settling`): when the engine delivers it, it is
+        settled with ``outcome``; it is neither an orphan nor run again."""
+        done: cf.Future[CellOutcome] = cf.Future()
+        done.set_result(outcome)
+        self._remember(execution_id, done)
+
     async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
         with self._lock:
-            ticket = self._waiting.pop(execution_id, None)
-            if ticket is None:
+            known = self._recent.get(execution_id)
+            ticket = self._waiting.pop(execution_id, None) if known is None else None
+            if known is None and ticket is None:
                 orphan = self._orphans.get(execution_id)
                 if orphan is None or orphan.outcome.done():
                     orphan = Orphan(params, cf.Future())
                     self._orphans[execution_id] = orphan
                     self._orphan_arrived.notify_all()
+        if known is not None:
+            # Delivered again while (or after) this process runs it: the engine took the task
+            # back (a cell that held the GIL past its lease) and re-delivered it, or it finished
+            # before a kernel died. Settle it with the one outcome, under the new lease.
+            return await asyncio.wrap_future(known)
         if ticket is None:
             self._remember(execution_id, orphan.outcome)
             return await asyncio.wrap_future(orphan.outcome)

@@ -7,8 +7,8 @@ instead of refusing to start.
 
 Every cell is ``exec:<msg_id>``: :meth:`DurableSession.execute` submits it,
 waits for the engine to hand it back to this thread, runs it through the
-kernel's :class:`~kernel.durable.cells.CellRequest`, settles it with the
-outcome and stores the namespace checkpoint after it. A msg_id that has a
+kernel's :class:`~kernel.durable.cells.CellRequest`, and stores its checkpoint
+and outcome as one unit (:mod:`kernel.durable.settling`). A msg_id that has a
 promise already is replayed from the store, never run twice. The kernel only
 translates between this and the Jupyter protocol.
 """
@@ -21,20 +21,20 @@ import os
 import shlex
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from resonate.types import PromiseRecord
 
-from kernel.checkpoint.checkpointer import CaptureReport, Checkpointer, RestoreReport
+from kernel.checkpoint.checkpointer import Checkpointer, RestoreReport
 from kernel.checkpoint.history import NamespaceCheckpoints, SessionStateHooks, StoredCheckpoint
 from kernel.checkpoint.signing import Signer, load_key
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
 from kernel.core.ids import exec_id
-from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
+from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.locations import default_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
 from kernel.core.redaction import redact
@@ -44,6 +44,7 @@ from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
 from kernel.durable.resume import ResumePolicy
 from kernel.durable.runtime import DurableRuntime
+from kernel.durable.settling import CellSettler, SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
 from kernel.store.embedded.engine import EmbeddedEngine
@@ -59,23 +60,6 @@ REPLAY_WAIT = 10.0
 CARRY_OVER_WAIT = 10.0
 #: A cell whose code starts with this resumes interrupted executions: it is not "moving on".
 RESUME_MAGIC = "%durable resume"
-
-
-class SkippedNames:
-    """Names the namespace checkpoints leave out, reported when they start being
-    skipped, not again every cell (the reason may be worded differently from one
-    capture to the next). The kernel keeps one across reconnected sessions."""
-
-    def __init__(self) -> None:
-        self._reported: dict[str, str] = {}
-
-    def restored(self, report: RestoreReport) -> None:
-        self._reported = dict(report.skipped)
-
-    def newly_skipped(self, report: CaptureReport) -> dict[str, str]:
-        fresh = {n: why for n, why in report.skipped.items() if n not in self._reported}
-        self._reported = dict(report.skipped)
-        return fresh
 
 
 @dataclass
@@ -94,7 +78,8 @@ class DurableSession:
     resume: ResumePolicy
     history: NamespaceCheckpoints
     host: SessionHost
-    skipped: SkippedNames = field(default_factory=SkippedNames)
+    #: Stores the end of every cell: checkpoint and outcome as one unit.
+    settler: CellSettler
     clock: Clock = SYSTEM
 
     @classmethod
@@ -150,11 +135,17 @@ class DurableSession:
             answer_command=_answer_command(engine, settings.home or None),
             clock=clock,
         )
+        settler = CellSettler(runtime, history, host, skipped or SkippedNames())
+        for eid, outcome in settler.finished_at_start(interrupted).items():
+            # Its checkpoint was stored, only the settle was lost: settled with its outcome, not interrupted.
+            dispatcher.finished(eid, outcome)
+            interrupted.remove(eid)
+            host.notice(f"{eid} (execution {outcome.execution_count}) had finished before its kernel died; stored its outcome")
         resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
             session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
-            StepJournal(runtime, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
+            StepJournal(runtime, clock=clock), resume, history, host, settler, clock,
         )
 
     # -- the cell protocol -------------------------------------------------------
@@ -184,6 +175,8 @@ class DurableSession:
             # Interrupted before the cell ran (or between hand-off and run): settled as interrupted
             # whenever the engine delivers it, never left pending; a no-op once the run set its outcome.
             self.dispatcher.abandon(ticket, self._error(params, type(exc).__name__, "interrupted before the cell started"))
+            if isinstance(exc, KeyboardInterrupt):
+                return cell.interrupted()  # every request gets its reply
             raise
         cell.show_notices()
         if started is None:
@@ -225,7 +218,7 @@ class DurableSession:
             self.resume.reject_interrupted()
         cell.show_notices()
         try:
-            return ticket.result(timeout=self.start_timeout)
+            return self.runtime.result(ticket, self.start_timeout)
         except cf.TimeoutError:
             self.dispatcher.abandon(ticket, self._error(
                 params, "EngineTimeout", f"the engine did not start {eid} in time; the cell ran without durability"
@@ -245,8 +238,8 @@ class DurableSession:
             return record
 
     async def _run(self, started: Handoff | Orphan, code: str, cell: CellRequest[R]) -> R:
-        """Run the cell (``code``: the request's) and hand its outcome to
-        ``durable_execute``, which settles it.
+        """Run the cell (``code``: the request's), then store its checkpoint and
+        outcome as one unit (:class:`~kernel.durable.settling.CellSettler`).
 
         Whatever happens here (an interrupt landing between two statements
         included), the outcome is completed, so the execution never stays pending.
@@ -259,44 +252,19 @@ class DurableSession:
             if not outcome.done():
                 outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
             raise
-        outcome.set_result(ran.outcome)
-        # The runtime thread settles exec:<msg_id> while this thread captures the
-        # namespace; then one trip stores the checkpoint once the execution is stored.
-        checkpoint = self._checkpoint(code, params)
         try:
-            try:
-                self.runtime.store_resolved(checkpoint, after=eid)
-            except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
-                self.runtime.store_resolved([], after=eid)
-        except PyRepl3Error as exc:
-            self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}", BROKEN)
+            self.settler.settle(params, code, outcome, ran.outcome)
+        except KeyboardInterrupt:
+            # Landed in the instant before the end of the cell holds interrupts: the cell is
+            # done all the same, and the settle is idempotent (a second checkpoint at worst).
+            log.info("an interrupt at the end of %s was held: the cell had finished", eid)
+            self.settler.settle(params, code, outcome, ran.outcome)
         cell.show_notices()
         return ran.reply
 
     @staticmethod
     def _error(params: ExecutionParams, ename: str, evalue: str) -> CellError:
         return CellError(execution_id=exec_id(params.msg_id), execution_count=params.execution_count, ename=ename, evalue=evalue)
-
-    def _checkpoint(self, code: str, params: ExecutionParams) -> list[ResolvedPromise]:
-        """Checkpoint the namespace after an execution (the promise that makes it
-        the latest is returned for the caller to store); report newly skipped names once."""
-        try:
-            transformed = self.host.transformed(code)
-        except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
-            transformed = None
-        count = params.execution_count
-        try:
-            promise, report = self.history.capture(
-                self.host.namespace(), code=transformed, execution_count=count, msg_id=params.msg_id
-            )
-        except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
-            log.exception("checkpoint failed")
-            self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
-            return []
-        if fresh := self.skipped.newly_skipped(report):
-            listed = "; ".join(f"{n} ({why})" for n, why in sorted(fresh.items()))
-            self.host.notice(f"not saved in the checkpoint: {listed}")
-        return [promise]
 
     # -- resume ------------------------------------------------------------------
 
@@ -317,8 +285,7 @@ class DurableSession:
         eid, params = orphan.execution_id, orphan.params
         with self.prompts.executing(eid), self.steps.executing(eid):
             outcome = self.host.run_nested(eid, params)
-        orphan.outcome.set_result(outcome)
-        self.runtime.store_resolved(self._checkpoint(params.code, params), after=eid)
+        self.settler.settle(params, params.code, orphan.outcome, outcome)
         state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 
@@ -392,7 +359,7 @@ class DurableSession:
         checkpoint, report = restored
         lost = set(report.skipped) - set(checkpoint.skipped)  # saved, yet not back: the restore failed for them
         self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost else INFO)
-        self.skipped.restored(report)
+        self.settler.skipped.restored(report)
         return checkpoint
 
     def checkpoints(self) -> list[StoredCheckpoint]:

@@ -394,6 +394,12 @@ class JupyterCell:
     async def run_without_durability(self) -> dict[str, Any]:
         return await self.run_code()
 
+    def interrupted(self) -> dict[str, Any]:
+        kernel = self.kernel
+        error = {"ename": "KeyboardInterrupt", "evalue": "interrupted before the cell ran", "traceback": ["KeyboardInterrupt: interrupted before the cell ran"]}
+        kernel.session.send(kernel.iopub_socket, "error", error, self.parent, ident=kernel._topic("error"))
+        return {"status": "error", "execution_count": kernel.shell.execution_count, "user_expressions": {}, "payload": [], **error}
+
     def replay(self, record: PromiseRecord) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""
         outputs, reply = stored_reply(record)
