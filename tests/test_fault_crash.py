@@ -66,14 +66,14 @@ class StoreProbe:
         )
         return rows[0][0] if rows else None
 
-    def checkpoints(self, session: str) -> int:
-        """How many resolved checkpoints the session has."""
+    def checkpoints(self, session: str | None, kind: str = "checkpoint") -> int:
+        """How many resolved promises of ``kind`` the session (None: the store) has."""
         name = self.store.session(session)
         rows = self._rows(
-            "SELECT count(*) FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved'",
+            "SELECT count(*) FROM promises WHERE session = coalesce(?, session) AND kind = ? AND state = 'resolved'",
             "SELECT count(*) FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
-            "WHERE i.session = %s AND i.kind = 'checkpoint' AND p.state = 'resolved'",
-            (name,),
+            "WHERE i.session = coalesce(%s, i.session) AND i.kind = %s AND p.state = 'resolved'",
+            (name, kind),
         )
         return int(rows[0][0]) if rows else 0
 
@@ -184,7 +184,7 @@ def test_notebook_run_killed_at_the_end_of_a_cell_resumes(home: Path, store: Sto
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(f"import numpy as np\nbig = np.ones({KILL_N})"),
-        nbformat.v4.new_code_cell("marker = 123; big[0] = 2.0\nimport time; time.sleep(0.5)"),
+        nbformat.v4.new_code_cell("marker = 123; big[0] = 2.0"),
         nbformat.v4.new_code_cell("print(marker, big[0])"),
     ]
     path, out = tmp_path / "nb.ipynb", tmp_path / "out.ipynb"
@@ -192,9 +192,8 @@ def test_notebook_run_killed_at_the_end_of_a_cell_resumes(home: Path, store: Sto
     probe = StoreProbe(store, home)
     first = _notebook_run(home, store, path, out)
     try:
-        # Kill as soon as the second cell's checkpoint is stored: before its execution is settled.
-        wait_for(lambda: probe._rows("SELECT count(*) FROM promises WHERE kind = 'checkpoint'", "", ())[0][0] >= 2,
-                 timeout=120, interval=0.001, what="the second cell's checkpoint")
+        # Kill as soon as the store shows the second cell resolved (before, its checkpoint came after that).
+        wait_for(lambda: probe.checkpoints(None, "exec") >= 2, timeout=120, interval=0.001, what="the second cell resolved")
         for pid in _kernel_pids(first.pid):
             os.kill(pid, signal.SIGKILL)
         _, err = first.communicate(timeout=60)
