@@ -294,3 +294,34 @@ def test_a_cell_holding_the_gil_past_its_lease_is_stored(kernels: KernelFactory,
     fresh = kernels.start(session, env=kernel_env(home, session, PYREPL3_LEASE_SECONDS="1"))
     assert _state_of(fresh, "total") == n * (n - 1) // 2
     print(f"GIL held {n:,} additions (about 4 leases of 1 s): {eid} resolved, its checkpoint stored, no SDK text in outputs")
+
+
+# -- the interrupt seam itself (pure logic, this process's main thread) -----------------
+
+
+def test_an_interrupt_ends_a_wait_outside_the_future_lock_and_is_held_at_the_end_of_a_cell() -> None:
+    import concurrent.futures as cf
+    import threading
+
+    from kernel.durable.interrupts import Interrupts
+
+    interrupts = Interrupts()
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        fut: cf.Future[int] = cf.Future()
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.wait(fut, timeout=TIMEOUT)
+        done = threading.Thread(target=fut.set_result, args=(1,))
+        done.start()
+        done.join(timeout=5)
+        assert not done.is_alive() and fut.result(0) == 1  # the lock was free: no deadlock
+        held: cf.Future[int] = cf.Future()
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Timer(0.4, held.set_result, (2,)).start()
+        with interrupts.deferred(redeliver=False, what="the end of a test cell") as deferral:
+            assert interrupts.wait(held, timeout=TIMEOUT) == 2  # held for good: the wait goes on
+        assert deferral.arrived == 1
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, saved)

@@ -6,7 +6,10 @@ the execution it is about to submit (:meth:`CellDispatcher.expect`), the
 dispatcher hands it a :class:`Handoff` when it arrives, and the main thread
 completes the handoff's ``outcome``, which settles the promise. An execution
 no request here expects (one a dead kernel left pending) is kept as an
-:class:`Orphan` for the resume policy to decide.
+:class:`Orphan` for the resume policy to decide. An execution delivered again
+whose outcome this process has or will have (its task was taken back from a
+cell that held the GIL past its lease; or a dead kernel had finished it,
+:meth:`CellDispatcher.finished`) gets that one outcome: never a second run.
 """
 
 from __future__ import annotations
