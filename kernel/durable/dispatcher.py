@@ -84,6 +84,11 @@ class CellDispatcher:
         """``execution_id`` ran to its end (a dead kernel stored its checkpoint and
         outcome, :mod:`kernel.durable.settling`): when the engine delivers it, it is
         settled with ``outcome``; it is neither an orphan nor run again."""
+        with self._lock:
+            orphan = self._orphans.pop(execution_id, None)
+        if orphan is not None and not orphan.outcome.done():  # delivered already: it waits as an orphan
+            orphan.outcome.set_result(outcome)
+            return
         done: cf.Future[CellOutcome] = cf.Future()
         done.set_result(outcome)
         self._remember(execution_id, done)

@@ -249,15 +249,13 @@ class DurableRuntime:
         op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
         return self.call(op(promise_id, Value(data=data)))
 
-    def store_resolved(self, promises: list[ResolvedPromise], *, after: str | None = None) -> None:
-        """Create and resolve ``promises`` -- after ``after`` is settled, if given --
-        in one trip to the runtime thread (the end of every cell does this)."""
-        self.call(self._store_resolved(promises, after))
+    def store_resolved(self, promises: list[ResolvedPromise]) -> None:
+        """Create and resolve ``promises`` in one trip to the runtime thread (the
+        end of every cell stores its checkpoint so)."""
+        self.call(self._store_resolved(promises))
 
-    async def _store_resolved(self, promises: list[ResolvedPromise], after: str | None) -> None:
+    async def _store_resolved(self, promises: list[ResolvedPromise]) -> None:
         assert self.resonate is not None
-        if after is not None:
-            await self._wait_settled(after, read=False)
         api = self.resonate.promises
         for p in promises:
             await api.create(p.id, p.timeout_at_ms, Value(data=p.param), {**p.tags, SESSION_TAG: self.session})

@@ -180,6 +180,7 @@ class DurableSession:
             raise
         cell.show_notices()
         if started is None:
+            self.settler.ran_uncaptured()
             return await cell.run_without_durability()
         return cell.replay(started)
 
@@ -249,6 +250,7 @@ class DurableSession:
             with self.prompts.executing(eid), self.steps.executing(eid):
                 ran = await cell.run(eid)
         except BaseException as exc:
+            self.settler.ran_uncaptured()
             if not outcome.done():
                 outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
             raise

@@ -95,6 +95,14 @@ class CellSettler:
     host: SessionHost
     skipped: SkippedNames = field(default_factory=SkippedNames)
     interrupts: Interrupts = MAIN
+    #: Code ran since the last capture without being captured (a cell that raised out of
+    #: the run, ran without durability, or whose capture failed): the next capture
+    #: re-pickles every name, since an incremental one sees only its own cell's code
+    #: and would store those changes stale -- a namespace that never existed.
+    uncaptured: bool = False
+
+    def ran_uncaptured(self) -> None:
+        self.uncaptured = True
 
     def settle(self, params: ExecutionParams, code: str, handed: cf.Future[CellOutcome], outcome: CellOutcome) -> None:
         """Checkpoint the namespace after execution ``params`` (whose request's
@@ -118,7 +126,7 @@ class CellSettler:
         """Capture the namespace (the outcome's blob first); the promise that makes it
         the latest checkpoint, for the caller to store. Newly skipped names are reported once."""
         try:
-            transformed = self.host.transformed(code)
+            transformed = None if self.uncaptured else self.host.transformed(code)
         except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
             transformed = None
         count = params.execution_count
@@ -127,7 +135,9 @@ class CellSettler:
             promise, report = self.history.capture(
                 self.host.namespace(), code=transformed, execution_count=count, msg_id=params.msg_id, outcome=digest
             )
+            self.uncaptured = False
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
+            self.uncaptured = True
             log.exception("checkpoint failed")
             self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
             return None
@@ -141,6 +151,8 @@ class CellSettler:
         checkpoint (and outcome) was stored, only the settle was lost. execution id -> outcome."""
         pending = {msg_id_of(eid): eid for eid in interrupted}
         finished: dict[str, CellOutcome] = {}
+        if not pending:
+            return finished
         for msg_id, digest in self.history.finished(set(pending)).items():
             eid = pending[msg_id]
             try:

@@ -10,6 +10,7 @@ history, display, magics, comms, interrupts) is ipykernel's, unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -31,6 +32,7 @@ from kernel.core.settings import Settings
 from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import BROKEN, INFO, SILENCE_HINT, NoticeBook, NoticeLevel
 from kernel.durable.cells import RanCell
+from kernel.durable.interrupts import MAIN as INTERRUPTS
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
 from kernel.durable.session import DurableSession, SkippedNames
 from kernel.jupyter.durable_object import DurableAPI
@@ -223,6 +225,22 @@ class DurableKernel(IPythonKernel):
 
     # -- execution -----------------------------------------------------------
 
+    #: Closed once the execute_reply is sent: holds the interrupts of a cell that is done.
+    _until_replied: contextlib.ExitStack | None = None
+
+    async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """ipykernel's, with an interrupt that lands once the cell's code has finished held
+        until the reply is sent (logged, not delivered): ipykernel would otherwise lose the
+        reply, or send it cut short. The cell itself stays interruptible."""
+        if threading.current_thread() is not threading.main_thread():
+            return await super().execute_request(stream, ident, parent)  # type: ignore[no-any-return]
+        self._until_replied = until_replied = contextlib.ExitStack()
+        try:
+            await super().execute_request(stream, ident, parent)
+        finally:
+            self._until_replied = None
+            until_replied.close()
+
     async def do_execute(  # type: ignore[override]
         self,
         code: str,
@@ -386,6 +404,8 @@ class JupyterCell:
         kernel.recorder.begin(msg_id_of(execution_id))
         try:
             reply = await self.run_code()
+            if kernel._until_replied is not None:
+                kernel._until_replied.enter_context(INTERRUPTS.deferred(redeliver=False, what="the end of a cell and its reply"))
         finally:
             flush_std()
             outputs = kernel.recorder.end()
