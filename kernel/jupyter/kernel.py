@@ -416,7 +416,8 @@ class JupyterCell:
 
     def interrupted(self) -> dict[str, Any]:
         kernel = self.kernel
-        error = {"ename": "KeyboardInterrupt", "evalue": "interrupted before the cell ran", "traceback": ["KeyboardInterrupt: interrupted before the cell ran"]}
+        why = "interrupted while the kernel was starting or ending the cell"
+        error = {"ename": "KeyboardInterrupt", "evalue": why, "traceback": [f"KeyboardInterrupt: {why}"]}
         kernel.session.send(kernel.iopub_socket, "error", error, self.parent, ident=kernel._topic("error"))
         return {"status": "error", "execution_count": kernel.shell.execution_count, "user_expressions": {}, "payload": [], **error}
 
