@@ -104,17 +104,25 @@ class NamespaceCheckpoints:
 
     # -- saving ----------------------------------------------------------------
 
-    def capture(self, namespace: dict, *, code: str | None, execution_count: int | None, msg_id: str | None) -> tuple[ResolvedPromise, CaptureReport]:
+    def capture(
+        self, namespace: dict, *, code: str | None, execution_count: int | None, msg_id: str | None, outcome: str | None = None,
+    ) -> tuple[ResolvedPromise, CaptureReport]:
         """Capture the namespace (every blob durable on return) and prepare the
-        promise that makes it the latest checkpoint; the caller stores it."""
+        promise that makes it the latest checkpoint; the caller stores it.
+
+        ``outcome`` names the blob holding the outcome of execution ``msg_id``
+        (stored before): with it, the checkpoint says that execution finished,
+        even if a crash came before the execution itself was settled
+        (:mod:`kernel.durable.settling`)."""
         manifest, report = self.checkpointer.capture(namespace, code=code, previous=self.previous)
         manifest.state = self._captured_state()
         body = manifest.model_dump(mode="json")
         self._seq += 1
         pid = checkpoint_id(self._key, self._seq)
-        value = self.sealer.seal(
-            pid, {"manifest": body, "execution_count": execution_count, "msg_id": msg_id, "size": manifest.total_size}
-        )
+        body_of_value = {"manifest": body, "execution_count": execution_count, "msg_id": msg_id, "size": manifest.total_size}
+        if outcome is not None:
+            body_of_value["outcome"] = outcome  # the blob of the execution's outcome, signed with the rest
+        value = self.sealer.seal(pid, body_of_value)
         promise = ResolvedPromise(
             id=pid,
             timeout_at_ms=self.clock.ms_after(CHECKPOINT_LIFETIME),
@@ -146,6 +154,23 @@ class NamespaceCheckpoints:
             raise CheckpointNotFoundError(f"checkpoint {rec['id']} holds no manifest")
         body = self.sealer.unseal(rec["id"], value, "checkpoint")
         return Manifest.model_validate(body["manifest"])
+
+    def finished(self, msg_ids: set[str]) -> dict[str, str]:
+        """Of the executions ``msg_ids``, those a (signed) checkpoint says finished:
+        msg_id -> the blob holding its outcome. The newest checkpoint of each counts."""
+        found: dict[str, str] = {}
+        for rec in reversed(self._records()):
+            value = rec.get("value") or {}
+            msg_id, outcome = value.get("msg_id"), value.get("outcome")
+            if msg_id not in msg_ids or msg_id in found or not isinstance(outcome, str):
+                continue
+            try:
+                self._verified(rec)
+            except Exception:  # noqa: BLE001 - an unverifiable checkpoint proves nothing
+                log.warning("checkpoint %s is not verifiable; execution %s is not taken as finished", rec.get("id"), msg_id)
+                continue
+            found[msg_id] = outcome
+        return found
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
         records = self._records()

@@ -18,6 +18,11 @@ late. The hand-off is the one moment that is known to this process only, so it
 is put on record (``on_handoff``: the runtime stores ``exec:<msg_id>:started``);
 see :mod:`kernel.durable.resume` for why that, and not a deadline, decides
 whether a pending execution may be resumed.
+
+An execution delivered again whose outcome this process has or will have (its
+task was taken back from a cell that held the GIL past its lease; or a dead
+kernel had finished it, :meth:`CellDispatcher.finished`) gets that one
+outcome: never a second run.
 """
 
 from __future__ import annotations
@@ -33,8 +38,16 @@ from dataclasses import dataclass, field
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.ids import exec_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
+from kernel.durable.interrupts import MAIN, Interrupts
 
 log = logging.getLogger(__name__)
+
+
+def _done(outcome: CellOutcome) -> cf.Future[CellOutcome]:
+    """A future that already holds ``outcome``."""
+    done: cf.Future[CellOutcome] = cf.Future()
+    done.set_result(outcome)
+    return done
 
 
 @dataclass
@@ -68,8 +81,9 @@ class Orphan:
 class CellDispatcher:
     """Meets ``durable_execute`` (runtime thread) and the kernel (main thread)."""
 
-    def __init__(self, clock: Clock = SYSTEM) -> None:
+    def __init__(self, clock: Clock = SYSTEM, interrupts: Interrupts = MAIN) -> None:
         self._clock = clock
+        self._interrupts = interrupts
         self._waiting: dict[str, cf.Future[Handoff]] = {}
         self._abandoned: dict[str, CellError] = {}
         self._orphans: dict[str, Orphan] = {}
@@ -91,7 +105,7 @@ class CellDispatcher:
         hand-off won the race, which is then returned and must be run."""
         deadline = self._clock.monotonic() + timeout
         try:
-            handoff = ticket.result(timeout=timeout)
+            handoff = self._interrupts.wait(ticket, timeout)
         except cf.TimeoutError:
             if self._cancel(ticket, error):
                 return None
@@ -99,7 +113,7 @@ class CellDispatcher:
         # Run durably either way (the choice is made); waiting for the record only narrows
         # the window in which a dying kernel leaves an execution that cannot be resumed.
         with contextlib.suppress(cf.TimeoutError):
-            handoff.recorded.result(timeout=max(0.0, deadline - self._clock.monotonic()))
+            self._interrupts.wait(handoff.recorded, max(0.0, deadline - self._clock.monotonic()))
         return handoff
 
     def abandon(self, ticket: cf.Future[Handoff], error: CellError) -> None:
@@ -129,19 +143,38 @@ class CellDispatcher:
         with self._lock:
             self._waiting.pop(execution_id, None)
 
+    def finished(self, execution_id: str, outcome: CellOutcome) -> None:
+        """``execution_id`` ran to its end (a dead kernel stored its checkpoint and
+        outcome, :mod:`kernel.durable.settling`): when the engine delivers it, it is
+        settled with ``outcome``; it is neither an orphan nor run again."""
+        with self._lock:
+            orphan = self._orphans.pop(execution_id, None)
+        if orphan is not None and not orphan.outcome.done():  # delivered already: it waits as an orphan
+            orphan.outcome.set_result(outcome)
+            return
+        self._remember(execution_id, _done(outcome))
+
     async def dispatch(self, execution_id: str, params: ExecutionParams) -> CellOutcome:
         with self._lock:
-            ticket = self._waiting.pop(execution_id, None)
+            known = self._recent.get(execution_id)
             abandoned = self._abandoned.pop(execution_id, None)
-            if ticket is None and abandoned is None:
+            ticket = self._waiting.pop(execution_id, None) if known is None and abandoned is None else None
+            if known is None and ticket is None and abandoned is None:
                 orphan = self._orphans.get(execution_id)
                 if orphan is None or orphan.outcome.done():
                     orphan = Orphan(params, cf.Future())
                     self._orphans[execution_id] = orphan
                     self._orphan_arrived.notify_all()
         if abandoned is not None:
-            # Its kernel gave up waiting and ran the cell without durability: never run it.
+            # Its kernel gave up waiting and ran the cell without durability: never run it
+            # (and a delivery again gets the same error).
+            self._remember(execution_id, _done(abandoned))
             return abandoned
+        if known is not None:
+            # Delivered again while (or after) this process runs it: the engine took the task
+            # back (a cell that held the GIL past its lease) and re-delivered it, or it finished
+            # before a kernel died. Settle it with the one outcome, under the new lease.
+            return await asyncio.wrap_future(known)
         if ticket is None:
             self._remember(execution_id, orphan.outcome)
             return await asyncio.wrap_future(orphan.outcome)
@@ -153,6 +186,7 @@ class CellDispatcher:
             with self._lock:
                 error = self._abandoned.pop(execution_id, None)
             if error is not None:
+                self._remember(execution_id, _done(error))
                 return error
             raise
         handoff = ticket.result()

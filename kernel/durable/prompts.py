@@ -183,7 +183,7 @@ class PromptBroker(ChildNumbering):
                         return str((record.value.data or {}).get("value", reply))
                 elif watcher is not None:
                     try:
-                        watcher.result(timeout=POLL_SECONDS * 5)
+                        self.runtime.result(watcher, POLL_SECONDS * 5)
                     except TimeoutError:
                         pass
                 if self._clock.wall() >= deadline:

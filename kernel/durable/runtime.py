@@ -35,6 +35,7 @@ from kernel.core.ids import SESSION_TAG, exec_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.durable.codec import NoPickledErrors
 from kernel.durable.dispatcher import CellDispatcher
+from kernel.durable.interrupts import MAIN, Interrupts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +111,7 @@ class DurableRuntime:
         ttl: timedelta = timedelta(seconds=30),
         call_timeout: float = 30.0,
         clock: Clock = SYSTEM,
+        interrupts: Interrupts = MAIN,
     ) -> None:
         self.network = network
         self.session = session
@@ -120,6 +122,7 @@ class DurableRuntime:
         self._ttl = ttl
         self.call_timeout = call_timeout
         self._clock = clock
+        self._interrupts = interrupts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
         self.resonate: Resonate | None = None
@@ -162,10 +165,12 @@ class DurableRuntime:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the runtime loop and wait for it (from any other thread)."""
+        """Run a coroutine on the runtime loop and wait for it (from any other thread;
+        on the main thread an interrupt ends the wait, never inside the future's lock:
+        :mod:`kernel.durable.interrupts`)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return fut.result(self.call_timeout if timeout is None else timeout)
+            return self._interrupts.wait(fut, self.call_timeout if timeout is None else timeout)
         except cf.TimeoutError:
             fut.cancel()
             raise PromiseTimeoutError("the durable engine did not answer in time") from None
@@ -176,6 +181,11 @@ class DurableRuntime:
             raise (inner if isinstance(inner, EngineConnectionError) else EngineConnectionError(
                 f"the durable engine is unreachable ({type(inner).__name__})"
             )) from None
+
+    def result(self, fut: cf.Future[T], timeout: float | None = None) -> T:
+        """Wait for a future the runtime thread completes (``TimeoutError`` when ``timeout``
+        passes); on the main thread an interrupt ends the wait outside the future's lock."""
+        return self._interrupts.wait(fut, timeout)
 
     # -- executions -----------------------------------------------------------
 
@@ -248,19 +258,47 @@ class DurableRuntime:
         op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
         return self.call(op(promise_id, Value(data=data)))
 
-    def store_resolved(self, promises: list[ResolvedPromise], *, after: str | None = None) -> None:
-        """Create and resolve ``promises`` -- after ``after`` is settled, if given --
-        in one trip to the runtime thread (the end of every cell does this)."""
-        self.call(self._store_resolved(promises, after))
+    def store_resolved(self, promises: list[ResolvedPromise]) -> None:
+        """Create and resolve ``promises`` in one trip to the runtime thread (the
+        end of every cell stores its checkpoint so)."""
+        self.call(self._store_resolved(promises))
 
-    async def _store_resolved(self, promises: list[ResolvedPromise], after: str | None) -> None:
+    async def _store_resolved(self, promises: list[ResolvedPromise]) -> None:
         assert self.resonate is not None
-        if after is not None:
-            await self._wait_settled(after, read=False)
         api = self.resonate.promises
         for p in promises:
             await api.create(p.id, p.timeout_at_ms, Value(data=p.param), {**p.tags, SESSION_TAG: self.session})
             await api.resolve(p.id, Value(data=p.value))
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._ttl.total_seconds()
+
+    def confirm_settled(self, execution_id: str, outcome: CellOutcome, grace: float) -> None:
+        """Wait until ``exec:<msg_id>`` is settled with ``outcome`` (which the main thread
+        has just handed to ``durable_execute``); if the engine has not settled it after
+        ``grace`` seconds, settle it directly with the same value.
+
+        The SDK settles an execution with its *task*: a cell that held the GIL past its
+        lease has lost that task (its heartbeat could not run), the fulfill is refused, and
+        the promise would stay pending. The dispatcher hands a re-delivered task the same
+        outcome; settling the promise itself covers an engine that does not re-deliver in
+        time. Either way the stored value is the same one (settling is idempotent)."""
+        self.call(self._confirm_settled(execution_id, outcome, grace), timeout=grace + self.call_timeout)
+
+    async def _confirm_settled(self, execution_id: str, outcome: CellOutcome, grace: float) -> None:
+        assert self.resonate is not None
+        try:
+            await asyncio.wait_for(self._wait_settled(execution_id, read=False), grace)
+            return
+        except TimeoutError:
+            pass
+        log.warning("%s was not settled through its task within %gs (a lost lease?); settling it directly", execution_id, grace)
+        promises = self.resonate.promises
+        if isinstance(outcome, CellError):
+            await promises.reject(execution_id, Value(data=CellFailed(outcome)))
+        else:
+            await promises.resolve(execution_id, Value(data=outcome.model_dump(mode="json")))
 
     def watch(self, promise_id: str) -> cf.Future[PromiseRecord]:
         """A future that completes with the record once the promise is settled,

@@ -7,8 +7,8 @@ instead of refusing to start.
 
 Every cell is ``exec:<msg_id>``: :meth:`DurableSession.execute` submits it,
 waits for the engine to hand it back to this thread, runs it through the
-kernel's :class:`~kernel.durable.cells.CellRequest`, settles it with the
-outcome and stores the namespace checkpoint after it. A msg_id that has a
+kernel's :class:`~kernel.durable.cells.CellRequest`, and stores its checkpoint
+and outcome as one unit (:mod:`kernel.durable.settling`). A msg_id that has a
 promise already is replayed from the store, never run twice. The kernel only
 translates between this and the Jupyter protocol.
 """
@@ -21,7 +21,7 @@ import os
 import shlex
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ from kernel.checkpoint.signing import Signer, load_key
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import EngineConnectionError, PyRepl3Error
 from kernel.core.ids import exec_id, session_key
-from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
+from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.locations import default_home, resolve_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
 from kernel.core.redaction import redact
@@ -45,6 +45,7 @@ from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
 from kernel.durable.resume import ResumePolicy
 from kernel.durable.runtime import DurableRuntime
+from kernel.durable.settling import CellSettler
 from kernel.durable.skipped import SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
@@ -79,7 +80,8 @@ class DurableSession:
     resume: ResumePolicy
     history: NamespaceCheckpoints
     host: SessionHost
-    skipped: SkippedNames = field(default_factory=SkippedNames)
+    #: Stores the end of every cell: checkpoint and outcome as one unit.
+    settler: CellSettler
     clock: Clock = SYSTEM
 
     @classmethod
@@ -136,11 +138,17 @@ class DurableSession:
             answer_command=_answer_command(engine, settings.home or None),
             clock=clock,
         )
+        settler = CellSettler(runtime, history, host, skipped or SkippedNames())
+        for eid, outcome in settler.finished_at_start(interrupted).items():
+            # Its checkpoint was stored, only the settle was lost: settled with its outcome, not interrupted.
+            dispatcher.finished(eid, outcome)
+            interrupted.remove(eid)
+            host.notice(f"{eid} (execution {outcome.execution_count}) had finished before its kernel died; stored its outcome")
         resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock, sealer=history.sealer)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
             session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
-            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, skipped or SkippedNames(), clock,
+            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, settler, clock,
         )
 
     # -- the cell protocol -------------------------------------------------------
@@ -170,9 +178,12 @@ class DurableSession:
             # Interrupted before the cell ran (or between hand-off and run): settled as interrupted
             # whenever the engine delivers it, never left pending; a no-op once the run set its outcome.
             self.dispatcher.abandon(ticket, self._error(params, type(exc).__name__, "interrupted before the cell started"))
+            if isinstance(exc, KeyboardInterrupt):
+                return cell.interrupted()  # every request gets its reply
             raise
         cell.show_notices()
         if started is None:
+            self.settler.ran_uncaptured()
             return await cell.run_without_durability()
         return cell.replay(started)
 
@@ -228,8 +239,8 @@ class DurableSession:
             return record
 
     async def _run(self, started: Handoff | Orphan, code: str, cell: CellRequest[R]) -> R:
-        """Run the cell (``code``: the request's) and hand its outcome to
-        ``durable_execute``, which settles it.
+        """Run the cell (``code``: the request's), then store its checkpoint and
+        outcome as one unit (:class:`~kernel.durable.settling.CellSettler`).
 
         Whatever happens here (an interrupt landing between two statements
         included), the outcome is completed, so the execution never stays pending.
@@ -239,46 +250,25 @@ class DurableSession:
             with self.prompts.executing(eid), self.steps.executing(eid):
                 ran = await cell.run(eid)
         except BaseException as exc:
+            self.settler.ran_uncaptured()
             if not outcome.done():
                 outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
             raise
-        outcome.set_result(ran.outcome)
-        # exec:<msg_id> is settled on the runtime thread while this one captures the namespace.
-        checkpoint = self._checkpoint(code, params)
         try:
-            try:
-                self.runtime.store_resolved(checkpoint, after=eid)
-            except KeyboardInterrupt:  # the cell is done; an interrupt now only costs a re-wait
-                self.runtime.store_resolved([], after=eid)
-        except PyRepl3Error as exc:
-            self.host.notice(f"could not confirm that {eid} and its checkpoint were stored: {exc}", BROKEN)
-            if not self.engine.healthy():  # the store broke under this cell: durability off, reconnect
-                self.host.durability_lost(self, exc)
+            self.settler.settle(params, code, outcome, ran.outcome)
+        except KeyboardInterrupt:
+            # Landed in the instant before the end of the cell holds interrupts: the cell is
+            # done all the same, and the settle is idempotent (a second checkpoint at worst).
+            log.info("an interrupt at the end of %s was held: the cell had finished", eid)
+            self.settler.settle(params, code, outcome, ran.outcome)
+        if not self.engine.healthy():  # the store broke under this cell: durability off, reconnect
+            self.host.durability_lost(self, EngineConnectionError(f"the {self.store_path} failed while storing {eid}"))
         cell.show_notices()
         return ran.reply
 
     @staticmethod
     def _error(params: ExecutionParams, ename: str, evalue: str) -> CellError:
         return CellError(execution_id=exec_id(params.msg_id), execution_count=params.execution_count, ename=ename, evalue=evalue)
-
-    def _checkpoint(self, code: str, params: ExecutionParams) -> list[ResolvedPromise]:
-        """Checkpoint the namespace after an execution (the promise that makes it
-        the latest is returned for the caller to store); report newly skipped names once."""
-        try:
-            transformed = self.host.transformed(code)
-        except Exception:  # noqa: BLE001 - unknown source means "everything may have changed"
-            transformed = None
-        count = params.execution_count
-        try:
-            promise, report = self.history.capture(
-                self.host.namespace(), code=transformed, execution_count=count, msg_id=params.msg_id
-            )
-        except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not fail the cell
-            log.exception("checkpoint failed")
-            self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
-            return []
-        self.skipped.tell(report, self.host.notice)
-        return [promise]
 
     # -- resume ------------------------------------------------------------------
 
@@ -299,8 +289,7 @@ class DurableSession:
         eid, params = orphan.execution_id, orphan.params
         with self.prompts.executing(eid), self.steps.executing(eid):
             outcome = self.host.run_nested(eid, params)
-        orphan.outcome.set_result(outcome)
-        self.runtime.store_resolved(self._checkpoint(params.code, params), after=eid)
+        self.settler.settle(params, params.code, orphan.outcome, outcome)
         state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 
@@ -374,7 +363,7 @@ class DurableSession:
         checkpoint, report = restored
         lost = set(report.skipped) - set(checkpoint.skipped) - set(report.excluded)  # saved, yet not back: failed
         self.host.notice(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}", BROKEN if lost or report.refused else INFO)
-        self.skipped.restored(report)
+        self.settler.skipped.restored(report)
         return checkpoint
 
     def checkpoints(self) -> list[StoredCheckpoint]:

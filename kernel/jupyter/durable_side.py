@@ -11,6 +11,7 @@ and :class:`JupyterCell`, one execute_request as the session drives it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,6 +19,7 @@ from kernel.core.ids import msg_id_of
 from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import NoticeBook, Notify
 from kernel.durable.cells import RanCell
+from kernel.durable.interrupts import MAIN as INTERRUPTS
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
 from kernel.durable.session import DurableSession
 from kernel.durable.skipped import SkippedNames
@@ -48,6 +50,7 @@ class KernelSide(Protocol):
     iopub_socket: Any
     parent: Any
     durable: DurableSession | None
+    _until_replied: contextlib.ExitStack | None
     notice: Notify
     notice_book: NoticeBook
 
@@ -114,6 +117,8 @@ class JupyterCell:
         kernel.recorder.begin(msg_id_of(execution_id))
         try:
             reply = await self.run_code()
+            if kernel._until_replied is not None:
+                kernel._until_replied.enter_context(INTERRUPTS.deferred(redeliver=False, what="the end of a cell and its reply"))
         finally:
             flush_std()
             outputs = kernel.recorder.end()
@@ -121,6 +126,14 @@ class JupyterCell:
 
     async def run_without_durability(self) -> dict[str, Any]:
         return await self.run_code()
+
+    def interrupted(self) -> dict[str, Any]:
+        kernel = self.kernel
+        why = "interrupted while the kernel was starting or ending the cell"
+        error = {"ename": "KeyboardInterrupt", "evalue": why, "traceback": [f"KeyboardInterrupt: {why}"]}
+        kernel.session.send(kernel.iopub_socket, "error", error, self.parent, ident=kernel._topic("error"))
+        assert kernel.shell is not None
+        return {"status": "error", "execution_count": kernel.shell.execution_count, "user_expressions": {}, "payload": [], **error}
 
     def replay(self, record: PromiseRecord) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""

@@ -14,6 +14,7 @@ as fast as ipykernel does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -220,6 +221,22 @@ class DurableKernel(IPythonKernel):
         publish(self.session, self.iopub_socket, self.get_parent(), shown, self._topic)
 
     # -- execution -----------------------------------------------------------
+
+    #: Closed once the execute_reply is sent: holds the interrupts of a cell that is done.
+    _until_replied: contextlib.ExitStack | None = None
+
+    async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """ipykernel's, with an interrupt that lands once the cell's code has finished held
+        until the reply is sent (logged, not delivered): ipykernel would otherwise lose the
+        reply, or send it cut short. The cell itself stays interruptible."""
+        if threading.current_thread() is not threading.main_thread():
+            return await super().execute_request(stream, ident, parent)  # type: ignore[no-any-return]
+        self._until_replied = until_replied = contextlib.ExitStack()
+        try:
+            await super().execute_request(stream, ident, parent)
+        finally:
+            self._until_replied = None
+            until_replied.close()
 
     async def do_execute(  # type: ignore[override]
         self,
