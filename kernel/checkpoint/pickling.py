@@ -11,6 +11,12 @@
   naming the unpicklable part (:func:`unpicklable_reason`).
 * Each pickle reports which of the objects it reached other names could share
   (:attr:`Pickled.shared`), which is how aliases end up pickled together.
+  Objects a library owns are left out of it: functions of extension modules
+  pickled by name (Cython's, as pandas' ``_unpickle_block``) and the class
+  attributes of classes pickled by reference (pandas' ``NDFrame._metadata``
+  list, which every DataFrame's state holds). Every DataFrame reaches them, so
+  counting them glued all frames of a notebook into one group; and no restore
+  could keep them shared with the library anyway (see :meth:`PickleContext.library_owned`).
 
 This relies on two private parts of cloudpickle (the function reducer
 ``Pickler._dynamic_function_reduce`` and ``cloudpickle._should_pickle_by_reference``),
@@ -113,7 +119,7 @@ class _Pickler(cloudpickle.Pickler):
 
 
 # How objects found in a pickle's memo take part in sharing detection.
-_NEVER, _FUNCTION, _CLASS, _SHAREABLE = range(1, 5)  # all truthy: cache lookups use `or`
+_NEVER, _FUNCTION, _CLASS, _SHAREABLE, _NAMED = range(1, 6)  # all truthy: cache lookups use `or`
 _ATOMIC = (str, bytes, int, float, complex, bool, tuple, frozenset, range, slice)
 # Objects of these types carry no state a second name could observe changing
 # (unless a subclass adds a ``__dict__``). Everything else counts as shareable:
@@ -128,6 +134,29 @@ _IMMUTABLE = (
 )  # fmt: skip
 _ALWAYS_IMMUTABLE = (types.ModuleType, enum.Enum)  # even with a __dict__: pickled by reference
 _KINDS: dict[type, int] = {}
+#: Value types of libraries whose instances are immutable by contract, found only once the library is
+#: imported: pandas' dtypes (cached and handed to every array of that dtype: ``Int64Dtype()``,
+#: ``CategoricalDtype``, ...), its missing-value singletons and scalar values. Their instances have a
+#: ``__dict__`` (Cython types), so the ``__dictoffset__`` test below would count them as shareable.
+_LIBRARY_IMMUTABLE = {
+    "pandas": (
+        "pandas.api.extensions:ExtensionDtype", "pandas._libs.missing:NAType", "pandas._libs.tslibs.nattype:NaTType",
+        "pandas:Timestamp", "pandas:Timedelta", "pandas:Period", "pandas:Interval", "pandas._libs.tslibs.offsets:BaseOffset",
+    ),
+}  # fmt: skip
+
+
+def _library_immutable() -> tuple[type, ...]:
+    found: list[type] = []
+    for library, names in _LIBRARY_IMMUTABLE.items():
+        if library not in sys.modules:
+            continue
+        for name in names:
+            module, _, attr = name.partition(":")
+            cls = getattr(sys.modules.get(module), attr, None)
+            if isinstance(cls, type):
+                found.append(cls)
+    return tuple(found)
 
 
 def _kind(cls: type) -> int:
@@ -140,10 +169,12 @@ def _kind(cls: type) -> int:
             kind = _FUNCTION
         elif issubclass(cls, type):
             kind = _CLASS
-        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef)):
+        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef, *_library_immutable())):
             kind = _NEVER
         elif issubclass(cls, immutable) and cls.__dictoffset__ == 0:
             kind = _NEVER
+        elif any("__qualname__" in vars(k) for k in cls.__mro__[:-1]):
+            kind = _NAMED  # function-like objects of an extension type (a Cython function, ...)
         else:
             kind = _SHAREABLE
         _KINDS[cls] = kind
@@ -173,6 +204,8 @@ class PickleContext:
         self.root_ids = {id(v) for v in roots}  # objects bound to names: their identity always matters
         self.root_functions = {id(v) for v in roots if type(v) is types.FunctionType}
         self._internals: dict[type, set[int]] = {}
+        self._owned: dict[type, frozenset[int]] = {}
+        self._named: dict[int, bool] = {}
 
     def class_internals(self, cls: type) -> set[int]:
         """Ids of objects owned by a by-value notebook class (its dict, methods, their defaults, ...).
@@ -197,6 +230,36 @@ class PickleContext:
                     stack.extend(gc.get_referents(o))
             self._internals[cls] = ids
         return ids
+
+    def library_owned(self, cls: type) -> frozenset[int]:
+        """Ids of the class attributes of a class pickled by reference (and of its bases').
+
+        A pickle that reaches one (pandas' ``NDFrame._metadata``, reached by
+        every DataFrame's ``__getstate__``) copies it by value, so after a
+        restore no name shares it with the library any more, grouped or not.
+        Two names reaching it is therefore no aliasing a restore could keep, and
+        they are not glued together for it. Computed once per capture: class
+        attributes may be rebound between cells.
+        """
+        ids = self._owned.get(cls)
+        if ids is None:
+            ids = frozenset(id(v) for k in cls.__mro__[:-1] for v in vars(k).values())
+            self._owned[cls] = ids
+        return ids
+
+    def is_named_global(self, obj: Any) -> bool:
+        """Whether ``obj`` is what its module exposes under its own name (pickled by reference).
+
+        Such an object is restored as the module's own one, shared by every
+        name that reaches it without any grouping.
+        """
+        known = self._named.get(id(obj))
+        if known is None:
+            found = sys.modules.get(getattr(obj, "__module__", None) or "")
+            for part in str(getattr(obj, "__qualname__", "<>")).split("."):
+                found = getattr(found, part, None)
+            known = self._named[id(obj)] = found is obj
+        return known
 
     def pickle(self, value: Any, *, keep_buffers: bool = True) -> Pickled:
         buffers: list[memoryview] = []
@@ -228,10 +291,11 @@ class PickleContext:
         reference count; the few held by other temporaries are kept alive in
         ``shared`` so their ids cannot be reused while they are recorded.
         """
-        namespace, roots, floor = self.namespace, self.root_functions, _TEMP_REFCOUNT
+        namespace, roots, roots_all, floor = self.namespace, self.root_functions, self.root_ids, _TEMP_REFCOUNT
         shared: dict[int, Any] = {}
         names: set[str] = set()
         classes: list[type] = []
+        by_reference: list[type] = []
         getrefcount = sys.getrefcount
         for _index, obj in memo.values():
             kind = _KINDS.get(type(obj)) or _kind(type(obj))
@@ -243,13 +307,20 @@ class PickleContext:
                     names |= code_names(obj.__code__)
                 if id(obj) in roots:
                     shared[id(obj)] = obj
-            elif kind == _CLASS and not _pickled_by_reference(obj):
-                classes.append(obj)
+            elif kind == _CLASS:
+                (by_reference if _pickled_by_reference(obj) else classes).append(obj)
+            elif kind == _NAMED:
+                if getrefcount(obj) > floor and (id(obj) in roots_all or not self.is_named_global(obj)):
+                    shared[id(obj)] = obj
         root_ids = self.root_ids
         for cls in classes:
             for oid in self.class_internals(cls):
                 if oid not in root_ids:
                     shared.pop(oid, None)
+        for cls in by_reference:
+            for oid in self.library_owned(cls) & shared.keys():
+                if oid not in root_ids:
+                    del shared[oid]
         return shared, frozenset(names)
 
 
