@@ -48,7 +48,8 @@ def _glue(namespace: dict) -> list[str]:
 def test_frames_built_separately_are_not_glued() -> None:
     """What glued them (pandas 2.2-3.x): Cython functions pickled by name (``_unpickle_block``,
     ``__pyx_unpickle_NDArrayBacked``), the class attribute ``NDFrame._metadata`` (a list every
-    frame's state holds), cached dtypes (``Int64Dtype()``, ``CategoricalDtype``), ``pd.NA``, ``pd.NaT``."""
+    frame's state holds), cached dtypes (``Int64Dtype()``, ``CategoricalDtype``), ``pd.NA``, ``pd.NaT``,
+    numpy's ufuncs."""
     ns: dict = {"__name__": "__main__"}
     for i in range(2):
         ns[f"f{i}"] = pd.DataFrame(np.random.rand(50, 3), columns=list("abc"))
@@ -60,13 +61,17 @@ def test_frames_built_separately_are_not_glued() -> None:
         ns[f"mi{i}"] = pd.DataFrame({"v": [1, 2]}, index=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)]))
         ns[f"str{i}"] = pd.Series(["a", "b"], dtype="string")
         ns[f"off{i}"] = pd.Series([pd.offsets.Day(2)], dtype=object)
+        ns[f"dti{i}"] = pd.DataFrame({"v": range(3)}, index=pd.date_range("2024", periods=3, freq="D"))
+        ns[f"bool{i}"] = pd.Series([True, None], dtype="boolean")
+        ns[f"ord{i}"] = pd.Series(["a"], dtype=pd.CategoricalDtype(["a", "b"], ordered=True))
+        ns[f"ufuncs{i}"] = [np.add, np.sqrt]
     assert _glue(ns) == []
     assert all(len(unit) == 1 for unit in _units(ns))
 
 
 def test_library_immutable_types_all_resolve() -> None:
     """A renamed pandas class would silently glue frames again: every listed type must be found."""
-    assert "pandas" in sys.modules
+    assert "pandas" in sys.modules and "numpy" in sys.modules
     found = pickling._library_immutable()
     assert len(found) == sum(len(names) for names in pickling._LIBRARY_IMMUTABLE.values()), found
 

@@ -135,10 +135,11 @@ _IMMUTABLE = (
 _ALWAYS_IMMUTABLE = (types.ModuleType, enum.Enum)  # even with a __dict__: pickled by reference
 _KINDS: dict[type, int] = {}
 #: Value types of libraries whose instances are immutable by contract, found only once the library is
-#: imported: pandas' dtypes (cached and handed to every array of that dtype: ``Int64Dtype()``,
+#: imported: numpy's ufuncs, pandas' dtypes (cached and handed to every array of that dtype: ``Int64Dtype()``,
 #: ``CategoricalDtype``, ...), its missing-value singletons and scalar values. Their instances have a
 #: ``__dict__`` (Cython types), so the ``__dictoffset__`` test below would count them as shareable.
 _LIBRARY_IMMUTABLE = {
+    "numpy": ("numpy:ufunc",),  # np.add, np.sqrt, ...: pickled by name
     "pandas": (
         "pandas.api.extensions:ExtensionDtype", "pandas._libs.missing:NAType", "pandas._libs.tslibs.nattype:NaTType",
         "pandas:Timestamp", "pandas:Timedelta", "pandas:Period", "pandas:Interval", "pandas._libs.tslibs.offsets:BaseOffset",
