@@ -15,7 +15,7 @@ import pytest
 from test_checkpoint_unit import Notebook
 
 from kernel.checkpoint.groups import pickle_units
-import kernel.checkpoint.pickling as pickling
+from kernel.checkpoint import libraries
 from kernel.checkpoint.pickling import PickleContext
 
 FRAMES = "\n".join(
@@ -72,8 +72,9 @@ def test_frames_built_separately_are_not_glued() -> None:
 def test_library_immutable_types_all_resolve() -> None:
     """A renamed pandas class would silently glue frames again: every listed type must be found."""
     assert "pandas" in sys.modules and "numpy" in sys.modules
-    found = pickling._library_immutable()
-    assert len(found) == sum(len(names) for names in pickling._LIBRARY_IMMUTABLE.values()), found
+    found = libraries.immutable_types()
+    assert len(found) == libraries.expected_count(), found
+    assert libraries.index_type() is pd.Index, "pandas 3: an Index's data is read-only"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,8 @@ def test_library_immutable_types_all_resolve() -> None:
         ("a = pd.DataFrame({'x': [1.0, 2.0]})\nb = a", ("a", "b")),  # the same object
         ("inner = [1]\nx = [inner, inner]\ny = {'k': inner}", ("inner", "x", "y")),  # a list held twice, across names
         ("idx = pd.Index([10, 20])\nd1 = pd.DataFrame({'q': [1, 2]}, index=idx)\nd2 = pd.DataFrame({'q': [3, 4]}, index=idx)", ("d1", "d2", "idx")),
-        ("base = pd.DataFrame({'x': np.arange(10.0)})\nview = base[:]", ("base", "view")),  # shares its Index objects
+        ("base = pd.DataFrame({'x': np.arange(10.0)})\ndouble = base * 2", ("base", "double")),  # pandas shares the axes
+        ("a = np.arange(5)\nidx = pd.Index(a, copy=False)", ("a", "idx")),  # a writable array behind an Index
         ("m = pd.DataFrame._metadata\nd = pd.DataFrame({'q': [1]})", ("d", "m")),  # a library object bound to a name
     ],
 )
@@ -91,6 +93,33 @@ def test_real_sharing_still_groups(cell: str, together: tuple[str, ...]) -> None
     exec(cell, ns)
     ns.pop("np"), ns.pop("pd")
     assert together in _units(ns)
+
+
+def test_copy_on_write_views_are_pickled_alone() -> None:
+    """Under copy-on-write a view behaves as a copy: a write through either is not seen through
+    the other. They share only the read-only data of their columns' Index (distinct Index objects)."""
+    base = pd.DataFrame({"x": np.arange(100_000.0), "y": 1.0})
+    ns: dict = {"__name__": "__main__", "base": base, "view": base[:], "col": base["x"], "cols": base.columns.view()}
+    assert _units(ns) == [("base",), ("col",), ("cols",), ("view",)]
+
+
+def test_an_array_behind_two_indexes_joins_them_only_through_a_name_that_holds_it(tmp_path: Path) -> None:
+    """``pd.DataFrame(..., index=a)`` keeps ``a`` itself: writing ``keys[0][0]`` renames a row of
+    both frames, live and after a restore; the frames alone would not be joined by it."""
+    a = np.arange(5)
+    ns: dict = {"__name__": "__main__", "f1": pd.DataFrame({"v": range(5)}, index=a), "f2": pd.DataFrame({"w": range(5)}, index=a)}
+    assert ns["f1"].index is not ns["f2"].index and _units(ns) == [("f1",), ("f2",)]
+    ns["keys"] = [a]
+    assert _units(ns) == [("f1", "f2", "keys")]
+
+    nb = Notebook(tmp_path)
+    nb.run("import numpy as np, pandas as pd\na = np.arange(5)\nf1 = pd.DataFrame({'v': range(5)}, index=a)\nf2 = pd.DataFrame({'w': range(5)}, index=a)\ndel a")
+    assert not nb.manifest.entries["f1"].group and not nb.manifest.entries["f2"].group
+    nb.run("keys = [f1.index._data]")  # f2 is untouched: the incremental state must find it
+    assert nb.manifest.entries["keys"].group == ["f1", "f2", "keys"]
+    restored, _ = nb.restore_fresh()
+    restored["keys"][0][0] = 99
+    assert restored["f1"].index[0] == 99 and restored["f2"].index[0] == 99
 
 
 def test_a_shared_index_is_aliasing_a_user_sees() -> None:

@@ -14,9 +14,11 @@
   Objects a library owns are left out of it: functions of extension modules
   pickled by name (Cython's, as pandas' ``_unpickle_block``) and the class
   attributes of classes pickled by reference (pandas' ``NDFrame._metadata``
-  list, which every DataFrame's state holds). Every DataFrame reaches them, so
-  counting them glued all frames of a notebook into one group; and no restore
-  could keep them shared with the library anyway (see :meth:`PickleContext.library_owned`).
+  list, which every DataFrame's state holds), and the numpy and pandas objects
+  :mod:`kernel.checkpoint.libraries` knows no two names can observe sharing.
+  Every DataFrame reaches them, so counting them glued all frames of a notebook
+  into one group; and no restore could keep them shared with the library anyway
+  (see :meth:`PickleContext.library_owned`).
 
 This relies on two private parts of cloudpickle (the function reducer
 ``Pickler._dynamic_function_reduce`` and ``cloudpickle._should_pickle_by_reference``),
@@ -47,6 +49,7 @@ from typing import Any
 
 import cloudpickle
 
+from kernel.checkpoint import libraries
 from kernel.checkpoint.scan import code_names
 
 #: The cloudpickle versions (``>=`` first, ``<`` second) whose private API this module was verified on.
@@ -119,7 +122,7 @@ class _Pickler(cloudpickle.Pickler):
 
 
 # How objects found in a pickle's memo take part in sharing detection.
-_NEVER, _FUNCTION, _CLASS, _SHAREABLE, _NAMED = range(1, 6)  # all truthy: cache lookups use `or`
+_NEVER, _FUNCTION, _CLASS, _SHAREABLE, _NAMED, _INDEX = range(1, 7)  # all truthy: cache lookups use `or`
 _ATOMIC = (str, bytes, int, float, complex, bool, tuple, frozenset, range, slice)
 # Objects of these types carry no state a second name could observe changing
 # (unless a subclass adds a ``__dict__``). Everything else counts as shareable:
@@ -134,32 +137,6 @@ _IMMUTABLE = (
 )  # fmt: skip
 _ALWAYS_IMMUTABLE = (types.ModuleType, enum.Enum)  # even with a __dict__: pickled by reference
 _KINDS: dict[type, int] = {}
-#: Value types of libraries whose instances are immutable by contract, found only once the library is
-#: imported: numpy's ufuncs, pandas' dtypes (cached and handed to every array of that dtype: ``Int64Dtype()``,
-#: ``CategoricalDtype``, ...), its missing-value singletons and scalar values. Their instances have a
-#: ``__dict__`` (Cython types), so the ``__dictoffset__`` test below would count them as shareable.
-_LIBRARY_IMMUTABLE = {
-    "numpy": ("numpy:ufunc",),  # np.add, np.sqrt, ...: pickled by name
-    "pandas": (
-        "pandas.api.extensions:ExtensionDtype", "pandas._libs.missing:NAType", "pandas._libs.tslibs.nattype:NaTType",
-        "pandas:Timestamp", "pandas:Timedelta", "pandas:Period", "pandas:Interval", "pandas._libs.tslibs.offsets:BaseOffset",
-    ),
-}  # fmt: skip
-
-
-def _library_immutable() -> tuple[type, ...]:
-    found: list[type] = []
-    for library, names in _LIBRARY_IMMUTABLE.items():
-        if library not in sys.modules:
-            continue
-        for name in names:
-            module, _, attr = name.partition(":")
-            cls = getattr(sys.modules.get(module), attr, None)
-            if isinstance(cls, type):
-                found.append(cls)
-    return tuple(found)
-
-
 def _kind(cls: type) -> int:
     """Whether identity matters for objects of this type (mutable containers and instances do)."""
     kind = _KINDS.get(cls)
@@ -170,10 +147,12 @@ def _kind(cls: type) -> int:
             kind = _FUNCTION
         elif issubclass(cls, type):
             kind = _CLASS
-        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef, *_library_immutable())):
+        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef, *libraries.immutable_types())):
             kind = _NEVER
         elif issubclass(cls, immutable) and cls.__dictoffset__ == 0:
             kind = _NEVER
+        elif (index := libraries.index_type()) is not None and issubclass(cls, index):
+            kind = _INDEX  # shareable itself, its data not (see kernel.checkpoint.libraries)
         elif any("__qualname__" in vars(k) for k in cls.__mro__[:-1]):
             kind = _NAMED  # function-like objects of an extension type (a Cython function, ...)
         else:
@@ -190,6 +169,9 @@ class Pickled:
     buffers: list[memoryview]
     shared: dict[int, Any]  # id -> object, for objects whose identity other names may share
     global_names: frozenset[str]  # names notebook functions inside it may use
+    #: ids in ``shared`` reached as the read-only data behind a pandas Index: they join this name to
+    #: another only if that one reaches them otherwise (:mod:`kernel.checkpoint.groups`)
+    weak: frozenset[int] = frozenset()
 
     @property
     def size(self) -> int:
@@ -279,11 +261,11 @@ class PickleContext:
         out = io.BytesIO()
         pickler = _Pickler(out, self.namespace, out_of_band)
         pickler.dump(value)
-        shared, global_names = self._scan_memo(pickler.memo.copy())
+        shared, global_names, weak = self._scan_memo(pickler.memo.copy())
         del pickler
-        return Pickled(out.getvalue(), buffers, shared, global_names)
+        return Pickled(out.getvalue(), buffers, shared, global_names, weak)
 
-    def _scan_memo(self, memo: dict) -> tuple[dict[int, Any], frozenset[str]]:
+    def _scan_memo(self, memo: dict) -> tuple[dict[int, Any], frozenset[str], frozenset[int]]:
         """Objects in a pickle whose identity other names could share, and notebook functions' names.
 
         The memo also holds temporaries the reducers made (argument tuples,
@@ -297,12 +279,17 @@ class PickleContext:
         names: set[str] = set()
         classes: list[type] = []
         by_reference: list[type] = []
+        indexes: list[Any] = []
         getrefcount = sys.getrefcount
         for _index, obj in memo.values():
             kind = _KINDS.get(type(obj)) or _kind(type(obj))
             if kind == _SHAREABLE:
                 if getrefcount(obj) > floor:
                     shared[id(obj)] = obj
+            elif kind == _INDEX:
+                if getrefcount(obj) > floor:
+                    shared[id(obj)] = obj
+                indexes.append(obj)
             elif kind == _FUNCTION:
                 if obj.__globals__ is namespace:
                     names |= code_names(obj.__code__)
@@ -322,7 +309,10 @@ class PickleContext:
             for oid in self.library_owned(cls) & shared.keys():
                 if oid not in root_ids:
                     del shared[oid]
-        return shared, frozenset(names)
+        weak: set[int] = set()
+        for index in indexes:
+            weak |= libraries.index_data_ids(index) & shared.keys()
+        return shared, frozenset(names), frozenset(weak - root_ids)
 
 
 def _pickled_by_reference(cls: type) -> bool:
