@@ -182,7 +182,7 @@ for i in range(20):
 assert same is df3 and ia.index is ib.index is idx and twice[0] is twice[1] is inner
 df4.iloc[0, 0] = -4.0
 df5.iloc[1, 0] = -5.0
-assert view.iloc[0, 0] == 4.0 and col.iloc[1] == 5.0, "copy-on-write views stay independent"
+assert view.iloc[0, 0] == 4.0 and view.iloc[2, 2] == -1.0 and df4.iloc[2, 2] == 4.0 and col.iloc[1] == 5.0, "copy-on-write views stay independent"
 print("frames ok")
 """
 PICKLED = re.compile(r"checkpoint after execution (\d+): pickled \d+ name\(s\) \[([^\]]*)\], changed \[([^\]]*)\]")
@@ -194,14 +194,16 @@ def test_changing_one_of_twenty_frames_repickles_it_alone(kernels: KernelFactory
     kernel.ok(FRAMES)
     kernel.ok(ALIASES)
     kernel.ok("df7.iloc[0, 0] = -7.0")
+    kernel.ok("view.iloc[2, 2] = -1.0")  # a copy-on-write view of df4: not glued to it
 
-    def last_capture() -> tuple[str, str, str] | None:
+    def capture(count: int) -> tuple[str, str] | None:
         found = PICKLED.findall(log.read_text(errors="replace")) if log.exists() else []
-        return found[-1] if found and found[-1][0] == "3" else None
+        return next(((p, c) for n, p, c in found if n == str(count)), None)
 
-    _count, pickled, changed = wait_for(last_capture, what="the kernel logs its third checkpoint")
+    pickled, changed = wait_for(lambda: capture(3), what="the kernel logs its third checkpoint")
     print(f"changing df7 of 20 frames: pickled [{pickled}], changed [{changed}]")
     assert pickled == "df7" and changed == "df7"
+    assert wait_for(lambda: capture(4), what="the kernel logs its fourth checkpoint") == ("view", "view")
     kernel.kill9()
     fresh = kernels.start(env=kernel_env(home, "frames"))
     assert fresh.ok(CHECK_FRAMES).stream("stdout") == "frames ok\n"
