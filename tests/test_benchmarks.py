@@ -1,4 +1,4 @@
-"""The checkpoint and start benchmarks run at a small size in CI (figures are printed, not asserted)."""
+"""The checkpoint, start and frames benchmarks run at a small size in CI (figures are printed, not asserted)."""
 
 from __future__ import annotations
 
@@ -33,4 +33,17 @@ def test_start_benchmark_small() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     # The benchmark itself checks every restored value and that the kernel reported the restore.
     assert "empty store: ready" in done.stdout and "with checkpoint: first execute_reply" in done.stdout
+    print(done.stdout)
+
+
+def test_frames_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_frames.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark itself checks every frame's value; the kernel logs what its checkpoint pickled.
+    assert "a cell changing one of 20 DataFrames" in done.stdout
+    assert "checkpoint of the changing cell pickled: [df7]\n" in done.stdout, done.stdout
     print(done.stdout)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
-from harness import KernelFactory, kernel_env
+from harness import KernelFactory, kernel_env, wait_for
 
 #: Checkpoints work the same on every engine: each kernel test here runs on both,
 #: except those marked ``embedded_only`` (with the reason).
@@ -157,3 +158,52 @@ def test_tampered_checkpoints_are_refused(kernels: KernelFactory, home: Path, ta
     assert run.stream("stdout") == "False\n"
     message = run.stream("stderr")
     assert "not restored" in message and "refusing to load it" in message and "ckpt:" in message, message
+
+
+FRAMES = "import numpy as np, pandas as pd\n" + "".join(
+    f"df{i} = pd.DataFrame(np.full((2000, 10), {i}.0), columns=[f'c{{k}}' for k in range(10)])\n" for i in range(20)
+)  # twenty frames built separately: they share nothing a user could see
+ALIASES = """
+same = df3
+view = df4[:]
+col = df5["c0"]
+idx = pd.Index(range(2000))
+ia = pd.DataFrame({"q": np.arange(2000)}, index=idx)
+ib = pd.DataFrame({"q": -np.arange(2000)}, index=idx)
+inner = [1, 2]
+twice = [inner, inner]
+"""
+CHECK_FRAMES = """
+for i in range(20):
+    want = pd.DataFrame(np.full((2000, 10), float(i)), columns=[f"c{k}" for k in range(10)])
+    if i == 7:
+        want.iloc[0, 0] = -7.0
+    pd.testing.assert_frame_equal(globals()[f"df{i}"], want)
+assert same is df3 and ia.index is ib.index is idx and twice[0] is twice[1] is inner
+df4.iloc[0, 0] = -4.0
+df5.iloc[1, 0] = -5.0
+assert view.iloc[0, 0] == 4.0 and view.iloc[2, 2] == -1.0 and df4.iloc[2, 2] == 4.0 and col.iloc[1] == 5.0, "copy-on-write views stay independent"
+print("frames ok")
+"""
+PICKLED = re.compile(r"checkpoint after execution (\d+): pickled \d+ name\(s\) \[([^\]]*)\], changed \[([^\]]*)\]")
+
+
+def test_changing_one_of_twenty_frames_repickles_it_alone(kernels: KernelFactory, home: Path, tmp_path: Path) -> None:
+    log = tmp_path / "kernel.log"
+    kernel = kernels.start(env=kernel_env(home, "frames", PYREPL3_DEBUG="1"), log=log)
+    kernel.ok(FRAMES)
+    kernel.ok(ALIASES)
+    kernel.ok("df7.iloc[0, 0] = -7.0")
+    kernel.ok("view.iloc[2, 2] = -1.0")  # a copy-on-write view of df4: not glued to it
+
+    def capture(count: int) -> tuple[str, str] | None:
+        found = PICKLED.findall(log.read_text(errors="replace")) if log.exists() else []
+        return next(((p, c) for n, p, c in found if n == str(count)), None)
+
+    pickled, changed = wait_for(lambda: capture(3), what="the kernel logs its third checkpoint")
+    print(f"changing df7 of 20 frames: pickled [{pickled}], changed [{changed}]")
+    assert pickled == "df7" and changed == "df7"
+    assert wait_for(lambda: capture(4), what="the kernel logs its fourth checkpoint") == ("view", "view")
+    kernel.kill9()
+    fresh = kernels.start(env=kernel_env(home, "frames"))
+    assert fresh.ok(CHECK_FRAMES).stream("stdout") == "frames ok\n"

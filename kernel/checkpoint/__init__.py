@@ -7,6 +7,7 @@ Here "checkpoint" means a namespace checkpoint only. Modules, each one concept:
 * :mod:`~kernel.checkpoint.scan` -- which names a cell could have changed;
 * :mod:`~kernel.checkpoint.pickling` -- cloudpickle tuned for a notebook namespace;
 * :mod:`~kernel.checkpoint.groups` -- aliases: names sharing objects are pickled together;
+* :mod:`~kernel.checkpoint.libraries` -- numpy and pandas objects no two names can observe sharing;
 * :mod:`~kernel.checkpoint.checkpointer` -- capture and restore, incrementally;
 * :mod:`~kernel.checkpoint.history` -- each capture as a signed durable promise, and time travel;
 * :mod:`~kernel.checkpoint.signing` -- the HMAC key and signatures.

@@ -36,7 +36,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from kernel.checkpoint.groups import Group, pickle_units
+from kernel.checkpoint.groups import Group, SharedIndex, pickle_units
 from kernel.checkpoint.loading import load_values
 from kernel.checkpoint.manifest import FORMAT, CaptureReport, Entry, Manifest, RestoreReport
 from kernel.checkpoint.names import is_user_name
@@ -67,7 +67,7 @@ class _Slot:
 class _State:
     manifest_id: str | None = None
     slots: dict[str, _Slot] = dataclasses.field(default_factory=dict)
-    index: dict[int, Group] = dataclasses.field(default_factory=dict)  # shared object id -> its group
+    index: SharedIndex = dataclasses.field(default_factory=SharedIndex)  # shared object id -> its groups
 
 
 @dataclasses.dataclass
@@ -151,7 +151,7 @@ class Checkpointer:
         new_groups: list[Group] = []
         for unit in units:
             names, pickled = unit.names, unit.pickled
-            group = Group(names, pickled.shared, pickled.global_names)
+            group = Group(names, pickled.shared, pickled.global_names, pickled.weak)
             new_groups.append(group)
             for name in names:
                 value = candidates[name]
@@ -187,12 +187,9 @@ class Checkpointer:
         # Everything is durable: only now does the incremental state move on.
         index = state.index
         for group in replaced:
-            for oid in group.shared:
-                if index.get(oid) is group:
-                    del index[oid]
+            index.remove(group)
         for group in new_groups:
-            for oid in group.shared:
-                index[oid] = group
+            index.add(group)
         self._state = _State(manifest.id, slots, index)
         report = CaptureReport(
             skipped=dict(manifest.skipped),
@@ -272,10 +269,8 @@ class Checkpointer:
                     self._close_over_group(slot.group, candidates, touched, pending, seen, replaced)
                 outcome = outcomes[name] = self._capture_one(name, candidates[name], scan, slot, ctx)
                 if isinstance(outcome, Pickled):
-                    for oid in outcome.shared:
-                        group = state.index.get(oid)
-                        if group is not None:
-                            self._close_over_group(group, candidates, touched, pending, seen, replaced)
+                    for group in state.index.joined(outcome):
+                        self._close_over_group(group, candidates, touched, pending, seen, replaced)
             pending -= outcomes.keys()
         return outcomes, replaced
 
@@ -340,18 +335,18 @@ class Checkpointer:
 
         # Rebuild the incremental state (what each blob shares) without writing anything.
         ctx = PickleContext(namespace, restored.values())
-        index: dict[int, Group] = {}
+        index = SharedIndex()
         for members in loaded.units:
             values = tuple(restored[n] for n in members)
             try:
                 pickled = ctx.pickle(values[0] if len(values) == 1 else values, keep_buffers=False)
-                group = Group(tuple(members), pickled.shared, pickled.global_names)
+                # Pickled together, members may reach weak objects directly too: count all as direct.
+                group = Group(tuple(members), pickled.shared, pickled.global_names, pickled.weak if len(members) == 1 else frozenset())
             except Exception:  # noqa: BLE001 - unexpected; the next capture re-pickles these names
                 for name in members:
                     slots.pop(name, None)
                 continue
-            for oid in group.shared:
-                index[oid] = group
+            index.add(group)
             for name in members:
                 slots[name] = _Slot(restored[name], entry=manifest.entries[name], group=group)
         self._state = _State(manifest.id, slots, index)

@@ -6,6 +6,13 @@ make their own copy. So every name is first pickled alone, the objects each
 pickle reached are compared (:attr:`~kernel.checkpoint.pickling.Pickled.shared`),
 and names that reach a common object are joined (union-find) and pickled
 together in one blob, a :class:`Group`.
+
+Some objects join names only through a name that reaches them directly
+(:attr:`~kernel.checkpoint.pickling.Pickled.weak`): the read-only data behind
+a pandas ``Index``, which pandas shares between distinct Index objects (a
+frame and its copy-on-write view ``df[:]``). Two names reaching it only that
+way are not aliases anyone can observe; a third that holds the array itself
+(``keys = [a]`` with ``pd.DataFrame(..., index=a)``) joins both.
 """
 
 from __future__ import annotations
@@ -24,6 +31,34 @@ class Group:
     names: tuple[str, ...]
     shared: dict[int, Any]
     global_names: frozenset[str]
+    weak: frozenset[int] = frozenset()  # ids in ``shared`` every member reaches only as Index data
+
+
+class SharedIndex:
+    """Shared object id -> the groups whose pickles reached it (one, unless reached weakly)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, list[Group]] = {}
+
+    def add(self, group: Group) -> None:
+        for oid in group.shared:
+            self._groups.setdefault(oid, []).append(group)
+
+    def remove(self, group: Group) -> None:
+        for oid in group.shared:
+            holders = self._groups.get(oid)
+            if holders is not None:
+                holders[:] = [g for g in holders if g is not group]
+                if not holders:
+                    del self._groups[oid]
+
+    def joined(self, pickled: Pickled) -> Iterable[Group]:
+        """The groups a new pickle of a name must be pickled with (they share an object with it)."""
+        weak = pickled.weak
+        for oid in pickled.shared:
+            for group in self._groups.get(oid, ()):
+                if oid not in weak or oid not in group.weak:
+                    yield group
 
 
 class UnionFind:
@@ -57,12 +92,22 @@ def pickle_units(pickles: dict[str, Pickled], candidates: dict[str, Any], ctx: P
     """
     alone = pickles
     uf = UnionFind(alone)
-    owner: dict[int, str] = {}
+    owner: dict[int, str] = {}  # the first name reaching the object directly
+    weak_owners: dict[int, list[str]] = {}  # the names reaching it only weakly, until one reaches it directly
     for name in sorted(alone):
-        for oid in alone[name].shared:
+        pickled = alone[name]
+        for oid in pickled.shared:
+            if oid in pickled.weak:
+                if oid in owner:
+                    uf.union(owner[oid], name)
+                else:
+                    weak_owners.setdefault(oid, []).append(name)
+                continue
             first = owner.setdefault(oid, name)
             if first != name:
                 uf.union(first, name)
+            for other in weak_owners.pop(oid, ()):
+                uf.union(other, name)
     units: list[tuple[tuple[str, ...], Pickled]] = []
     for names in sorted(uf.components()):
         if len(names) == 1:
@@ -73,8 +118,9 @@ def pickle_units(pickles: dict[str, Pickled], candidates: dict[str, Any], ctx: P
         except Exception:  # noqa: BLE001 - each pickled alone; keep them, sharing is lost
             units.extend(((n,), alone[n]) for n in names)
         else:
-            units.append((names, together))
+            direct = {oid for n in names for oid in alone[n].shared if oid not in alone[n].weak}
+            units.append((names, dataclasses.replace(together, weak=together.weak - direct)))
     return units
 
 
-__all__ = ["Group", "UnionFind", "pickle_units"]
+__all__ = ["Group", "SharedIndex", "UnionFind", "pickle_units"]

@@ -115,6 +115,12 @@ class NamespaceCheckpoints:
         even if a crash came before the execution itself was settled
         (:mod:`kernel.durable.settling`)."""
         manifest, report = self.checkpointer.capture(namespace, code=code, previous=self.previous)
+        if log.isEnabledFor(logging.INFO):  # PYREPL3_DEBUG: what each cell cost, by name
+            log.info(
+                "checkpoint after execution %s: pickled %d name(s) %s, changed %s, %d bytes written, %.1f ms%s",
+                execution_count, len(report.pickled), _few(report.pickled), _few(report.changed),
+                report.written_bytes, report.seconds * 1000, f" (all names: {report.full_reason})" if report.full else "",
+            )  # fmt: skip
         manifest.state = self._captured_state()
         body = manifest.model_dump(mode="json")
         self._seq += 1
@@ -239,4 +245,10 @@ def _summary(rec: dict[str, Any]) -> StoredCheckpoint:
         removed=list(body.get("removed", [])),
         skipped=dict(body.get("skipped", {})),
     )
+
+
+def _few(names: list[str], limit: int = 20) -> str:
+    """Names for a log line: the first ``limit`` of them, and how many more."""
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{f', ... {len(names) - limit} more' if len(names) > limit else ''}]"
 

@@ -11,6 +11,14 @@
   naming the unpicklable part (:func:`unpicklable_reason`).
 * Each pickle reports which of the objects it reached other names could share
   (:attr:`Pickled.shared`), which is how aliases end up pickled together.
+  Objects a library owns are left out of it: functions of extension modules
+  pickled by name (Cython's, as pandas' ``_unpickle_block``) and the class
+  attributes of classes pickled by reference (pandas' ``NDFrame._metadata``
+  list, which every DataFrame's state holds), and the numpy and pandas objects
+  :mod:`kernel.checkpoint.libraries` knows no two names can observe sharing.
+  Every DataFrame reaches them, so counting them glued all frames of a notebook
+  into one group; and no restore could keep them shared with the library anyway
+  (see :meth:`PickleContext.library_owned`).
 
 This relies on two private parts of cloudpickle (the function reducer
 ``Pickler._dynamic_function_reduce`` and ``cloudpickle._should_pickle_by_reference``),
@@ -41,6 +49,7 @@ from typing import Any
 
 import cloudpickle
 
+from kernel.checkpoint import libraries
 from kernel.checkpoint.scan import code_names
 
 #: The cloudpickle versions (``>=`` first, ``<`` second) whose private API this module was verified on.
@@ -113,7 +122,7 @@ class _Pickler(cloudpickle.Pickler):
 
 
 # How objects found in a pickle's memo take part in sharing detection.
-_NEVER, _FUNCTION, _CLASS, _SHAREABLE = range(1, 5)  # all truthy: cache lookups use `or`
+_NEVER, _FUNCTION, _CLASS, _SHAREABLE, _NAMED, _INDEX = range(1, 7)  # all truthy: cache lookups use `or`
 _ATOMIC = (str, bytes, int, float, complex, bool, tuple, frozenset, range, slice)
 # Objects of these types carry no state a second name could observe changing
 # (unless a subclass adds a ``__dict__``). Everything else counts as shareable:
@@ -128,8 +137,6 @@ _IMMUTABLE = (
 )  # fmt: skip
 _ALWAYS_IMMUTABLE = (types.ModuleType, enum.Enum)  # even with a __dict__: pickled by reference
 _KINDS: dict[type, int] = {}
-
-
 def _kind(cls: type) -> int:
     """Whether identity matters for objects of this type (mutable containers and instances do)."""
     kind = _KINDS.get(cls)
@@ -140,10 +147,14 @@ def _kind(cls: type) -> int:
             kind = _FUNCTION
         elif issubclass(cls, type):
             kind = _CLASS
-        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef)):
+        elif issubclass(cls, (*_ALWAYS_IMMUTABLE, _NamespaceRef, *libraries.immutable_types())):
             kind = _NEVER
         elif issubclass(cls, immutable) and cls.__dictoffset__ == 0:
             kind = _NEVER
+        elif (index := libraries.index_type()) is not None and issubclass(cls, index):
+            kind = _INDEX  # shareable itself, its data not (see kernel.checkpoint.libraries)
+        elif any("__qualname__" in vars(k) for k in cls.__mro__[:-1]):
+            kind = _NAMED  # function-like objects of an extension type (a Cython function, ...)
         else:
             kind = _SHAREABLE
         _KINDS[cls] = kind
@@ -158,6 +169,9 @@ class Pickled:
     buffers: list[memoryview]
     shared: dict[int, Any]  # id -> object, for objects whose identity other names may share
     global_names: frozenset[str]  # names notebook functions inside it may use
+    #: ids in ``shared`` reached as the read-only data behind a pandas Index: they join this name to
+    #: another only if that one reaches them otherwise (:mod:`kernel.checkpoint.groups`)
+    weak: frozenset[int] = frozenset()
 
     @property
     def size(self) -> int:
@@ -173,6 +187,8 @@ class PickleContext:
         self.root_ids = {id(v) for v in roots}  # objects bound to names: their identity always matters
         self.root_functions = {id(v) for v in roots if type(v) is types.FunctionType}
         self._internals: dict[type, set[int]] = {}
+        self._owned: dict[type, frozenset[int]] = {}
+        self._named: dict[int, bool] = {}
 
     def class_internals(self, cls: type) -> set[int]:
         """Ids of objects owned by a by-value notebook class (its dict, methods, their defaults, ...).
@@ -198,6 +214,36 @@ class PickleContext:
             self._internals[cls] = ids
         return ids
 
+    def library_owned(self, cls: type) -> frozenset[int]:
+        """Ids of the class attributes of a class pickled by reference (and of its bases').
+
+        A pickle that reaches one (pandas' ``NDFrame._metadata``, reached by
+        every DataFrame's ``__getstate__``) copies it by value, so after a
+        restore no name shares it with the library any more, grouped or not.
+        Two names reaching it is therefore no aliasing a restore could keep, and
+        they are not glued together for it. Computed once per capture: class
+        attributes may be rebound between cells.
+        """
+        ids = self._owned.get(cls)
+        if ids is None:
+            ids = frozenset(id(v) for k in cls.__mro__[:-1] for v in vars(k).values())
+            self._owned[cls] = ids
+        return ids
+
+    def is_named_global(self, obj: Any) -> bool:
+        """Whether ``obj`` is what its module exposes under its own name (pickled by reference).
+
+        Such an object is restored as the module's own one, shared by every
+        name that reaches it without any grouping.
+        """
+        known = self._named.get(id(obj))
+        if known is None:
+            found = sys.modules.get(getattr(obj, "__module__", None) or "")
+            for part in str(getattr(obj, "__qualname__", "<>")).split("."):
+                found = getattr(found, part, None)
+            known = self._named[id(obj)] = found is obj
+        return known
+
     def pickle(self, value: Any, *, keep_buffers: bool = True) -> Pickled:
         buffers: list[memoryview] = []
 
@@ -215,11 +261,11 @@ class PickleContext:
         out = io.BytesIO()
         pickler = _Pickler(out, self.namespace, out_of_band)
         pickler.dump(value)
-        shared, global_names = self._scan_memo(pickler.memo.copy())
+        shared, global_names, weak = self._scan_memo(pickler.memo.copy())
         del pickler
-        return Pickled(out.getvalue(), buffers, shared, global_names)
+        return Pickled(out.getvalue(), buffers, shared, global_names, weak)
 
-    def _scan_memo(self, memo: dict) -> tuple[dict[int, Any], frozenset[str]]:
+    def _scan_memo(self, memo: dict) -> tuple[dict[int, Any], frozenset[str], frozenset[int]]:
         """Objects in a pickle whose identity other names could share, and notebook functions' names.
 
         The memo also holds temporaries the reducers made (argument tuples,
@@ -228,29 +274,45 @@ class PickleContext:
         reference count; the few held by other temporaries are kept alive in
         ``shared`` so their ids cannot be reused while they are recorded.
         """
-        namespace, roots, floor = self.namespace, self.root_functions, _TEMP_REFCOUNT
+        namespace, roots, roots_all, floor = self.namespace, self.root_functions, self.root_ids, _TEMP_REFCOUNT
         shared: dict[int, Any] = {}
         names: set[str] = set()
         classes: list[type] = []
+        by_reference: list[type] = []
+        indexes: list[Any] = []
         getrefcount = sys.getrefcount
         for _index, obj in memo.values():
             kind = _KINDS.get(type(obj)) or _kind(type(obj))
             if kind == _SHAREABLE:
                 if getrefcount(obj) > floor:
                     shared[id(obj)] = obj
+            elif kind == _INDEX:
+                if getrefcount(obj) > floor:
+                    shared[id(obj)] = obj
+                indexes.append(obj)
             elif kind == _FUNCTION:
                 if obj.__globals__ is namespace:
                     names |= code_names(obj.__code__)
                 if id(obj) in roots:
                     shared[id(obj)] = obj
-            elif kind == _CLASS and not _pickled_by_reference(obj):
-                classes.append(obj)
+            elif kind == _CLASS:
+                (by_reference if _pickled_by_reference(obj) else classes).append(obj)
+            elif kind == _NAMED:
+                if getrefcount(obj) > floor and (id(obj) in roots_all or not self.is_named_global(obj)):
+                    shared[id(obj)] = obj
         root_ids = self.root_ids
         for cls in classes:
             for oid in self.class_internals(cls):
                 if oid not in root_ids:
                     shared.pop(oid, None)
-        return shared, frozenset(names)
+        for cls in by_reference:
+            for oid in self.library_owned(cls) & shared.keys():
+                if oid not in root_ids:
+                    del shared[oid]
+        weak: set[int] = set()
+        for index in indexes:
+            weak |= libraries.index_data_ids(index) & shared.keys()
+        return shared, frozenset(names), frozenset(weak - root_ids)
 
 
 def _pickled_by_reference(cls: type) -> bool:
