@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness import KERNEL_NAME, KernelFactory, kernel_env, show, wait_for
 from jupyter_client.manager import KernelManager
 
@@ -108,3 +110,35 @@ def test_unserializable_step_result_fails_at_the_call(kernels: KernelFactory) ->
     run = kernel.execute("import threading\nlock = durable.run(threading.Lock)")
     assert run.content["ename"] == "StepError"
     assert "cannot be serialized" in run.content["evalue"] and "lock" in run.content["evalue"]
+
+
+@pytest.mark.engines("embedded", "postgres")
+def test_newest_step_value_after_many_versions_and_after_a_resume(kernels: KernelFactory, home: Path, tmp_path: Path) -> None:
+    """300 versions of one name, the newest read back as it goes; killed, resumed in a new
+    kernel, which reads the newest of the first run and writes 300 more after it."""
+    ready, gate = tmp_path / "ready", tmp_path / "gate"
+    cell = f"""
+import os, time
+start = durable.get_checkpoint('n', -1) + 1
+for i in range(start, start + 300):
+    durable.checkpoint('n', i)
+    durable.checkpoint('other', -i)
+    if i % 50 == 0:
+        assert durable.get_checkpoint('n') == i, (i, durable.get_checkpoint('n'))
+open({str(ready)!r}, 'a').write(f'{{start}}\\n')
+while not os.path.exists({str(gate)!r}):
+    time.sleep(0.05)
+print('newest', durable.get_checkpoint('n'), durable.get_checkpoint('other'), 'start', start)
+"""
+    kernel = kernels.start(session="versions")
+    msg_id = kernel.send_execute(cell)
+    wait_for(lambda: ready.exists() and ready.read_text() == "0\n", timeout=120, what="300 versions written")
+    kernel.kill9()
+    gate.touch()
+    fresh = kernels.start(session="versions")
+    run = fresh.ok("%durable resume", timeout=120)
+    assert "newest 599 -599 start 300" in run.stream("stdout"), run.stream("stdout")
+    assert ready.read_text() == "0\n300\n"
+    for n, value in ((300, 299), (301, 300), (600, 599)):
+        record = show(home, f"exec:{msg_id}:ckpt:n:{n}")
+        assert record["state"] == "resolved" and record["value"]["json"] == value, record

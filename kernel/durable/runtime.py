@@ -258,6 +258,18 @@ class DurableRuntime:
         op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
         return self.call(op(promise_id, Value(data=data)))
 
+    def create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
+        """Create a promise and settle it in one trip to the runtime thread (a finished
+        durable step); an existing one keeps what it holds (both requests are idempotent)."""
+        return self.call(self._create_settled(promise_id, timeout_at_ms, param, tags, state, value))
+
+    async def _create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
+        assert self.resonate is not None
+        promises = self.resonate.promises
+        op = {"resolved": promises.resolve, "rejected": promises.reject}[state]
+        await promises.create(promise_id, timeout_at_ms, Value(data=param), {**tags, SESSION_TAG: self.session})
+        return await op(promise_id, Value(data=value))
+
     def store_resolved(self, promises: list[ResolvedPromise]) -> None:
         """Create and resolve ``promises`` in one trip to the runtime thread (the
         end of every cell stores its checkpoint so)."""

@@ -10,9 +10,17 @@ Like Resonate's ``ctx.run``, a step interrupted half way runs again
 
 Step values (``durable.checkpoint(name, value)`` to users: a value the cell
 saves as it goes, nothing to do with namespace checkpoints) are versioned
-promises ``exec:<msg_id>:ckpt:<name>:<v>``; :meth:`StepJournal.latest_value`
-finds the newest version with a galloping search over ids, so it needs no
-search API from the engine.
+promises ``exec:<msg_id>:ckpt:<name>:<v>``. The newest version of a name is
+found once per run of the execution, with a galloping search over ids (no
+search API needed from the engine: an earlier run, before a crash, may have
+written some), and counted in memory after that, so a call costs the same
+after 10 or 10,000 versions.
+
+A step costs one trip to the runtime thread: it is stored created and settled
+at once when its function returns. Only until the first step that is not
+journaled yet does the run look a step up first (a resumed run replays the
+steps an earlier run finished; steps are made in order, so none after a
+missing one exists).
 
 Every result and step value is sealed (:class:`kernel.checkpoint.signing.Sealer`):
 signed with the session key and bound to the session and its promise id, and
@@ -23,11 +31,11 @@ computes -- and a pickled one is never unpickled unless it verifies.
 
 from __future__ import annotations
 
-
 import base64
+import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -76,6 +84,22 @@ class StepJournal(ChildNumbering):
         self.sealer = sealer
         self._clock = clock
         super().__init__()
+        #: Whether this run of the execution may still find journaled steps (until one is missing).
+        self._replaying = True
+        #: name -> newest version of that step value in this run (found once, then counted).
+        self._versions: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def executing(self, execution_id: str) -> Iterator[None]:
+        """As :meth:`ChildNumbering.executing`, with this run's replay state and version
+        counts (a resumed execution nested in ``%durable resume`` has its own)."""
+        saved = (self._replaying, self._versions)
+        self._replaying, self._versions = True, {}
+        try:
+            with super().executing(execution_id):
+                yield
+        finally:
+            self._replaying, self._versions = saved
 
     def _next_id(self) -> str:
         return self.next_child(step_id, "durable steps")
@@ -86,24 +110,38 @@ class StepJournal(ChildNumbering):
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         pid = self._next_id()
         name = getattr(fn, "__qualname__", repr(fn))
-        record = self._open(pid, {"kind": "run", "function": name})
-        if record.state == "resolved":
-            return self._decode(pid, record.value.data, f"the result of durable.run({name})")
-        if record.state != "pending":
-            error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
-            raise StepError(f"step {pid} ({name}) failed when it first ran: {error.get('error', record.state)}")
+        record = None
+        if self._replaying:
+            record = self.runtime.find(pid)
+            if record is None:
+                # Steps are made in order, so none after this one exists either.
+                self._replaying = False
+            elif record.state == "resolved":
+                return self._decode(pid, record.value.data, f"the result of durable.run({name})")
+            elif record.state != "pending":
+                error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
+                raise StepError(f"step {pid} ({name}) failed when it first ran: {error.get('error', record.state)}")
+        param = {"kind": "run", "function": name}
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self.runtime.settle(pid, "rejected", {"error": f"{type(exc).__name__}: {exc}"})
+            self._store(pid, param, record, "rejected", {"error": f"{type(exc).__name__}: {exc}"})
             raise
         try:
             encoded = encode_value(result, f"durable.run({name})")
         except StepError as exc:
-            self.runtime.settle(pid, "rejected", {"error": str(exc)})
+            self._store(pid, param, record, "rejected", {"error": str(exc)})
             raise
-        self.runtime.settle(pid, "resolved", self.sealer.seal(pid, encoded))
+        self._store(pid, param, record, "resolved", self.sealer.seal(pid, encoded))
         return result
+
+    def _store(self, pid: str, param: dict[str, Any], record: Any, state: str, value: Any) -> None:
+        """Settle a step that was found pending (killed half way before), else create it
+        settled: one trip to the runtime thread either way."""
+        if record is not None:
+            self.runtime.settle(pid, state, value)
+        else:
+            self.runtime.create_settled(pid, self._clock.ms_after(FAR_FUTURE), param, {KIND_TAG: "step"}, state, value)
 
     def _decode(self, pid: str, data: Any, what: str) -> Any:
         """Verify, then decode: a value this key did not seal for ``pid`` is never unpickled."""
@@ -141,17 +179,29 @@ class StepJournal(ChildNumbering):
                 hi = mid
         return lo, rec_lo
 
+    def _head(self, name: str) -> int:
+        """The newest version of ``name``: searched once per run of the execution (the
+        journal of an earlier run may hold some), then counted here."""
+        version = self._versions.get(name)
+        if version is None:
+            version = self._versions[name] = self._latest(name)[0]
+        return version
+
     def save_value(self, name: str, value: Any) -> None:
-        """Store ``value`` as the next version of the step value ``name``."""
+        """Store ``value`` as the next version of the step value ``name``: one trip to the runtime thread."""
         encoded = encode_value(value, f"durable.checkpoint({name!r})")
-        version, _ = self._latest(name)
-        pid = self._value_id(name, version + 1)
-        self.runtime.create(pid, self._clock.ms_after(FAR_FUTURE), {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"})
-        self.runtime.settle(pid, "resolved", self.sealer.seal(pid, encoded))
+        version = self._head(name) + 1
+        pid = self._value_id(name, version)
+        self.runtime.create_settled(
+            pid, self._clock.ms_after(FAR_FUTURE), {"kind": "checkpoint", "name": name}, {KIND_TAG: "step"},
+            "resolved", self.sealer.seal(pid, encoded),
+        )
+        self._versions[name] = version
 
     def latest_value(self, name: str, default: Any = NO_DEFAULT) -> Any:
-        """The newest version of the step value ``name``, else ``default``."""
-        version, record = self._latest(name)
+        """The newest version of the step value ``name``, else ``default`` (read and verified)."""
+        version = self._head(name)
+        record = self.runtime.find(self._value_id(name, version)) if version else None
         if record is None or record.state != "resolved":
             if default is NO_DEFAULT:
                 raise CheckpointNotFoundError(f"no checkpoint named {name!r} in {self.execution_id}")
