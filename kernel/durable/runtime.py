@@ -18,19 +18,22 @@ import logging
 import threading
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import msgspec
 
 from resonate.context import Context
 from resonate.connections.sse import resolve_target as poll_target
 from resonate.resonate import Resonate
 from resonate.error import ServerError
 from resonate.retry import Never
-from resonate.types import PromiseRecord, TaskData, Value
+from resonate.send import parse_promise
+from resonate.types import PromiseCreateReq, PromiseRecord, PromiseSettleReq, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
 from kernel.core.clock import SYSTEM, Clock
-from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError
+from kernel.core.errors import DependencyNotRegisteredError, EngineConnectionError, PromiseTimeoutError, StoreUnavailableError
 from kernel.core.ids import SESSION_TAG, exec_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.durable.codec import NoPickledErrors
@@ -44,12 +47,28 @@ T = TypeVar("T")
 EXECUTION_TIMEOUT = timedelta(days=7)
 
 
+@runtime_checkable
+class AppliesInline(Protocol):
+    """An engine that applies flat protocol requests from any thread, as one unit
+    (the embedded store): a durable step is written without a trip to the loop."""
+
+    def apply_batch(self, flats: list[Any]) -> list[dict[str, Any]]: ...
+
+
 class CellFailed(Exception):
     """Raised by ``durable_execute`` to reject ``exec:<msg_id>``; its message is
     the :class:`CellError` as JSON, so the structure survives the engine."""
 
     def __init__(self, error: CellError | str) -> None:
         super().__init__(error if isinstance(error, str) else error.model_dump_json())
+
+
+def _unreachable(inner: BaseException) -> EngineConnectionError:
+    """The engine is unreachable (RES004). Connectors put a redacted
+    EngineConnectionError inside; anything else is named by type only."""
+    return inner if isinstance(inner, EngineConnectionError) else EngineConnectionError(
+        f"the durable engine is unreachable ({type(inner).__name__})"
+    )
 
 
 class ExecutionServices:
@@ -123,6 +142,7 @@ class DurableRuntime:
         self.call_timeout = call_timeout
         self._clock = clock
         self._interrupts = interrupts
+        self._inline = network if isinstance(network, AppliesInline) else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
         self.resonate: Resonate | None = None
@@ -175,12 +195,7 @@ class DurableRuntime:
             fut.cancel()
             raise PromiseTimeoutError("the durable engine did not answer in time") from None
         except ConnectorError as exc:
-            # The engine is unreachable (RES004). Connectors put a redacted
-            # EngineConnectionError inside; anything else is named by type only.
-            inner = exc.error
-            raise (inner if isinstance(inner, EngineConnectionError) else EngineConnectionError(
-                f"the durable engine is unreachable ({type(inner).__name__})"
-            )) from None
+            raise _unreachable(exc.error) from None
 
     def result(self, fut: cf.Future[T], timeout: float | None = None) -> T:
         """Wait for a future the runtime thread completes (``TimeoutError`` when ``timeout``
@@ -261,7 +276,34 @@ class DurableRuntime:
     def create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
         """Create a promise and settle it in one trip to the runtime thread (a finished
         durable step); an existing one keeps what it holds (both requests are idempotent)."""
+        if self._inline is not None:
+            return self._create_settled_inline(self._inline, promise_id, timeout_at_ms, param, tags, state, value)
         return self.call(self._create_settled(promise_id, timeout_at_ms, param, tags, state, value))
+
+    def _create_settled_inline(
+        self, engine: AppliesInline, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any
+    ) -> PromiseRecord:
+        """The same two requests the SDK would send, encoded by its codec, applied by the
+        engine in one transaction on this thread (interrupts held: the write is one unit)."""
+        assert self.resonate is not None
+        codec = self.resonate.promises.codec
+        create = PromiseCreateReq(id=promise_id, timeout_at=timeout_at_ms, param=codec.encode(param), tags={**tags, SESSION_TAG: self.session})
+        settle = PromiseSettleReq(id=promise_id, state=state, value=codec.encode(value))  # type: ignore[arg-type]
+        flats = [
+            {**msgspec.to_builtins(create), "kind": "promise.create", "corrId": promise_id},
+            {**msgspec.to_builtins(settle), "kind": "promise.settle", "corrId": promise_id},
+        ]
+        with self._interrupts.deferred(redeliver=True, what="a durable step's write"):
+            try:
+                responses = engine.apply_batch(flats)
+            except StoreUnavailableError as exc:
+                raise _unreachable(exc) from None
+        for response in responses:
+            status = int(response.get("status", 200))
+            if status >= 400:
+                raise ServerError(status, str(response.get("data") or response.get("error") or f"server error (status {status})"))
+        data = {k: v for k, v in responses[-1].items() if k not in ("kind", "corrId", "status")}
+        return codec.decode_promise(parse_promise(data))
 
     async def _create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
         assert self.resonate is not None

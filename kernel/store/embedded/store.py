@@ -131,6 +131,7 @@ class EmbeddedStore:
         self._lock = threading.Lock()
         self._subscribers: list[Callable[[str], None]] = []
         self._tick_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Requests left in the inbox before this start are applied too.
         self._inbox_seq = 0
 
@@ -163,6 +164,7 @@ class EmbeddedStore:
         self._subscribers.append(callback)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._tick_task is None:
             self._tick_task = asyncio.create_task(self._tick_loop())
 
@@ -202,6 +204,24 @@ class EmbeddedStore:
             outgoing, self.state.outgoing = self.state.outgoing, []
             self._flush()
             return response, outgoing
+
+    def apply_batch(self, flats: list[Any]) -> list[dict[str, Any]]:
+        """Apply flat requests as one unit, from any thread: one lock, one transaction
+        (a durable step is created and settled in one write, without a trip to the
+        runtime's loop). Push messages, if any, go out on the loop as usual."""
+        outgoing: list[Any] = []
+        with self._lock, self._writing():
+            self._page_in([pid for flat in flats for pid in _referenced_ids(flat)])
+            responses = []
+            for flat in flats:
+                self.state.outgoing = []
+                responses.append(self.state.apply(self._clock(), flat))
+                outgoing.extend(self.state.outgoing)
+            self.state.outgoing = []
+            self._flush()
+        if outgoing and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._dispatch, outgoing)
+        return responses
 
     @contextlib.contextmanager
     def _writing(self):  # type: ignore[no-untyped-def]
