@@ -47,3 +47,16 @@ def test_frames_benchmark_small() -> None:
     assert "a cell changing one of 20 DataFrames" in done.stdout
     assert "checkpoint of the changing cell pickled: [df7]\n" in done.stdout, done.stdout
     print(done.stdout)
+
+
+def test_steps_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_steps.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark's cell checks that get_checkpoint returns the newest of the versions it wrote.
+    assert "[embedded] durable.run step, trivial fn" in done.stdout and "raw sqlite3 insert+commit" in done.stdout
+    assert "[embedded] durable.checkpoint, last 100 of 200" in done.stdout
+    print(done.stdout)

@@ -27,7 +27,6 @@ from resonate.connections.sse import resolve_target as poll_target
 from resonate.resonate import Resonate
 from resonate.error import ServerError
 from resonate.retry import Never
-from resonate.send import parse_promise
 from resonate.types import PromiseCreateReq, PromiseRecord, PromiseSettleReq, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
@@ -273,16 +272,18 @@ class DurableRuntime:
         op = {"resolved": promises.resolve, "rejected": promises.reject, "rejected_canceled": promises.cancel}[state]
         return self.call(op(promise_id, Value(data=data)))
 
-    def create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
+    def create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> None:
         """Create a promise and settle it in one trip to the runtime thread (a finished
-        durable step); an existing one keeps what it holds (both requests are idempotent)."""
+        durable step); an existing one keeps what it holds (both requests are idempotent).
+        Nothing is read back: the caller has the value."""
         if self._inline is not None:
-            return self._create_settled_inline(self._inline, promise_id, timeout_at_ms, param, tags, state, value)
-        return self.call(self._create_settled(promise_id, timeout_at_ms, param, tags, state, value))
+            self._create_settled_inline(self._inline, promise_id, timeout_at_ms, param, tags, state, value)
+        else:
+            self.call(self._create_settled(promise_id, timeout_at_ms, param, tags, state, value))
 
     def _create_settled_inline(
         self, engine: AppliesInline, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any
-    ) -> PromiseRecord:
+    ) -> None:
         """The same two requests the SDK would send, encoded by its codec, applied by the
         engine in one transaction on this thread (interrupts held: the write is one unit)."""
         assert self.resonate is not None
@@ -302,15 +303,13 @@ class DurableRuntime:
             status = int(response.get("status", 200))
             if status >= 400:
                 raise ServerError(status, str(response.get("data") or response.get("error") or f"server error (status {status})"))
-        data = {k: v for k, v in responses[-1].items() if k not in ("kind", "corrId", "status")}
-        return codec.decode_promise(parse_promise(data))
 
-    async def _create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> PromiseRecord:
+    async def _create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> None:
         assert self.resonate is not None
         promises = self.resonate.promises
         op = {"resolved": promises.resolve, "rejected": promises.reject}[state]
         await promises.create(promise_id, timeout_at_ms, Value(data=param), {**tags, SESSION_TAG: self.session})
-        return await op(promise_id, Value(data=value))
+        await op(promise_id, Value(data=value))
 
     def store_resolved(self, promises: list[ResolvedPromise]) -> None:
         """Create and resolve ``promises`` in one trip to the runtime thread (the

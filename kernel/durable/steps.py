@@ -16,7 +16,7 @@ search API needed from the engine: an earlier run, before a crash, may have
 written some), and counted in memory after that, so a call costs the same
 after 10 or 10,000 versions.
 
-A step costs one trip to the runtime thread: it is stored created and settled
+A step costs one write: it is stored created and settled
 at once when its function returns. Only until the first step that is not
 journaled yet does the run look a step up first (a resumed run replays the
 steps an earlier run finished; steps are made in order, so none after a

@@ -329,11 +329,12 @@ class EmbeddedStore:
                     "state=excluded.state, settled_at=excluded.settled_at, record=excluded.record",
                     promise_rows,
                 )
-                self._db.executemany(
-                    "INSERT INTO tasks VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                    "state=excluded.state, record=excluded.record",
-                    task_rows,
-                )
+                if task_rows:
+                    self._db.executemany(
+                        "INSERT INTO tasks VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                        "state=excluded.state, record=excluded.record",
+                        task_rows,
+                    )
             # Only now are they on disk (a failed commit leaves them to be written again).
             self._saved.update(promise_sigs)
             self._saved_tasks.update(task_sigs)
