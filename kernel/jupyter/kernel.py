@@ -70,11 +70,16 @@ def _process_stderr() -> TextIO | None:
     return sys.__stderr__
 
 
+#: The loggers of PyREPL3 and of the libraries under its engines. A record of one
+#: without a handler would reach logging's last resort, ``sys.stderr``: the running cell.
+ROUTED_LOGGERS = ("kernel", "resonate", "resonate_base", "resonate_pg", "psycopg", "psycopg_pool")
+
+
 def _route_logs(debug: bool) -> None:
-    """Send PyREPL3's (and resonate's) log records to the kernel process's real
-    stderr, never into a cell: not to ``sys.stderr`` (ipykernel's OutStream, the
-    running cell) nor to fd 2 (forwarded into the running cell as well)."""
-    for name in ("kernel", "resonate"):
+    """Send PyREPL3's (and its engines' libraries') log records to the kernel
+    process's real stderr, never into a cell: not to ``sys.stderr`` (ipykernel's
+    OutStream, the running cell) nor to fd 2 (forwarded into the running cell as well)."""
+    for name in ROUTED_LOGGERS:
         package = logging.getLogger(name)
         if not package.handlers:
             handler = logging.StreamHandler(_process_stderr())
