@@ -19,7 +19,7 @@ from kernel.core.errors import StoreCorruptError
 from kernel.core.ids import kind_of
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.embedded.database import connect, decode_promise, store_error
-from kernel.store.records import execution_summary, matching
+from kernel.store.records import execution_summary, matching, summary_row
 
 _codec = Codec(NoopEncryptor())
 
@@ -126,18 +126,36 @@ class EmbeddedCatalog:
         ]
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
+        """From the columns and the ``listed`` table, never the records (which hold the outputs);
+        a row written before that table existed is decoded from its record."""
         if self._db is None:
             return []
         where, args = matching("?", session=session)
-        sql = "SELECT session, record FROM promises WHERE kind = 'exec'" + where + " ORDER BY created_at DESC"
+        listed = self._has_listed()
+        fields = "l.fields" if listed else "NULL"
+        joined = " LEFT JOIN listed l ON l.id = promises.id" if listed else ""
+        sql = (
+            f"SELECT promises.id, session, state, created_at, settled_at, {fields} FROM promises{joined} "
+            "WHERE kind = 'exec'" + where + " ORDER BY created_at DESC, promises.rowid DESC"
+        )
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
         out = []
-        for sess, blob in self._db.execute(sql, args).fetchall():
-            out.append(execution_summary(self._decode(blob, sess)))
+        for pid, sess, state, created_at, settled_at, listed_json in self._db.execute(sql, args).fetchall():
+            if listed_json is None:
+                rec = self.promise(pid)
+                if rec is not None:
+                    out.append(execution_summary(rec))
+                continue
+            out.append(summary_row(pid, sess, state, created_at, settled_at, msgspec.json.decode(listed_json)))
         out.reverse()
         return out
+
+    def _has_listed(self) -> bool:
+        """Whether the file has the ``listed`` table (a store written before it has not, until a kernel opens it)."""
+        assert self._db is not None
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'listed'").fetchone() is not None
 
     def count(self, session: str, kind: str = "exec") -> dict[str, int]:
         if self._db is None:

@@ -18,6 +18,7 @@ from resonate.connections.local import DurablePromise, Task
 from kernel.core.errors import StoreCorruptError, StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
 from kernel.store.modes import PRIVATE
+from kernel.store.records import decode_value, listed_fields
 
 SCHEMA_VERSION = 1
 
@@ -49,6 +50,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     request TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox (session, seq);
+-- What a listing shows of an exec promise (records.listed_fields, JSON), written with its row:
+-- its own table, so listing never walks a large record's overflow pages (a 50 MB output).
+CREATE TABLE IF NOT EXISTS listed (id TEXT PRIMARY KEY, fields TEXT NOT NULL);
 """
 
 
@@ -191,6 +195,21 @@ def promise_row(session: str, p: DurablePromise) -> tuple[Any, ...]:
     )
 
 
+def listed_row(p: DurablePromise) -> tuple[str, str] | None:
+    """The ``listed`` row of an ``exec:`` promise (None for other kinds): its param decoded,
+    its value only when rejected (the error's name), so a resolved output is never read."""
+    if kind_of(p.id) != "exec":
+        return None
+    state = p.state
+    value = decode_value(_data(p.value)) if state != "resolved" else None
+    fields = listed_fields(decode_value(_data(p.param)), value, state)
+    return p.id, msgspec.json.encode(fields).decode()
+
+
+def _data(wire: Any) -> str | None:
+    return wire.get("data") if isinstance(wire, dict) else None
+
+
 def task_row(session: str, t: Task) -> tuple[Any, ...]:
     stored = _StoredTask(
         id=t.id, state=t.state, version=t.version, pid=t.pid, ttl=t.ttl, resumes=sorted(t.resumes)
@@ -234,4 +253,4 @@ def task_sig(t: Task) -> tuple[Any, ...]:
     return (t.state, t.version, t.pid, t.ttl, frozenset(t.resumes))
 
 
-__all__ = ["SCHEMA_VERSION", "UNWRITABLE", "checkpoint_and_close", "connect", "store_error", "decode_promise", "decode_task", "promise_row", "promise_sig", "task_row", "task_sig"]
+__all__ = ["SCHEMA_VERSION", "UNWRITABLE", "checkpoint_and_close", "connect", "store_error", "decode_promise", "decode_task", "listed_row", "promise_row", "promise_sig", "task_row", "task_sig"]

@@ -1,0 +1,77 @@
+"""Listings read summaries, not records: what they show is what decoding every record shows.
+
+``pyrepl3 executions`` and ``%durable`` list executions from the columns and the
+engine's summaries (the embedded ``listed`` table, the param decoded in SQL on
+Postgres); these tests build real stores with real kernels and check the listing
+row by row against the full records it no longer reads. How fast it is:
+benchmarks/bench_listings.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from harness import Kernel, executions, kernel_env
+
+from kernel.core.settings import Settings
+from kernel.store.records import execution_summary
+from kernel.store.registry import opened
+
+pytestmark = pytest.mark.engines("embedded", "postgres")
+
+CELLS = ("x = 1", "print('out ' * 100_000)", "1/0", "raise KeyError('k')", "y = x + 1\ny", "")
+
+
+def _listing_and_records(home: Path, session: str) -> tuple[list[dict], list[dict]]:
+    """The catalog's listing of ``session`` and the same rows built from the full records (as before)."""
+    with opened(Settings.load(kernel_env(home))) as engine:
+        catalog = engine.catalog()
+        try:
+            listed = catalog.executions(session)
+            decoded = [execution_summary(catalog.promise(row.id)) for row in listed]  # type: ignore[arg-type]
+            assert [r.id for r in catalog.executions(session, limit=2)] == [r.id for r in listed[-2:]]
+        finally:
+            catalog.close()
+    return [r.model_dump() for r in listed], [r.model_dump() for r in decoded]
+
+
+def test_executions_listing_matches_the_records(kernel: Kernel, home: Path, store) -> None:
+    for i, code in enumerate(CELLS):
+        kernel.execute(code, cell_id=f"cell-{i}")
+    session = store.session("test-session")
+    listed, decoded = _listing_and_records(home, session)
+    assert len(listed) == len(CELLS)
+    assert listed == decoded
+    assert [r["code"] for r in listed] == list(CELLS)
+    assert [r["ename"] for r in listed] == [None, None, "ZeroDivisionError", "KeyError", None, None]
+    assert [r["cell_id"] for r in listed] == [f"cell-{i}" for i in range(len(CELLS))]
+    assert [r["execution_count"] for r in listed] == sorted(r["execution_count"] for r in listed)
+    assert all(r["state"] in ("resolved", "rejected") for r in listed)
+    # The CLI shows the same rows, with the same fields as the records give.
+    shown = executions(home, "test-session")
+    assert [shown[r["id"]]["code"] for r in listed] == list(CELLS)
+    assert {k for row in shown.values() for k in row} == set(listed[0])
+
+
+@pytest.mark.embedded_only("the listed table is the embedded engine's")
+def test_a_store_without_summaries_lists_from_its_records(kernel: Kernel, home: Path, store) -> None:
+    """Rows written before the ``listed`` table (or a file without it) are decoded from their records."""
+    for code in CELLS[:3]:
+        kernel.execute(code)
+    kernel.close()
+    session = store.session("test-session")
+    before, _ = _listing_and_records(home, session)
+    conn = sqlite3.connect(home / "store.sqlite3")
+    try:
+        conn.execute("DELETE FROM listed WHERE id = ?", (before[0]["id"],))
+        conn.commit()
+        partial, _ = _listing_and_records(home, session)
+        conn.execute("DROP TABLE listed")
+        conn.commit()
+        none, decoded = _listing_and_records(home, session)
+    finally:
+        conn.close()
+    assert partial == before == none == decoded
+    assert [r["ename"] for r in none] == [None, None, "ZeroDivisionError"]
