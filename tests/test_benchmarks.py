@@ -47,3 +47,15 @@ def test_frames_benchmark_small() -> None:
     assert "a cell changing one of 20 DataFrames" in done.stdout
     assert "checkpoint of the changing cell pickled: [df7]\n" in done.stdout, done.stdout
     print(done.stdout)
+
+
+def test_listings_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_listings.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark itself checks that each listing holds every execution.
+    assert "executions (catalog), store holding 300 executions" in done.stdout and "sessions (catalog)" in done.stdout
+    print(done.stdout)
