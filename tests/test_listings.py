@@ -16,6 +16,7 @@ import pytest
 from harness import Kernel, executions, kernel_env
 
 from kernel.core.settings import Settings
+from kernel.store.embedded.database import connect
 from kernel.store.records import execution_summary
 from kernel.store.registry import opened
 
@@ -56,22 +57,31 @@ def test_executions_listing_matches_the_records(kernel: Kernel, home: Path, stor
 
 
 @pytest.mark.embedded_only("the listed table is the embedded engine's")
-def test_a_store_without_summaries_lists_from_its_records(kernel: Kernel, home: Path, store) -> None:
-    """Rows written before the ``listed`` table (or a file without it) are decoded from their records."""
+def test_a_store_from_before_summaries_is_listed_then_filled(kernel: Kernel, home: Path, store) -> None:
+    """A file written before the ``listed`` table is listed from its records; the first
+    writable open gives every execution its summary, and the listing stays the same."""
     for code in CELLS[:3]:
         kernel.execute(code)
     kernel.close()
     session = store.session("test-session")
     before, _ = _listing_and_records(home, session)
-    conn = sqlite3.connect(home / "store.sqlite3")
+    path = home / "store.sqlite3"
+    conn = sqlite3.connect(path)
     try:
-        conn.execute("DELETE FROM listed WHERE id = ?", (before[0]["id"],))
-        conn.commit()
-        partial, _ = _listing_and_records(home, session)
         conn.execute("DROP TABLE listed")
+        conn.execute("DELETE FROM meta WHERE key = 'listed'")
         conn.commit()
-        none, decoded = _listing_and_records(home, session)
     finally:
         conn.close()
-    assert partial == before == none == decoded
-    assert [r["ename"] for r in none] == [None, None, "ZeroDivisionError"]
+    old, decoded = _listing_and_records(home, session)
+    connect(path).close()  # what a kernel's open does: fills the table from the records, once
+    conn = sqlite3.connect(path)
+    try:
+        filled = conn.execute("SELECT count(*) FROM listed").fetchone()[0]
+        marked = conn.execute("SELECT value FROM meta WHERE key = 'listed'").fetchone()
+    finally:
+        conn.close()
+    after, _ = _listing_and_records(home, session)
+    assert (filled, marked) == (3, ("1",))
+    assert before == old == decoded == after
+    assert [r["ename"] for r in after] == [None, None, "ZeroDivisionError"]

@@ -116,9 +116,10 @@ class EmbeddedCatalog:
     def sessions(self) -> list[SessionSummary]:
         if self._db is None:
             return []
+        source = "listed" if self._is_listed() else "promises WHERE kind = 'exec'"
         rows = self._db.execute(
             "SELECT session, count(*), sum(state = 'pending'), min(created_at), max(created_at) "
-            "FROM promises WHERE kind = 'exec' GROUP BY session ORDER BY max(created_at) DESC"
+            f"FROM {source} GROUP BY session ORDER BY max(created_at) DESC"
         ).fetchall()
         return [
             {"session": s, "executions": n, "pending": p or 0, "first_at": a, "last_at": b}
@@ -126,36 +127,32 @@ class EmbeddedCatalog:
         ]
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
-        """From the columns and the ``listed`` table, never the records (which hold the outputs);
-        a row written before that table existed is decoded from its record."""
+        """From the ``listed`` table, never the records (which hold the outputs); a file no
+        kernel of this version has opened yet (no ``listed`` mark) is listed from its records."""
         if self._db is None:
             return []
+        listed = self._is_listed()
         where, args = matching("?", session=session)
-        listed = self._has_listed()
-        fields = "l.fields" if listed else "NULL"
-        joined = " LEFT JOIN listed l ON l.id = promises.id" if listed else ""
-        sql = (
-            f"SELECT promises.id, session, state, created_at, settled_at, {fields} FROM promises{joined} "
-            "WHERE kind = 'exec'" + where + " ORDER BY created_at DESC, promises.rowid DESC"
-        )
+        columns = "id, session, state, created_at, settled_at, fields" if listed else "id, session, record"
+        sql = f"SELECT {columns} FROM {'listed' if listed else 'promises'} WHERE 1 = 1"
+        sql += where if listed else " AND kind = 'exec'" + where
+        sql += " ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        out = []
-        for pid, sess, state, created_at, settled_at, listed_json in self._db.execute(sql, args).fetchall():
-            if listed_json is None:
-                rec = self.promise(pid)
-                if rec is not None:
-                    out.append(execution_summary(rec))
-                continue
-            out.append(summary_row(pid, sess, state, created_at, settled_at, msgspec.json.decode(listed_json)))
+        rows = self._db.execute(sql, args).fetchall()
+        if listed:
+            out = [summary_row(pid, s, state, at, settled, msgspec.json.decode(fields)) for pid, s, state, at, settled, fields in rows]
+        else:
+            out = [execution_summary(self._decode(blob, s)) for _pid, s, blob in rows]
         out.reverse()
         return out
 
-    def _has_listed(self) -> bool:
-        """Whether the file has the ``listed`` table (a store written before it has not, until a kernel opens it)."""
+    def _is_listed(self) -> bool:
+        """Whether every ``exec:`` row of the file has its ``listed`` row (see ``database._fill_listed``)."""
         assert self._db is not None
-        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'listed'").fetchone() is not None
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        return "listed" in tables and self._db.execute("SELECT 1 FROM meta WHERE key = 'listed'").fetchone() is not None
 
     def count(self, session: str, kind: str = "exec") -> dict[str, int]:
         if self._db is None:

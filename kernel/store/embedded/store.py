@@ -54,7 +54,7 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.errors import StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
-from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, listed_row, promise_row, promise_sig, task_row, task_sig
+from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, LISTED_SQL, listed_row, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class EmbeddedStore:
             sig = promise_sig(p)
             if self._saved.get(pid) != sig:
                 promise_rows.append(promise_row(self.session, p))
-                if (listed := listed_row(p)) is not None:
+                if (listed := listed_row(self.session, p)) is not None:
                     listed_rows.append(listed)
                 promise_sigs[pid] = sig
         task_rows, task_sigs = [], {}
@@ -311,7 +311,7 @@ class EmbeddedStore:
                     "state=excluded.state, settled_at=excluded.settled_at, record=excluded.record",
                     promise_rows,
                 )
-                self._db.executemany("INSERT OR REPLACE INTO listed VALUES (?,?)", listed_rows)
+                self._db.executemany(LISTED_SQL, listed_rows)
                 self._db.executemany(
                     "INSERT INTO tasks VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                     "state=excluded.state, record=excluded.record",
