@@ -15,7 +15,13 @@ holding ``--history`` executions. On each, ``--repeats`` times, interleaved:
 * the ``pyrepl3 executions --json`` command itself, beside ``pyrepl3 executions``
   on an empty store (the interpreter's start, which no listing can save).
 
-Target, printed and not asserted: each listing <= 0.1 s. The machine's load
+Then ``--checkpoints`` real cells (``v = <i>``, one checkpoint each) in a real PyREPL3
+kernel, killed with -9; ``--repeats`` starts of PyREPL3 on that store, interleaved with
+starts on a new store: from start to the first ``assert v == ...`` reply (the restore
+is checked). A start reads the newest checkpoints, not all of them.
+
+Target, printed and not asserted: each listing <= 0.1 s; the start with history <= a new
+session's + 0.1 s. The machine's load
 (``os.getloadavg``) is printed before and after. Exit status 0 unless something
 failed (2).
 """
@@ -34,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import BenchError, p90  # noqa: E402
-from bench_start import load  # noqa: E402
+from bench_core import BenchError, Kernels, p90, run_cell  # noqa: E402
+from bench_start import PYREPL3, load, timed_start  # noqa: E402
 
 SESSION = "bench-listings"
 PYREPL3_CLI = Path(sys.executable).parent / "pyrepl3"
@@ -97,16 +103,46 @@ def cli_executions(home: Path) -> None:
         raise BenchError(f"pyrepl3 executions failed: {done.stderr.decode()[-500:]}")
 
 
+def starts(work: Path, checkpoints: int, repeats: int) -> dict[str, list[float]]:
+    """Start to first reply with ``checkpoints`` checkpoints in the session, beside a new session."""
+    kernels = Kernels({"IPYTHONDIR": str(work / "ipython"), "PYREPL3_SESSION": SESSION}, work)
+    out: dict[str, list[float]] = {}
+    try:
+        env = {"PYREPL3_HOME": str(work / "checkpoints")}
+        km, kc, _ = kernels.start(PYREPL3, env)
+        t0 = time.perf_counter()
+        for i in range(checkpoints):
+            run_cell(kc, f"v = {i}")
+        print(f"  {checkpoints} cells (one checkpoint each) in {time.perf_counter() - t0:.1f}s", flush=True)
+        os.kill(km.provisioner.process.pid, 9)
+        km.provisioner.process.wait(timeout=30)
+        kernels.stop(km)
+        kernels.stop(kernels.start(PYREPL3, {"PYREPL3_HOME": str(work / "warm")})[0])  # untimed: the page cache
+        for i in range(repeats):
+            for label, home, check in (
+                (f"kernel start with {checkpoints:,} checkpoints (first reply)", env["PYREPL3_HOME"], f"assert v == {checkpoints - 1}"),
+                ("kernel start, new session (first reply)", str(work / f"new-{i}"), "pass"),
+            )[:: 1 if i % 2 == 0 else -1]:
+                s = timed_start(kernels, PYREPL3, {"PYREPL3_HOME": home}, first_cell=check)
+                out.setdefault(label, []).append(s.first)
+                kernels.stop(s.km)
+    finally:
+        kernels.stop_all()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="CI: a 1 MB output, 300 executions, 5 repeats")
     ap.add_argument("--mb", type=float, default=None, help="the one large output, MB (default 50)")
     ap.add_argument("--history", type=int, default=None, help="executions in the long store (default 10000)")
     ap.add_argument("--repeats", type=int, default=None, help="timings of each listing (default 15)")
+    ap.add_argument("--checkpoints", type=int, default=None, help="checkpoints in the session for the start row (default 5000; 0: no start row)")
     args = ap.parse_args(argv)
     mb = args.mb if args.mb is not None else (1 if args.small else 50)
     history = args.history if args.history is not None else (300 if args.small else 10_000)
     repeats = args.repeats if args.repeats is not None else (5 if args.small else 15)
+    checkpoints = args.checkpoints if args.checkpoints is not None else (20 if args.small else 5000)
     print(f"bench_listings: output={mb:g} MB history={history} repeats={repeats}; load before {load()}", flush=True)
 
     from kernel.store.embedded.catalog import EmbeddedCatalog
@@ -136,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(repeats):  # interleaved: one of each per round
             for label, fn in cases:
                 rows.setdefault(label, []).append(timed(fn))
+        if checkpoints:
+            rows.update(starts(Path(tmp), checkpoints, max(repeats // 2, 2)))
 
     print(f"\nResults (median / p90 / min-max over {repeats}; target <= {TARGET_S * 1000:.0f} ms per listing); load after {load()}")
     print(f"| listing | median | p90 | spread |\n|---|---|---|---|")

@@ -157,10 +157,11 @@ class EmbeddedCatalog:
     def count(self, session: str, kind: str = "exec") -> dict[str, int]:
         if self._db is None:
             return {}
-        rows = self._db.execute(
-            "SELECT state, count(*) FROM promises WHERE session = ? AND kind = ? GROUP BY state",
-            (session, kind),
-        ).fetchall()
+        if kind == "exec" and self._is_listed():
+            sql, args = "SELECT state, count(*) FROM listed WHERE session = ? GROUP BY state", (session,)
+        else:
+            sql, args = "SELECT state, count(*) FROM promises WHERE session = ? AND kind = ? GROUP BY state", (session, kind)
+        rows = self._db.execute(sql, args).fetchall()
         return dict(rows)
 
     def promise(self, promise_id: str) -> PromiseRecord | None:
@@ -173,15 +174,17 @@ class EmbeddedCatalog:
             return None
         return self._decode(row[1], row[0])
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
-        """This session's resolved checkpoint records, oldest first."""
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
+        """This session's resolved checkpoint records, oldest first (the newest ``limit``)."""
         if self._db is None:
             return []
-        rows = self._db.execute(
-            "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id",
-            (session,),
-        ).fetchall()
-        return [self._decode(blob, session) for (blob,) in rows]
+        sql = "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id DESC"
+        args: list[Any] = [session]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._db.execute(sql, args).fetchall()
+        return [self._decode(blob, session) for (blob,) in reversed(rows)]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         if self._db is None:

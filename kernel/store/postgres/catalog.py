@@ -110,14 +110,17 @@ class PgCatalog:
         )
         return record(rows[0], self.clock.now_ms()) if rows else None
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
-        rows = self._rows(
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
+        sql = (
             f"SELECT {RECORD_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
-            "WHERE i.session = %s AND i.kind = 'checkpoint' AND p.state = 'resolved' ORDER BY i.id",
-            (session,),
+            "WHERE i.session = %s AND i.kind = 'checkpoint' AND p.state = 'resolved' ORDER BY i.id DESC"
         )
+        args: list[Any] = [session]
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
         now = self.clock.now_ms()
-        return [record(row, now) for row in rows]
+        return [record(row, now) for row in reversed(self._rows(sql, tuple(args)))]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         now = self.clock.now_ms()
