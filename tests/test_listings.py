@@ -9,12 +9,15 @@ benchmarks/bench_listings.py.
 
 from __future__ import annotations
 
+import base64
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 from harness import Kernel, executions, kernel_env
 
+from kernel.checkpoint.history import RECENT
 from kernel.core.settings import Settings
 from kernel.store.embedded.database import connect
 from kernel.store.records import execution_summary
@@ -85,3 +88,44 @@ def test_a_store_from_before_summaries_is_listed_then_filled(kernel: Kernel, hom
     assert (filled, marked) == (3, ("1",))
     assert before == old == decoded == after
     assert [r["ename"] for r in after] == [None, None, "ZeroDivisionError"]
+
+
+def test_checkpoints_newest_first_limit(kernel: Kernel, home: Path, store) -> None:
+    """``checkpoints(session, limit)``: the newest ``limit`` records, oldest first, as in the full list."""
+    for i in range(RECENT + 2):
+        kernel.ok(f"v = {i}")
+    with opened(Settings.load(kernel_env(home))) as engine:
+        catalog = engine.catalog()
+        try:
+            full = catalog.checkpoints(store.session("test-session"))
+            newest = catalog.checkpoints(store.session("test-session"), 3)
+            one = catalog.checkpoints(store.session("test-session"), 1)
+        finally:
+            catalog.close()
+    assert len(full) == RECENT + 2
+    assert newest == full[-3:] and one == full[-1:]
+
+
+@pytest.mark.embedded_only("edits store.sqlite3")
+def test_a_start_past_the_recent_refused_checkpoints_restores_an_older_one(kernels, home: Path) -> None:
+    """Every one of the newest RECENT checkpoints refused: the start still finds the newest that verifies."""
+    kernel = kernels.start(session="older")
+    for i in range(RECENT + 2):
+        kernel.ok(f"v = {i}")
+    kernel.close()
+    db = sqlite3.connect(home / "store.sqlite3")
+    try:
+        rows = db.execute("SELECT id, record FROM promises WHERE kind = 'checkpoint' ORDER BY id DESC LIMIT ?", (RECENT,)).fetchall()
+        for pid, blob in rows:
+            record = json.loads(blob)
+            value = json.loads(base64.b64decode(record["value"]["data"]))
+            value["manifest"]["skipped"] = {"injected": "by an attacker"}
+            record["value"]["data"] = base64.b64encode(json.dumps(value).encode()).decode()
+            db.execute("UPDATE promises SET record = ? WHERE id = ?", (json.dumps(record).encode(), pid))
+        db.commit()
+    finally:
+        db.close()
+    fresh = kernels.start(session="older")
+    run = fresh.ok("print(v)")
+    assert run.stream("stdout") == "1\n"  # the newest genuine one: after `v = 1`
+    assert "refusing to load it" in run.stream("stderr"), run.stream("stderr")
