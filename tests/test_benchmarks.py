@@ -59,4 +59,15 @@ def test_steps_benchmark_small() -> None:
     # The benchmark's cell checks that get_checkpoint returns the newest of the versions it wrote.
     assert "[embedded] durable.run step, trivial fn" in done.stdout and "raw sqlite3 insert+commit" in done.stdout
     assert "[embedded] durable.checkpoint, last 100 of 200" in done.stdout
+
+
+def test_listings_benchmark_small() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_listings.py"), "--small"],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The benchmark itself checks that each listing holds every execution.
+    assert "executions (catalog), store holding 300 executions" in done.stdout and "sessions (catalog)" in done.stdout
     print(done.stdout)

@@ -38,6 +38,8 @@ from kernel.core.models import ResolvedPromise
 
 log = logging.getLogger(__name__)
 
+#: How many of the newest checkpoint records a start reads (to restore, to find finished executions).
+RECENT = 8
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
@@ -74,8 +76,10 @@ class StoredCheckpoint:
 class NamespaceCheckpoints:
     """A session's checkpoints as promises: the next one to store, the stored ones to restore.
 
-    ``records`` lists this session's stored checkpoint records, oldest first
-    (the engine's own index: its catalog). Nothing here talks
+    ``records(limit)`` lists this session's stored checkpoint records, oldest first, the
+    newest ``limit`` of them when not None (the engine's own index: its catalog). A start
+    reads the newest record for the sequence number and the newest :data:`RECENT` to restore
+    from, all of them only when none of those verifies. Nothing here talks
     to the engine: :meth:`capture` returns the promise, and the caller stores
     it with the execution's outcome."""
 
@@ -84,7 +88,7 @@ class NamespaceCheckpoints:
         checkpointer: Checkpointer,
         signer: Signer,
         session: str,
-        records: Callable[[], list[dict[str, Any]]],
+        records: Callable[[int | None], list[dict[str, Any]]],
         *,
         clock: Clock = SYSTEM,
         state: SessionStateHooks | None = None,
@@ -98,7 +102,7 @@ class NamespaceCheckpoints:
         self._records = records
         self._key = session_key(session)
         self.previous: Manifest | None = None
-        existing = records()
+        existing = records(1)
         #: The sequence number of the newest stored checkpoint (what follows the session's prefix in its id).
         self._seq = int(existing[-1]["id"].removeprefix(checkpoint_prefix(self._key))) if existing else 0
 
@@ -151,7 +155,7 @@ class NamespaceCheckpoints:
     # -- reading ---------------------------------------------------------------
 
     def list(self) -> list[StoredCheckpoint]:
-        return [_summary(rec) for rec in self._records()]
+        return [_summary(rec) for rec in self._records(None)]
 
     def _verified(self, rec: dict[str, Any]) -> Manifest:
         """The manifest of ``rec``, verified against the id and session it was read under."""
@@ -165,7 +169,15 @@ class NamespaceCheckpoints:
         """Of the executions ``msg_ids``, those a (signed) checkpoint says finished:
         msg_id -> the blob holding its outcome. The newest checkpoint of each counts."""
         found: dict[str, str] = {}
-        for rec in reversed(self._records()):
+        recent = self._records(RECENT)
+        self._finished_in(recent, msg_ids, found)
+        if len(recent) == RECENT and set(found) != msg_ids:  # older ones may answer for the rest
+            self._finished_in(self._records(None)[: -len(recent)], msg_ids, found)
+        return found
+
+    def _finished_in(self, records: list[dict[str, Any]], msg_ids: set[str], found: dict[str, str]) -> None:
+        """:meth:`finished` over ``records``, newest first, adding to ``found``."""
+        for rec in reversed(records):
             value = rec.get("value") or {}
             msg_id, outcome = value.get("msg_id"), value.get("outcome")
             if msg_id not in msg_ids or msg_id in found or not isinstance(outcome, str):
@@ -176,15 +188,23 @@ class NamespaceCheckpoints:
                 log.warning("checkpoint %s is not verifiable; execution %s is not taken as finished", rec.get("id"), msg_id)
                 continue
             found[msg_id] = outcome
-        return found
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
-        records = self._records()
-        return self._restore_newest_genuine(records, namespace) if records else None
+        """The newest checkpoint that verifies, looked for among the :data:`RECENT` newest first."""
+        records = self._records(RECENT)
+        if not records:
+            return None
+        try:
+            return self._restore_newest_genuine(records, namespace)
+        except SignatureError:
+            if len(records) < RECENT:
+                raise
+        # Every recent one was refused (nothing was restored): an older one may verify.
+        return self._restore_newest_genuine(self._records(None), namespace)
 
     def restore_execution(self, execution_count: int, namespace: dict, *, clear: bool) -> tuple[StoredCheckpoint, RestoreReport]:
         """Bring back the namespace as it was after execution ``execution_count``."""
-        matches = [r for r in self._records() if (r.get("value") or {}).get("execution_count") == execution_count]
+        matches = [r for r in self._records(None) if (r.get("value") or {}).get("execution_count") == execution_count]
         if not matches:
             raise CheckpointNotFoundError(
                 f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"

@@ -60,8 +60,9 @@ class Catalog(Protocol):
 
     def promise(self, promise_id: str) -> PromiseRecord | None: ...
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
-        """``session``'s resolved checkpoint records, oldest first."""
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
+        """``session``'s resolved checkpoint records, oldest first (the newest ``limit`` when given:
+        a kernel's start reads the few it needs, not the whole history)."""
         ...
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]: ...

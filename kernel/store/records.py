@@ -47,18 +47,35 @@ def error_of(value: Any) -> CellError | None:
 
 def execution_summary(rec: PromiseRecord) -> ExecutionSummary:
     """One row of ``pyrepl3 executions`` from a decoded ``exec:`` record (any engine)."""
-    param = _task_args(rec["param"])
-    err = error_of(rec["value"]) if rec["state"] != "resolved" else None
+    return summary_row(rec["id"], rec["session"], rec["state"], rec["created_at"], rec["settled_at"], listed_fields(rec["param"], rec["value"], rec["state"]))  # type: ignore[arg-type]
+
+
+def listed_fields(param: Any, value: Any, state: str) -> dict[str, Any]:
+    """What a listing shows of an ``exec:`` promise beyond its columns, from its decoded param
+    and value: small, so an engine can keep it beside the record (written when the promise is)
+    and list executions without reading outputs."""
+    args = _task_args(param)
+    err = error_of(value) if state != "resolved" else None
+    return {
+        "execution_count": args.get("execution_count"),
+        "code": args.get("code", ""),
+        "cell_id": args.get("cell_id"),
+        "ename": err.ename if err else None,
+    }
+
+
+def summary_row(pid: str, session: str, state: str, created_at: int, settled_at: int | None, fields: dict[str, Any]) -> ExecutionSummary:
+    """An :class:`ExecutionSummary` from a promise's columns and its :func:`listed_fields`."""
     return ExecutionSummary(
-        id=rec["id"],
-        session=rec["session"],  # type: ignore[arg-type]
-        state=rec["state"],
-        execution_count=param.get("execution_count"),
-        code=param.get("code", ""),
-        cell_id=param.get("cell_id"),
-        created_at=rec["created_at"],
-        settled_at=rec["settled_at"],
-        ename=err.ename if err else None,
+        id=pid,
+        session=session,
+        state=state,
+        execution_count=fields.get("execution_count"),
+        code=fields.get("code") or "",
+        cell_id=fields.get("cell_id"),
+        created_at=created_at,
+        settled_at=settled_at,
+        ename=fields.get("ename"),
     )
 
 
@@ -101,4 +118,4 @@ def _task_args(param: Any) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "matching"]
+__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row"]

@@ -19,7 +19,7 @@ from kernel.core.errors import StoreCorruptError
 from kernel.core.ids import kind_of
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.embedded.database import connect, decode_promise, store_error
-from kernel.store.records import execution_summary, matching
+from kernel.store.records import execution_summary, matching, summary_row
 
 _codec = Codec(NoopEncryptor())
 
@@ -116,9 +116,10 @@ class EmbeddedCatalog:
     def sessions(self) -> list[SessionSummary]:
         if self._db is None:
             return []
+        source = "listed" if self._is_listed() else "promises WHERE kind = 'exec'"
         rows = self._db.execute(
             "SELECT session, count(*), sum(state = 'pending'), min(created_at), max(created_at) "
-            "FROM promises WHERE kind = 'exec' GROUP BY session ORDER BY max(created_at) DESC"
+            f"FROM {source} GROUP BY session ORDER BY max(created_at) DESC"
         ).fetchall()
         return [
             {"session": s, "executions": n, "pending": p or 0, "first_at": a, "last_at": b}
@@ -126,26 +127,41 @@ class EmbeddedCatalog:
         ]
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
+        """From the ``listed`` table, never the records (which hold the outputs); a file no
+        kernel of this version has opened yet (no ``listed`` mark) is listed from its records."""
         if self._db is None:
             return []
+        listed = self._is_listed()
         where, args = matching("?", session=session)
-        sql = "SELECT session, record FROM promises WHERE kind = 'exec'" + where + " ORDER BY created_at DESC"
+        columns = "id, session, state, created_at, settled_at, fields" if listed else "id, session, record"
+        sql = f"SELECT {columns} FROM {'listed' if listed else 'promises'} WHERE 1 = 1"
+        sql += where if listed else " AND kind = 'exec'" + where
+        sql += " ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        out = []
-        for sess, blob in self._db.execute(sql, args).fetchall():
-            out.append(execution_summary(self._decode(blob, sess)))
+        rows = self._db.execute(sql, args).fetchall()
+        if listed:
+            out = [summary_row(pid, s, state, at, settled, msgspec.json.decode(fields)) for pid, s, state, at, settled, fields in rows]
+        else:
+            out = [execution_summary(self._decode(blob, s)) for _pid, s, blob in rows]
         out.reverse()
         return out
+
+    def _is_listed(self) -> bool:
+        """Whether every ``exec:`` row of the file has its ``listed`` row (see ``database._fill_listed``)."""
+        assert self._db is not None
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        return "listed" in tables and self._db.execute("SELECT 1 FROM meta WHERE key = 'listed'").fetchone() is not None
 
     def count(self, session: str, kind: str = "exec") -> dict[str, int]:
         if self._db is None:
             return {}
-        rows = self._db.execute(
-            "SELECT state, count(*) FROM promises WHERE session = ? AND kind = ? GROUP BY state",
-            (session, kind),
-        ).fetchall()
+        if kind == "exec" and self._is_listed():
+            sql, args = "SELECT state, count(*) FROM listed WHERE session = ? GROUP BY state", (session,)
+        else:
+            sql, args = "SELECT state, count(*) FROM promises WHERE session = ? AND kind = ? GROUP BY state", (session, kind)
+        rows = self._db.execute(sql, args).fetchall()
         return dict(rows)
 
     def promise(self, promise_id: str) -> PromiseRecord | None:
@@ -158,15 +174,17 @@ class EmbeddedCatalog:
             return None
         return self._decode(row[1], row[0])
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
-        """This session's resolved checkpoint records, oldest first."""
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
+        """This session's resolved checkpoint records, oldest first (the newest ``limit``)."""
         if self._db is None:
             return []
-        rows = self._db.execute(
-            "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id",
-            (session,),
-        ).fetchall()
-        return [self._decode(blob, session) for (blob,) in rows]
+        sql = "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id DESC"
+        args: list[Any] = [session]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._db.execute(sql, args).fetchall()
+        return [self._decode(blob, session) for (blob,) in reversed(rows)]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         if self._db is None:

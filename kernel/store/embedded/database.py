@@ -18,6 +18,7 @@ from resonate.connections.local import DurablePromise, Task
 from kernel.core.errors import StoreCorruptError, StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
 from kernel.store.modes import PRIVATE
+from kernel.store.records import decode_value, listed_fields
 
 SCHEMA_VERSION = 1
 
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS inbox (
     request TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox (session, seq);
+-- What a listing shows of an exec promise: its columns again and records.listed_fields (JSON),
+-- written with its row in the same transaction. Its own table, so a listing reads neither a
+-- large record (a 50 MB output) nor its overflow pages; meta 'listed' says every exec row has one.
+CREATE TABLE IF NOT EXISTS listed (
+    id TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    settled_at INTEGER,
+    fields TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS listed_by_session ON listed (session, created_at);
+CREATE INDEX IF NOT EXISTS listed_by_time ON listed (created_at);
 """
 
 
@@ -143,6 +157,7 @@ def connect(path: Path, *, readonly: bool = False, fsync: bool = False, setting:
                 msg = f"store {path} ({setting}) has schema version {row[0]}; this PyREPL3 reads up to {SCHEMA_VERSION}"
                 raise StoreCorruptError(msg)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(row[0]) if row else str(SCHEMA_VERSION),))
+            _fill_listed(conn)
             PRIVATE.tighten(path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")))
         else:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -191,6 +206,49 @@ def promise_row(session: str, p: DurablePromise) -> tuple[Any, ...]:
     )
 
 
+#: Upserts a ``listed`` row, keeping its rowid (the listing's order among equal times, as the promises').
+LISTED_SQL = (
+    "INSERT INTO listed VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+    "state=excluded.state, settled_at=excluded.settled_at, fields=excluded.fields"
+)
+
+
+def listed_row(session: str, p: DurablePromise) -> tuple[Any, ...] | None:
+    """The ``listed`` row of an ``exec:`` promise (None for other kinds): its param decoded,
+    its value only when not resolved (the error's name), so a resolved output is never read."""
+    if kind_of(p.id) != "exec":
+        return None
+    value = decode_value(_data(p.value)) if p.state != "resolved" else None
+    fields = listed_fields(decode_value(_data(p.param)), value, p.state)
+    return p.id, session, p.state, p.created_at, p.settled_at, msgspec.json.encode(fields).decode()
+
+
+def _fill_listed(conn: sqlite3.Connection) -> None:
+    """Give every ``exec:`` row written before the ``listed`` table its row (once per file,
+    decoding those records), then mark the file so readers trust the table alone."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'listed'").fetchone() is not None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'listed'").fetchone() is not None:
+            conn.execute("COMMIT")  # another writer filled it meanwhile
+            return
+        old = conn.execute(
+            "SELECT session, record FROM promises WHERE kind = 'exec' AND id NOT IN (SELECT id FROM listed) ORDER BY rowid"
+        ).fetchall()
+        rows = [listed_row(session, decode_promise(blob)) for session, blob in old]
+        conn.executemany(LISTED_SQL, rows)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('listed', '1')")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _data(wire: Any) -> str | None:
+    return wire.get("data") if isinstance(wire, dict) else None
+
+
 def task_row(session: str, t: Task) -> tuple[Any, ...]:
     stored = _StoredTask(
         id=t.id, state=t.state, version=t.version, pid=t.pid, ttl=t.ttl, resumes=sorted(t.resumes)
@@ -234,4 +292,4 @@ def task_sig(t: Task) -> tuple[Any, ...]:
     return (t.state, t.version, t.pid, t.ttl, frozenset(t.resumes))
 
 
-__all__ = ["SCHEMA_VERSION", "UNWRITABLE", "checkpoint_and_close", "connect", "store_error", "decode_promise", "decode_task", "promise_row", "promise_sig", "task_row", "task_sig"]
+__all__ = ["SCHEMA_VERSION", "UNWRITABLE", "checkpoint_and_close", "connect", "store_error", "decode_promise", "decode_task", "LISTED_SQL", "listed_row", "promise_row", "promise_sig", "task_row", "task_sig"]

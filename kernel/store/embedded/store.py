@@ -54,7 +54,7 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.errors import StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
-from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, promise_row, promise_sig, task_row, task_sig
+from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, LISTED_SQL, listed_row, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +310,13 @@ class EmbeddedStore:
 
     def _flush(self) -> None:
         """Write what changed in one transaction, then evict settled lineages."""
-        promise_rows, promise_sigs = [], {}
+        promise_rows, listed_rows, promise_sigs = [], [], {}
         for pid, p in self.state.promises.items():
             sig = promise_sig(p)
             if self._saved.get(pid) != sig:
                 promise_rows.append(promise_row(self.session, p))
+                if (listed := listed_row(self.session, p)) is not None:
+                    listed_rows.append(listed)
                 promise_sigs[pid] = sig
         task_rows, task_sigs = [], {}
         for tid, t in self.state.tasks.items():
@@ -329,6 +331,8 @@ class EmbeddedStore:
                     "state=excluded.state, settled_at=excluded.settled_at, record=excluded.record",
                     promise_rows,
                 )
+                if listed_rows:
+                    self._db.executemany(LISTED_SQL, listed_rows)
                 if task_rows:
                     self._db.executemany(
                         "INSERT INTO tasks VALUES (?,?,?,?) ON CONFLICT(id) DO UPDATE SET "

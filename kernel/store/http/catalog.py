@@ -58,9 +58,10 @@ class RemoteCatalog:
         p = self.server.promise(promise_id)
         return None if p is None else record(p, self.index.session_of(promise_id))
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
         recs = self._records(self.index.rows(session, "checkpoint"))
-        return sorted((r for r in recs if r["state"] == "resolved"), key=lambda r: r["id"])
+        resolved = sorted((r for r in recs if r["state"] == "resolved"), key=lambda r: r["id"])
+        return resolved if limit is None else resolved[-limit:] if limit > 0 else []
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         recs = self._records(self.index.rows(session, kind, open_only=True))

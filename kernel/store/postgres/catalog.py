@@ -14,11 +14,20 @@ from kernel.core.clock import SYSTEM, Clock
 from kernel.core.ids import kind_of
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.postgres.link import PgLink, unreachable
-from kernel.store.records import decode_value, execution_summary, matching
+from kernel.store.records import decode_value, listed_fields, matching, summary_row
 
 #: The columns a catalog record is built from (``p`` = resonate.promises, ``i`` = the index).
 RECORD_COLUMNS = (
     "p.id, i.session, p.state, p.param_data, p.value_data, p.tags, p.timeout_at, p.created_at, p.settled_at, p.is_timer"
+)
+
+#: What :meth:`PgCatalog.executions` reads: the param as JSON (decoded in the database), the value
+#: only when the promise did not resolve (a rejected execution's error).
+_JSON_OF = "convert_from(decode({}, 'base64'), 'UTF8')::json"
+LISTED_COLUMNS = (
+    f"p.id, i.session, p.state, {_JSON_OF.format('p.param_data')}, "
+    f"CASE WHEN p.state <> 'resolved' THEN {_JSON_OF.format('p.value_data')} END, "
+    "p.timeout_at, p.created_at, p.settled_at, p.is_timer"
 )
 
 
@@ -67,16 +76,22 @@ class PgCatalog:
         return [{"session": s, "executions": n, "pending": p, "first_at": a, "last_at": b} for s, n, p, a, b in rows]
 
     def executions(self, session: str | None = None, limit: int | None = None) -> list[ExecutionSummary]:
+        """The param decoded by the database and the value only for an execution that did not
+        resolve (its error's name): a resolved output, however large, stays in its TOAST pages."""
         where, args = matching("%s", **{"i.session": session})
         sql = (
-            f"SELECT {RECORD_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
+            f"SELECT {LISTED_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
             f"WHERE i.kind = 'exec'{where} ORDER BY i.created_at DESC, i.id DESC"
         )
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
         now = self.clock.now_ms()
-        out = [execution_summary(record(row, now)) for row in self._rows(sql, tuple(args))]
+        out = []
+        for pid, sess, state, param, value, timeout_at, created_at, settled_at, is_timer in self._rows(sql, tuple(args)):
+            if state == "pending" and timeout_at <= now:  # as record() shows it
+                state, settled_at = ("resolved" if is_timer else "rejected_timedout"), timeout_at
+            out.append(summary_row(pid, sess, state, created_at, settled_at, listed_fields(param, value, state)))
         out.reverse()
         return out
 
@@ -95,14 +110,17 @@ class PgCatalog:
         )
         return record(rows[0], self.clock.now_ms()) if rows else None
 
-    def checkpoints(self, session: str) -> list[PromiseRecord]:
-        rows = self._rows(
+    def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
+        sql = (
             f"SELECT {RECORD_COLUMNS} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
-            "WHERE i.session = %s AND i.kind = 'checkpoint' AND p.state = 'resolved' ORDER BY i.id",
-            (session,),
+            "WHERE i.session = %s AND i.kind = 'checkpoint' AND p.state = 'resolved' ORDER BY i.id DESC"
         )
+        args: list[Any] = [session]
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
         now = self.clock.now_ms()
-        return [record(row, now) for row in rows]
+        return [record(row, now) for row in reversed(self._rows(sql, tuple(args)))]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         now = self.clock.now_ms()
