@@ -318,7 +318,7 @@ def test_an_interrupt_ends_a_wait_outside_the_future_lock_and_is_held_at_the_end
     import concurrent.futures as cf
     import threading
 
-    from kernel.durable.interrupts import Interrupts
+    from kernel.core.interrupts import Interrupts
 
     interrupts = Interrupts()
     saved = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -338,5 +338,31 @@ def test_an_interrupt_ends_a_wait_outside_the_future_lock_and_is_held_at_the_end
             assert interrupts.wait(held, timeout=TIMEOUT) == 2  # held for good: the wait goes on
         assert deferral.arrived == 1
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+def test_an_execute_request_takes_interrupts_only_in_its_cells_code() -> None:
+    from kernel.core.interrupts import Interrupts
+
+    interrupts = Interrupts()
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ipykernel's handler between requests
+    try:
+        request = interrupts.hold(redeliver=True, what="a test request")
+        signal.raise_signal(signal.SIGINT)  # before the code ran: held, and the code does not run
+        assert request.arrived == 1
+        ran = False
+        with pytest.raises(KeyboardInterrupt), interrupts.delivered():
+            ran = True
+        assert not ran and request.arrived == 0
+        with pytest.raises(KeyboardInterrupt), interrupts.delivered():  # in the code: delivered there
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # after the code: held again
+        with interrupts.deferred(redeliver=False, what="the end of a test cell") as end:
+            signal.raise_signal(signal.SIGINT)  # the end of the cell keeps its own, for good
+        assert (end.arrived, request.arrived) == (1, 1)
+        assert interrupts.release(request, into=signal.SIG_IGN) == 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # straight back, never delivering
     finally:
         signal.signal(signal.SIGINT, saved)

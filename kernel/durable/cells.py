@@ -45,8 +45,8 @@ class CellRequest(Protocol[R]):
         """Run the code as a plain kernel would (the engine could not take it)."""
 
     def interrupted(self) -> R:
-        """The reply to a request interrupted before its code ran (as ipykernel
-        answers an interrupted cell: a ``KeyboardInterrupt`` error)."""
+        """The reply to a request interrupted outside its code (before it ran, or as
+        it ended), as ipykernel answers an interrupted cell: a ``KeyboardInterrupt`` error."""
 
     def replay(self, record: PromiseRecord) -> R:
         """Show the stored outcome of an execution that ran before, and return its reply."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.ids import exec_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
-from kernel.durable.interrupts import MAIN, Interrupts
+from kernel.core.interrupts import MAIN, Interrupts
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from kernel.core.ids import SESSION_TAG, exec_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.durable.codec import NoPickledErrors
 from kernel.durable.dispatcher import CellDispatcher
-from kernel.durable.interrupts import MAIN, Interrupts
+from kernel.core.interrupts import MAIN, Interrupts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,7 +186,7 @@ class DurableRuntime:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the runtime loop and wait for it (from any other thread;
         on the main thread an interrupt ends the wait, never inside the future's lock:
-        :mod:`kernel.durable.interrupts`)."""
+        :mod:`kernel.core.interrupts`)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return self._interrupts.wait(fut, self.call_timeout if timeout is None else timeout)

@@ -253,12 +253,16 @@ class DurableSession:
             self.settler.ran_uncaptured()
             if not outcome.done():
                 outcome.set_result(self._error(params, type(exc).__name__, str(exc)))
+            if isinstance(exc, KeyboardInterrupt):
+                # Landed outside the cell's code (just before or after it): every request gets its reply.
+                return cell.interrupted()
             raise
         try:
             self.settler.settle(params, code, outcome, ran.outcome)
         except KeyboardInterrupt:
-            # Landed in the instant before the end of the cell holds interrupts: the cell is
-            # done all the same, and the settle is idempotent (a second checkpoint at worst).
+            # A host that does not hold interrupts around the request: it landed in the instant
+            # before the end of the cell holds them. The cell is done all the same, and the
+            # settle is idempotent (a second checkpoint at worst).
             log.info("an interrupt at the end of %s was held: the cell had finished", eid)
             self.settler.settle(params, code, outcome, ran.outcome)
         if not self.engine.healthy():  # the store broke under this cell: durability off, reconnect

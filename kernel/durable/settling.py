@@ -27,7 +27,7 @@ re-sent msg_id) would keep answering "done". Why the outcome in a blob: it
 holds the cell's outputs (images, say), which would make every checkpoint
 listing heavy; the checkpoint only names it.
 
-SIGINT is held for the whole unit (:mod:`kernel.durable.interrupts`): the cell
+SIGINT is held for the whole unit (:mod:`kernel.core.interrupts`): the cell
 is done, and an interrupt then must neither cancel storing nor lose the reply;
 the capture runs on the main thread after the cell, so what it stores is a
 namespace that existed.
@@ -49,7 +49,7 @@ from kernel.core.ids import exec_id, msg_id_of
 from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, ResolvedPromise
 from kernel.core.notices import BROKEN
 from kernel.durable.cells import SessionHost
-from kernel.durable.interrupts import MAIN, Interrupts
+from kernel.core.interrupts import MAIN, Interrupts
 from kernel.durable.runtime import DurableRuntime
 from kernel.durable.skipped import SkippedNames
 

@@ -11,7 +11,6 @@ and :class:`JupyterCell`, one execute_request as the session drives it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +18,7 @@ from kernel.core.ids import msg_id_of
 from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import NoticeBook, Notify
 from kernel.durable.cells import RanCell
-from kernel.durable.interrupts import MAIN as INTERRUPTS
+from kernel.core.interrupts import MAIN as INTERRUPTS
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
 from kernel.durable.session import DurableSession
 from kernel.durable.skipped import SkippedNames
@@ -50,7 +49,6 @@ class KernelSide(Protocol):
     iopub_socket: Any
     parent: Any
     durable: DurableSession | None
-    _until_replied: contextlib.ExitStack | None
     notice: Notify
     notice_book: NoticeBook
 
@@ -58,6 +56,7 @@ class KernelSide(Protocol):
     def _flush_notices(self, parent: dict[str, Any]) -> None: ...
     def _show_stored(self, outputs: list[dict[str, Any]]) -> None: ...
     def _prompt_channel(self) -> FrontendStdin | None: ...
+    def interrupted_reply(self, parent: dict[str, Any], why: str = ...) -> dict[str, Any]: ...
 
 
 def attach(kernel: KernelSide) -> SessionKeeper:
@@ -116,24 +115,19 @@ class JupyterCell:
         started = kernel.clock.wall()
         kernel.recorder.begin(msg_id_of(execution_id))
         try:
-            reply = await self.run_code()
-            if kernel._until_replied is not None:
-                kernel._until_replied.enter_context(INTERRUPTS.deferred(redeliver=False, what="the end of a cell and its reply"))
+            with INTERRUPTS.delivered():  # only the cell's code takes interrupts (kernel.core.interrupts)
+                reply = await self.run_code()
         finally:
             flush_std()
             outputs = kernel.recorder.end()
         return RanCell(reply, outcome_of_reply(execution_id, reply, outputs, timings(started, kernel.clock.wall())))
 
     async def run_without_durability(self) -> dict[str, Any]:
-        return await self.run_code()
+        with INTERRUPTS.delivered():
+            return await self.run_code()
 
     def interrupted(self) -> dict[str, Any]:
-        kernel = self.kernel
-        why = "interrupted while the kernel was starting or ending the cell"
-        error = {"ename": "KeyboardInterrupt", "evalue": why, "traceback": [f"KeyboardInterrupt: {why}"]}
-        kernel.session.send(kernel.iopub_socket, "error", error, self.parent, ident=kernel._topic("error"))
-        assert kernel.shell is not None
-        return {"status": "error", "execution_count": kernel.shell.execution_count, "user_expressions": {}, "payload": [], **error}
+        return self.kernel.interrupted_reply(self.parent, "interrupted while the kernel was starting or ending the cell")
 
     def replay(self, record: PromiseRecord) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""

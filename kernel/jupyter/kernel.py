@@ -14,10 +14,10 @@ as fast as ipykernel does.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, TextIO
@@ -29,6 +29,8 @@ from traitlets import Enum, Float, Unicode
 from kernel import __version__
 from kernel.core.clock import SYSTEM
 from kernel.core.errors import EngineConnectionError
+from kernel.core.interrupts import MAIN as INTERRUPTS
+from kernel.core.interrupts import Deferral
 from kernel.core.settings import Settings
 from kernel.core.notices import BROKEN, INFO, SILENCE_HINT, NoticeBook, NoticeLevel
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
@@ -227,21 +229,58 @@ class DurableKernel(IPythonKernel):
 
     # -- execution -----------------------------------------------------------
 
-    #: Closed once the execute_reply is sent: holds the interrupts of a cell that is done.
-    _until_replied: contextlib.ExitStack | None = None
+    #: The interrupts held while an execute_request is handled on the main thread
+    #: (:mod:`kernel.core.interrupts`): from ipykernel's pre_handler_hook to its post_handler_hook.
+    _request_span: Deferral | None = None
+
+    def _handling_execute(self) -> bool:
+        parent = self.get_parent() or {}
+        return threading.current_thread() is threading.main_thread() and (parent.get("header") or {}).get("msg_type") == "execute_request"
+
+    def pre_handler_hook(self) -> None:
+        """ipykernel delivers interrupts for the whole of a request; an execute_request
+        here holds them, and only its cell's code takes them (:meth:`Interrupts.delivered`):
+        one landing anywhere else would lose the execute_reply."""
+        if not self._handling_execute():
+            return super().pre_handler_hook()  # type: ignore[no-any-return]
+        self.saved_sigint_handler = signal.getsignal(signal.SIGINT)
+        self._request_span = INTERRUPTS.hold(redeliver=True, what="an execute_request outside its cell's code")
+        return None
+
+    def post_handler_hook(self) -> None:
+        span, self._request_span = self._request_span, None
+        if span is None:
+            return super().post_handler_hook()  # type: ignore[no-any-return]
+        # Straight from holding to the handler ipykernel keeps between requests: no instant delivers.
+        if INTERRUPTS.release(span, into=self.saved_sigint_handler):
+            log.info("an interrupt outside the cell's code was held until its reply was sent")
+        return None
 
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
-        """ipykernel's, with an interrupt that lands once the cell's code has finished held
-        until the reply is sent (logged, not delivered): ipykernel would otherwise lose the
-        reply, or send it cut short. The cell itself stays interruptible."""
-        if threading.current_thread() is not threading.main_thread():
-            return await super().execute_request(stream, ident, parent)  # type: ignore[no-any-return]
-        self._until_replied = until_replied = contextlib.ExitStack()
+        """ipykernel's; an interrupt that escapes it (it lands as the cell's code ends,
+        outside the code) is answered as an interrupted cell, never left without a reply."""
+        self._replied = False
         try:
             await super().execute_request(stream, ident, parent)
-        finally:
-            self._until_replied = None
-            until_replied.close()
+        except KeyboardInterrupt:
+            if self._request_span is None or self._replied:
+                raise
+            reply = self.interrupted_reply(parent)
+            self.session.send(stream, "execute_reply", reply, parent, metadata=self.finish_metadata(parent, self.init_metadata(parent), reply), ident=ident)
+            if not parent["content"].get("silent", False) and parent["content"].get("stop_on_error", True):
+                self._abort_queues(parent["header"].get("subshell_id"))
+
+    def finish_metadata(self, parent: Any, metadata: Any, reply_content: Any) -> Any:
+        self._replied = True  # called just before the reply is sent: it is no longer owed
+        return super().finish_metadata(parent, metadata, reply_content)
+
+    def interrupted_reply(self, parent: dict[str, Any], why: str = "interrupted outside the cell's code") -> dict[str, Any]:
+        """The reply (and the error output) of a request whose cell was interrupted
+        before or after its code ran, as ipykernel answers an interrupted cell."""
+        error = {"ename": "KeyboardInterrupt", "evalue": why, "traceback": [f"KeyboardInterrupt: {why}"]}
+        self.session.send(self.iopub_socket, "error", error, parent, ident=self._topic("error"))
+        assert self.shell is not None
+        return {"status": "error", "execution_count": self.shell.execution_count, "user_expressions": {}, "payload": [], **error}
 
     async def do_execute(  # type: ignore[override]
         self,
@@ -270,7 +309,8 @@ class DurableKernel(IPythonKernel):
         if ds is None or silent or not msg_id:
             if not silent:
                 self._flush_notices(parent)
-            return await run_code()
+            with INTERRUPTS.delivered():
+                return await run_code()
         from kernel.jupyter.durable_side import JupyterCell  # noqa: PLC0415 - imported by the start thread already
 
         count = self.shell.execution_count if store_history else self.shell.execution_count - 1
