@@ -87,8 +87,15 @@ class StoreProbe:
 
 
 def _state_of(kernel: Kernel, expr: str) -> Any:
-    """Evaluate ``expr`` in the kernel (a cell of its own) and return its repr, parsed."""
-    run = kernel.ok(f"print(repr({expr}))")
+    """Evaluate ``expr`` in the kernel (a cell of its own) and return its repr, parsed.
+
+    After an error reply ipykernel aborts the requests that reach it before it stops
+    aborting (stop_on_error, as every frontend sees it): an aborted probe is sent again."""
+    deadline = time.monotonic() + TIMEOUT
+    run = kernel.execute(f"print(repr({expr}))")
+    while run.content["status"] == "aborted" and time.monotonic() < deadline:
+        run = kernel.execute(f"print(repr({expr}))")
+    assert run.content["status"] == "ok", run.content
     return ast.literal_eval(run.stream("stdout").strip())
 
 
@@ -195,9 +202,14 @@ def _kernel_pids(parent: int) -> list[int]:
 @pytest.mark.embedded_only("pyrepl3 run names its session after the notebook; one engine shows the resume")
 def test_notebook_run_killed_at_the_end_of_a_cell_resumes(home: Path, store: Store, tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
+    gate = tmp_path / "gate"  # the third cell waits for it: the run cannot finish before the kill lands
     nb.cells = [
         nbformat.v4.new_code_cell(f"import numpy as np\nbig = np.ones({KILL_N})"),
         nbformat.v4.new_code_cell("marker = 123; big[0] = 2.0"),
+        nbformat.v4.new_code_cell(
+            "import os, time\ndeadline = time.monotonic() + 120\n"
+            f"while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:\n    time.sleep(0.01)"
+        ),
         nbformat.v4.new_code_cell("print(marker, big[0])"),
     ]
     path, out = tmp_path / "nb.ipynb", tmp_path / "out.ipynb"
@@ -215,11 +227,12 @@ def test_notebook_run_killed_at_the_end_of_a_cell_resumes(home: Path, store: Sto
             first.kill()
     probe.close()
     assert first.returncode == 1, err
+    gate.touch()
     again = _notebook_run(home, store, path, out)
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
     cells = nbformat.read(out, as_version=4).cells
-    assert cells[2].outputs[0]["text"] == "123 2.0\n"
+    assert cells[3].outputs[0]["text"] == "123 2.0\n"
 
 
 # -- 2. every request gets a reply; stored state is a state that existed ----------------

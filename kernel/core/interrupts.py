@@ -98,10 +98,10 @@ class Interrupts:
         return deferral
 
     def release(self, deferral: Deferral, into: Handler = None) -> int:
-        """End ``deferral`` (the innermost span); the outermost one puts back ``into``
+        """End ``deferral`` (and any span left open inside it); the outermost one puts back ``into``
         (default: the handler it replaced). Returns how many interrupts it held."""
-        if self._spans and self._spans[-1] is deferral:
-            self._spans.pop()
+        if any(span is deferral for span in self._spans):  # with any span left open inside it
+            del self._spans[next(i for i, span in enumerate(self._spans) if span is deferral):]
             if not self._spans:
                 restored = self._previous if into is None else into
                 signal.signal(self.sig, signal.default_int_handler if restored is None else restored)
