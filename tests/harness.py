@@ -222,31 +222,27 @@ class Kernel:
         self.kc.shell_channel.send(msg)
         return msg["header"]["msg_id"]
 
-    def collect(self, msg_id: str, timeout: float = TIMEOUT) -> Run:
-        """The execute_reply for ``msg_id`` and its iopub messages up to idle."""
-        deadline = time.monotonic() + timeout
-        reply = None
-        while reply is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no execute_reply for {msg_id} within {timeout:g}s")
-            try:
-                msg = self.kc.get_shell_msg(timeout=remaining)
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                reply = msg
-        iopub = []
+    def next_for(self, channel: str, msg_id: str, deadline: float, what: str) -> dict[str, Any]:
+        """The next message on ``channel`` ("shell" or "iopub") whose parent is ``msg_id``."""
+        get = self.kc.get_shell_msg if channel == "shell" else self.kc.get_iopub_msg
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no idle status for {msg_id} within {timeout:g}s")
+                raise AssertionError(f"no {what} for {msg_id} within the deadline")
             try:
-                msg = self.kc.get_iopub_msg(timeout=remaining)
+                msg = get(timeout=remaining)
             except queue.Empty:
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+    def collect(self, msg_id: str, timeout: float = TIMEOUT) -> Run:
+        """The execute_reply for ``msg_id`` and its iopub messages up to idle."""
+        deadline = time.monotonic() + timeout
+        reply = self.next_for("shell", msg_id, deadline, "execute_reply")
+        iopub = []
+        while True:
+            msg = self.next_for("iopub", msg_id, deadline, "idle status")
             iopub.append(msg)
             if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 return Run(msg_id, reply, iopub)

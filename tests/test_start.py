@@ -8,7 +8,6 @@ embedded path does not import what only other engines or the CLI use.
 from __future__ import annotations
 
 import json
-import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -40,18 +39,7 @@ numbers = list(range(1000))
 
 def kernel_info(kernel: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
     """Send kernel_info_request; return its reply."""
-    msg_id = kernel.kc.kernel_info()
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no kernel_info_reply within {timeout:g}s")
-        try:
-            msg = kernel.kc.get_shell_msg(timeout=remaining)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg
+    return kernel.next_for("shell", kernel.kc.kernel_info(), time.monotonic() + timeout, "kernel_info_reply")
 
 
 def test_kernel_info_is_answered_while_a_slow_restore_runs(kernels: KernelFactory, tmp_path: Path) -> None:
