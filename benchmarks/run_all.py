@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run_all.py --small      # CI size (each benchmark's --small)
     .venv/bin/python benchmarks/run_all.py --json       # the whole run as one JSON document
     .venv/bin/python benchmarks/run_all.py --only bench_core.py,bench_frames.py
+    .venv/bin/python benchmarks/run_all.py --from run.json   # the table of a saved --json run
 
 Runs each benchmark of ``SCRIPTS`` that exists, one after the other, each in
 its own process with ``--json`` (and ``--small`` when given), and collects
@@ -141,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the run as one JSON document instead of the table")
     ap.add_argument("--only", default="", help="comma-separated scripts to run (default: all of SCRIPTS)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default 3600; 600 with --small)")
+    ap.add_argument("--from", dest="saved", type=Path, default=None, help="print the table of a saved --json run; run nothing")
     args = ap.parse_args(argv)
+    if args.saved is not None:
+        print(render(json.loads(args.saved.read_text())))
+        return 0
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - {s for s, _ in SCRIPTS}
     if unknown:

@@ -87,8 +87,9 @@ def test_run_all_small() -> None:
     assert trivial["ipykernel_ms"] > 0 and trivial["n"] == 40
 
 
-def test_run_all_says_what_was_not_measured() -> None:
-    """A missing or failed benchmark leaves its figures "not measured", naming the script; nothing is made up."""
+def test_run_all_says_what_was_not_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing or failed benchmark leaves its figures "not measured", naming the script; nothing is made up.
+    ``--from`` prints the table of a saved run."""
     doc = {
         "small": True, "machine": "test", "load_before": [1.0, 1.0, 1.0], "load_after": [1.0, 1.0, 1.0], "seconds": 1.0,
         "scripts": {
@@ -105,3 +106,6 @@ def test_run_all_says_what_was_not_measured() -> None:
     assert f"0 met, 0 missed, 0 without a verdict, {len(run_all.ISSUE_ROWS)} of {len(run_all.ISSUE_ROWS)} figures not measured" in text
     for label, target in run_all.ISSUE_ROWS.values():  # no figure anywhere in the table
         assert f"| {label} | not measured | - | - | - | {target} | not measured |" in text
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    assert run_all.main(["--from", str(tmp_path / "run.json")]) == 0
+    assert capsys.readouterr().out == text + "\n"
