@@ -30,6 +30,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -63,11 +64,39 @@ def run_script(script: str, small: bool, timeout: float) -> dict[str, Any]:
         return {"status": "missing", "error": f"benchmarks/{script} is not on this branch"}
     argv = [sys.executable, str(path), "--json", *(["--small"] if small else [])]
     t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, cwd=HERE.parent)
+    err: list[str] = []
+    out: list[str] = []
+
+    def tee() -> None:  # the benchmark's progress, as it comes, and kept for the report of a failure
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            progress(f"  {script}: {line.rstrip()}")
+
+    def collect() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.read())
+
+    readers = [threading.Thread(target=fn, daemon=True) for fn in (tee, collect)]
+    for reader in readers:
+        reader.start()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=HERE.parent)
-    except subprocess.TimeoutExpired as exc:
-        return {"status": "failed", "error": f"no report within {timeout:g}s", "stderr": str(exc.stderr or "")[-3000:]}
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM first: a benchmark shuts its kernels down on the way out
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return {"status": "failed", "error": f"no report within {timeout:g}s", "stderr": "".join(err)[-3000:]}
+    finally:
+        for reader in readers:
+            reader.join(timeout=10)
+    stdout = "".join(out)
     took = time.perf_counter() - t0
+    done = subprocess.CompletedProcess(argv, proc.returncode, stdout, "".join(err))
     if done.returncode != 0:
         return {"status": "failed", "seconds": took, "error": f"exit status {done.returncode}", "stderr": done.stderr[-3000:]}
     try:
