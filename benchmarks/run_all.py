@@ -19,7 +19,8 @@ benchmark and the whole run.
 
 Exit status: 0 when every benchmark that exists ran (a missed target is
 reported, not an error); 2 when one failed (its rows are "not measured" and
-its error is printed).
+its error is printed). A benchmark that does not take ``--json`` yet is run
+without it: its figures are "not measured" and its own output is printed.
 """
 
 from __future__ import annotations
@@ -57,12 +58,19 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ROW_FIELDS = {f.name for f in fields(Row)}
 
 
-def run_script(script: str, small: bool, timeout: float) -> dict[str, Any]:
-    """Run one benchmark with ``--json``; its document, or {"status": "missing"|"failed", "error": ...}."""
-    path = HERE / script
+def run_script(script: str, small: bool, timeout: float, here: Path = HERE) -> dict[str, Any]:
+    """Run one benchmark with ``--json``: its document, or {"status": "missing"|"failed", "error": ...}.
+    One that does not take ``--json`` yet is run without it: {"status": "text", "text": its table}, no rows."""
+    path = here / script
     if not path.exists():
         return {"status": "missing", "error": f"benchmarks/{script} is not on this branch"}
-    argv = [sys.executable, str(path), "--json", *(["--small"] if small else [])]
+    result = run_json(script, [sys.executable, str(path), "--json", *(["--small"] if small else [])], timeout)
+    if result["status"] == "failed" and "unrecognized arguments: --json" in result.get("stderr", ""):
+        result = run_json(script, [sys.executable, str(path), *(["--small"] if small else [])], timeout, text=True)
+    return result
+
+
+def run_json(script: str, argv: list[str], timeout: float, text: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, cwd=HERE.parent)
     err: list[str] = []
@@ -99,6 +107,9 @@ def run_script(script: str, small: bool, timeout: float) -> dict[str, Any]:
     done = subprocess.CompletedProcess(argv, proc.returncode, stdout, "".join(err))
     if done.returncode != 0:
         return {"status": "failed", "seconds": took, "error": f"exit status {done.returncode}", "stderr": done.stderr[-3000:]}
+    if text:
+        return {"status": "text", "seconds": took, "text": done.stdout,
+                "error": "prints no rows: it does not take --json (benchmarks/_report.py); its own table follows"}
     try:
         doc = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -161,6 +172,7 @@ def render(doc: dict[str, Any]) -> str:
         else:
             lines.append(f"- {name}: {s['status']}: {s['error']}")
             lines += [f"  {line}" for line in s.get("stderr", "").splitlines()[-15:]]
+            lines += [f"  {line}" for line in s.get("text", "").splitlines()]
     lines.append(f"\nload after:  {load_text(doc['load_after'])}; {doc['seconds']:.0f} s in all")
     return "\n".join(lines)
 
