@@ -170,11 +170,18 @@ def install(kind: str) -> type:
     wrap(CellDispatcher, "expect", "main: CellDispatcher.expect", marks=True)
     wrap(DurableRuntime, "submit", "main: DurableRuntime.submit", marks=True)
     wrap(DurableRuntime, "wait_settled", "main: DurableRuntime.wait_settled", marks=True)
+    # The end of a cell (kernel/durable/settling.py): checkpoint, store it, hand the outcome over, confirm.
+    from kernel.durable.settling import CellSettler
+
+    wrap(CellSettler, "settle", "main: CellSettler.settle", marks=True)
+    wrap(CellSettler, "_checkpoint", "main: CellSettler._checkpoint (capture)", marks=True)
+    wrap(DurableRuntime, "store_resolved", "main: DurableRuntime.store_resolved (checkpoint)", marks=True)
+    wrap(DurableRuntime, "confirm_settled", "main: DurableRuntime.confirm_settled", marks=True)
     wrap(OutputRecorder, "begin", "main: OutputRecorder.begin", marks=True)
     wrap(OutputRecorder, "end", "main: OutputRecorder.end", marks=True)
 
     wrap(OutputRecorder, "_record", "main: OutputRecorder._record (nbformat output_from_msg)")
-    import kernel.jupyter.kernel as kk
+    import kernel.jupyter.durable_side as kk  # where the cell's outcome is made from the reply
 
     orig_outcome = kk.outcome_of_reply
 

@@ -1,45 +1,35 @@
-"""Core overhead benchmark: PyREPL3 against plain ipykernel, measured in one run.
+"""Trivial cells, and the same after a long history of real cells: PyREPL3 beside plain ipykernel, in one run.
 
-    .venv/bin/python benchmarks/bench_core.py            # full run (N=500, history=10000, 5 starts)
-    .venv/bin/python benchmarks/bench_core.py --quick    # CI smoke (N=50, history=500, 2 starts)
+    .venv/bin/python benchmarks/bench_core.py            # N=500 timed cells, history of 5,520 real cells
+    .venv/bin/python benchmarks/bench_core.py --small    # CI: N=40, history of 150 cells
+    .venv/bin/python benchmarks/bench_core.py --json     # the rows as JSON (benchmarks/_report.py)
 
-What it measures, each for ipykernel (kernelspec ``python3``) and PyREPL3
-(kernelspec ``pyrepl3``):
+Two kernels started by jupyter_client live side by side: ipykernel (kernelspec
+``python3``) and PyREPL3 (``pyrepl3``, a fresh PYREPL3_HOME), each with its own
+IPYTHONDIR. Everything is timed from ``kc.execute`` until the ``execute_reply``
+*and* iopub's ``idle`` for it, round-robin in blocks of ``--block`` cells so
+that load from other work on the machine hits both alike:
 
-* round trip of a trivial cell (``pass`` and ``1+1``): from ``kc.execute`` until
-  the ``execute_reply`` is received *and* iopub has reported ``idle`` for that
-  msg_id; median and p90 over ``--n`` executions after ``--warmup`` executions;
-* the same for PyREPL3 on a store that already holds ``--history`` resolved
-  ``exec:<msg_id>`` promises of the same session (prefilled, see ``--prefill``);
-* kernel start: from ``start_kernel`` until ``wait_for_ready`` returns, median
-  over ``--starts`` starts (ipykernel and PyREPL3 on an empty store
-  interleaved; then PyREPL3 on the prefilled store).
+1. ``pass`` and ``1+1``, ``--n`` each after ``--warmup`` cells (the measured
+   codes in turn, so one-time costs stay out of the figures);
+2. the history: ``--history`` real cells in each measured kernel (assignments,
+   expressions with an ``Out`` entry, prints, a function, imports: IPython's
+   ``_iN``/``_N`` names grow as in a notebook), each timed; the first 100 of
+   them against the last 100;
+3. ``1+1`` again, ``--n`` times: after the history.
 
-Targets checked in the final table: at most +2 ms per trivial cell over
-ipykernel; flat with history (median with history minus median without it at
-most max(0.5 ms, 10 %)); kernel start at most 1.5x ipykernel.
-
-Round trips are measured on three kernels running side by side (ipykernel,
-PyREPL3 on an empty store, PyREPL3 on the prefilled store), round-robin in
-blocks of ``--block`` executions, so that load from other work on the machine
-hits all three alike; the warm-up cycles through the measured codes, so
-one-time costs (the first recorded output) stay out of the figures. Starts
-are timed one kernel at a time, after one untimed start of each. Every
-PyREPL3 kernel gets a temporary PYREPL3_HOME and a fixed PYREPL3_SESSION;
-kernels use a temporary IPYTHONDIR so none reads the user's profile (the three
-measured side by side get one each). The script checks that PyREPL3 really
-stored every measured cell (so a silently disabled durability layer cannot pass
-for a fast one). Exit status is 0 unless something failed (2); with
-``--strict`` a missed target exits 1 as well.
+Targets, printed and not asserted: a trivial cell <= ipykernel + 1 ms
+(median) and + 2 ms (p99); ``1+1`` after the history flat: within max(0.5 ms,
+10 %) of the same kernel's ``1+1`` before it. The script checks that PyREPL3
+stored every cell it ran (a silently disabled durability layer cannot pass for
+a fast one). Exit status 0 unless something failed (2).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import queue
 import signal
 import sqlite3
@@ -49,59 +39,37 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import BenchError, Report, guard, load, p90, progress, quantile, versus  # noqa: E402, F401
+
 IPYKERNEL = "python3"
 PYREPL3 = "pyrepl3"
 
-#: Targets (see the module docstring).
-MAX_CELL_OVERHEAD_MS = 2.0
-MAX_START_RATIO = 1.5
+TRIVIAL_PLUS_MS = 1.0  # median
+TRIVIAL_P99_PLUS_MS = 2.0
 FLAT_ABS_MS = 0.5
 FLAT_REL = 0.10
 
 CELL_TIMEOUT = 30.0  # seconds, one execution (reply + idle)
 START_TIMEOUT = 60.0  # seconds, wait_for_ready
-PREFILL_CELL_TIMEOUT = 30.0
 
-
-class BenchError(RuntimeError):
-    pass
-
-
-# -- statistics ----------------------------------------------------------------
-
-
-def p90(values: list[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-@dataclass
-class Sample:
-    label: str
-    values_ms: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values_ms)
-
-    @property
-    def p90(self) -> float:
-        return p90(self.values_ms)
-
-    def line(self) -> str:
-        v = self.values_ms
-        return (
-            f"{self.label:<44} n={len(v):<5} median={self.median:7.3f} ms  p90={self.p90:7.3f} ms  "
-            f"min={min(v):7.3f}  max={max(v):8.3f}"
-        )
+#: The history's cells, in turn: what a notebook does (names, Out entries, prints, a def, an import).
+HISTORY = (
+    "a = {i}",
+    "a + 1",
+    "print(a)",
+    "b = [a] * 10",
+    "len(b)",
+    "def f(x):\n    return x + a",
+    "f({i})",
+    "import math\nmath.sqrt(a)",
+)
 
 
 # -- kernels -------------------------------------------------------------------
@@ -209,44 +177,6 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = CELL_TIMEOUT,
     return elapsed
 
 
-@dataclass
-class Subject:
-    """One kernel under measurement."""
-
-    label: str
-    kc: BlockingKernelClient
-    stderr: list[str] = field(default_factory=list)
-    samples: dict[str, Sample] = field(default_factory=dict)
-
-
-def measure(subjects: list[Subject], codes: list[str], n: int, warmup: int, block: int) -> None:
-    """Warm every kernel up, then time ``n`` executions of each code per kernel,
-    round-robin in blocks of ``block`` so that drift in machine load hits all alike."""
-    for sub in subjects:
-        for i in range(warmup):  # the measured codes in turn, so one-time costs (first output) are paid here
-            run_cell(sub.kc, codes[i % len(codes)], stderr=sub.stderr)
-    for code in codes:
-        for sub in subjects:
-            sub.samples[code] = Sample(f"{sub.label}: {code}")
-        done = 0
-        while done < n:
-            k = min(block, n - done)
-            for sub in subjects:
-                values = sub.samples[code].values_ms
-                for _ in range(k):
-                    values.append(run_cell(sub.kc, code, stderr=sub.stderr) * 1000)
-            done += k
-        for sub in subjects:
-            print("  " + sub.samples[code].line(), flush=True)
-    for sub in subjects:
-        notices = [t for t in sub.stderr if "PyREPL3" in t]
-        if notices:
-            raise BenchError(f"{sub.label}: the kernel printed PyREPL3 notices: {''.join(notices)!r}")
-
-
-# -- the store -------------------------------------------------------------------
-
-
 def count_execs(home: Path, session: str) -> dict[str, int]:
     """exec:<msg_id> promises of ``session`` by state (read-only; safe while a kernel runs)."""
     path = home / "store.sqlite3"
@@ -261,80 +191,6 @@ def count_execs(home: Path, session: str) -> dict[str, int]:
     finally:
         conn.close()
     return dict(rows)
-
-
-def prefill_store(home: Path, session: str, count: int) -> float:
-    """Create ``count`` resolved exec promises by driving the store layer in-process.
-
-    Same path a cell takes in kernel/kernel.py (dispatcher.expect -> runtime.submit
-    -> ticket.result -> outcome.set_result(CellResult) -> wait_settled), minus
-    IPython: the engine, the state machine and the SQLite writes are the real ones.
-    """
-    from kernel.core.locations import store_path
-    from kernel.core.models import CellResult, ExecutionParams, Timings
-    from kernel.durable.dispatcher import CellDispatcher
-    from kernel.durable.runtime import DurableRuntime
-    from kernel.store.embedded.store import EmbeddedStore
-    from kernel.store.embedded.locks import FlockSessionLock
-
-    t0 = time.perf_counter()
-    lock = FlockSessionLock(home, session).acquire()
-    store = runtime = None
-    try:
-        pid = uuid.uuid4().hex
-        store = EmbeddedStore(store_path(home), session, pid=pid).open()
-        dispatcher = CellDispatcher()
-        runtime = DurableRuntime(store, session=session, dispatcher=dispatcher, pid=pid).start()
-        for i in range(1, count + 1):
-            msg_id = uuid.uuid4().hex
-            eid = f"exec:{msg_id}"
-            params = ExecutionParams(
-                session=session,
-                msg_id=msg_id,
-                code="pass",
-                execution_count=i,
-                kernel_pid=os.getpid(),
-                nonce=uuid.uuid4().hex,
-                submitted_at=time.time(),
-            )
-            ticket = dispatcher.expect(eid)
-            record = runtime.submit(params)
-            if record.state != "pending":
-                raise BenchError(f"prefill: {eid} was created as {record.state}")
-            handoff = ticket.result(timeout=PREFILL_CELL_TIMEOUT)
-            now = time.time()
-            handoff.outcome.set_result(
-                CellResult(
-                    execution_id=eid,
-                    execution_count=i,
-                    timings=Timings(started=now, finished=now, duration_ms=0.0),
-                )
-            )
-            settled = runtime.wait_settled(eid, timeout=PREFILL_CELL_TIMEOUT)
-            if settled.state != "resolved":
-                raise BenchError(f"prefill: {eid} ended as {settled.state}")
-    finally:
-        if runtime is not None:
-            runtime.stop()
-        if store is not None:
-            store.close()
-        lock.release()
-    return time.perf_counter() - t0
-
-
-def prefill_kernel(kernels: Kernels, env: dict[str, str], count: int) -> float:
-    """Create ``count`` resolved exec promises by running ``pass`` cells through a PyREPL3 kernel."""
-    t0 = time.perf_counter()
-    km, kc, _ = kernels.start(PYREPL3, env)
-    try:
-        for _ in range(count):
-            run_cell(kc, "pass")
-    finally:
-        kernels.stop(km)
-    return time.perf_counter() - t0
-
-
-# -- the run ---------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -362,218 +218,92 @@ def show_last_log(kernels: Kernels) -> None:
         print("\n".join(tail), file=sys.stderr)
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def fmt_ms(v: float) -> str:
-    return f"{v:.3f} ms"
+def round_robin(clients: dict[str, BlockingKernelClient], codes: list[str], n: int, block: int) -> dict[str, list[float]]:
+    """``n`` timed cells of each ``codes`` (in turn) per kernel, kernels alternating in blocks; ms by kernel."""
+    out: dict[str, list[float]] = {name: [] for name in clients}
+    done = 0
+    while done < n:
+        k = min(block, n - done)
+        for name, kc in clients.items():
+            out[name] += [run_cell(kc, codes[(done + j) % len(codes)]) * 1000 for j in range(k)]
+        done += k
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=None, help="executions per measured cell (default 500; 50 with --quick)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=None, help="timed executions of each code per kernel (default 500; 40 with --small)")
     ap.add_argument("--warmup", type=int, default=20, help="warm-up executions per kernel (default 20)")
-    ap.add_argument("--history", type=int, default=None, help="earlier executions in the store (default 10000; 500 with --quick)")
-    ap.add_argument("--starts", type=int, default=None, help="kernel starts per kernel (default 5; 2 with --quick)")
-    ap.add_argument(
-        "--prefill",
-        choices=("store", "kernel"),
-        default="store",
-        help="how to create the history: 'store' drives kernel.store/kernel.durable.runtime in-process (fast, default); "
-        "'kernel' runs `pass` cells through a real PyREPL3 kernel",
-    )
+    ap.add_argument("--history", type=int, default=None, help="real cells run in each kernel between the two measurements (default 5520; 150 with --small)")
     ap.add_argument("--block", type=int, default=25, help="executions per kernel per round-robin turn (default 25)")
-    ap.add_argument("--quick", action="store_true", help="CI smoke: N=50, history=500, 2 starts")
-    ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this file")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--small", "--quick", action="store_true", help="CI size")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON (benchmarks/_report.py)")
     args = ap.parse_args(argv)
-    n = args.n if args.n is not None else (50 if args.quick else 500)
-    history = args.history if args.history is not None else (500 if args.quick else 10_000)
-    starts = args.starts if args.starts is not None else (2 if args.quick else 5)
-    if n < 1 or starts < 1 or args.block < 1 or history < 0 or args.warmup < 0:
-        ap.error("--n, --starts and --block must be >= 1, --history and --warmup >= 0")
-
-    codes = ["pass", "1+1"]
+    n = args.n if args.n is not None else (40 if args.small else 500)
+    history = args.history if args.history is not None else (150 if args.small else 5520)
+    if n < 1 or args.block < 1 or history < 0 or args.warmup < 0:
+        ap.error("--n and --block must be >= 1, --history and --warmup >= 0")
+    window = max(min(100, history // 2), 1)
     session = f"bench-{uuid.uuid4().hex[:8]}"
-    t_run = time.perf_counter()
-    print(f"bench_core: N={n} warmup={args.warmup} history={history} starts={starts} prefill={args.prefill} block={args.block}")
-    print(
-        f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs, "
-        f"load average {_load()} (other work on the machine shows up as noise)"
-    )
+    load_before = load()
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_exit())
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pyrepl3-bench-")))
-        base_env = {"IPYTHONDIR": str(tmp / "ipython"), "PYREPL3_SESSION": session}
-        kernels = Kernels(base_env, tmp)
+        kernels = Kernels({"PYREPL3_SESSION": session}, tmp)
         stack.callback(kernels.stop_all)
         stack.push(lambda et, ev, tb: show_last_log(kernels) if et is not None and issubclass(et, Exception) else None)
-
-        def home_env(name: str) -> tuple[Path, dict[str, str]]:
-            home = tmp / name
-            home.mkdir()
-            return home, {"PYREPL3_HOME": str(home)}
-
-        # 1. kernel start, interleaved; every PyREPL3 start on a fresh, empty home.
-        print(f"\n[1/4] kernel start x{starts} each, interleaved (start_kernel -> wait_for_ready)")
-        start_s = {
-            IPYKERNEL: Sample("start ipykernel"),
-            PYREPL3: Sample("start pyrepl3 (empty store)"),
-            "history": Sample(f"start pyrepl3 ({history} history)"),
-        }
-        for name in (IPYKERNEL, PYREPL3):  # untimed: creates the IPython profile, warms the page cache
-            km = kernels.start(name, home_env(f"start-{name}-warm")[1])[0]
-            kernels.stop(km)
-        for i in range(starts):
-            for name in (IPYKERNEL, PYREPL3):
-                km, kc, elapsed = kernels.start(name, home_env(f"start-{name}-{i}")[1])
-                start_s[name].values_ms.append(elapsed * 1000)
-                run_cell(kc, "pass")  # it really executes
-                kernels.stop(km)
-        for name in (IPYKERNEL, PYREPL3):
-            print("  " + start_s[name].line(), flush=True)
-
-        # 2. the history.
-        print(f"\n[2/4] prefill: {history} earlier executions ({args.prefill})")
-        homeh, envh = home_env("pyrepl3-history")
-        if history:
-            if args.prefill == "store":
-                took = prefill_store(homeh, session, history)
-                how = (
-                    "in-process: kernel.store.embedded.store.EmbeddedStore + kernel.durable.runtime.DurableRuntime on the same "
-                    "store file and session; each exec promise created, handed off and resolved as kernel.py does"
-                )
-            else:
-                took = prefill_kernel(kernels, envh, history)
-                how = "through a real PyREPL3 kernel, one `pass` cell at a time"
-            pre = count_execs(homeh, session)
-            if pre.get("resolved", 0) != history:
-                raise BenchError(f"prefill left {pre}, expected {history} resolved exec promises")
-            size = (homeh / "store.sqlite3").stat().st_size
-            print(
-                f"  {history} resolved exec promises in {took:.1f}s ({took / history * 1000:.2f} ms each), "
-                f"store {size / 1e6:.1f} MB; {how}"
-            )
-        else:
-            print("  nothing to do (--history 0)")
-
-        # 3. PyREPL3 start on the prefilled store (same session, one after the other).
-        print(f"\n[3/4] pyrepl3 start on the store with {history} earlier executions x{starts}")
-        for _ in range(starts):
-            km, kc, elapsed = kernels.start(PYREPL3, envh)
-            start_s["history"].values_ms.append(elapsed * 1000)
-            kernels.stop(km)
-        print("  " + start_s["history"].line(), flush=True)
-
-        # 4. round trips: the three kernels side by side, measured round-robin.
-        print(f"\n[4/4] round trips (warmup {args.warmup}, N={n}, round-robin blocks of {args.block})")
-        home0, env0 = home_env("pyrepl3-empty")
-        subjects = []
-        for i, (label, name, extra) in enumerate(
-            (
-                ("ipykernel", IPYKERNEL, home_env("ipykernel")[1]),
-                ("pyrepl3 (empty store)", PYREPL3, env0),
-                (f"pyrepl3 ({history} history)", PYREPL3, envh),
-            )
-        ):
-            # each its own IPython dir, so their history writers do not share one SQLite file
-            kc = kernels.start(name, {**extra, "IPYTHONDIR": str(tmp / f"ipython-{i}")})[1]
-            subjects.append(Subject(label, kc))
-        measure(subjects, codes, n, args.warmup, args.block)
+        home = tmp / "home"
+        clients = {name: kernels.start(name, {"PYREPL3_HOME": str(home), "IPYTHONDIR": str(tmp / f"ipython-{name}")})[1]
+                   for name in (IPYKERNEL, PYREPL3)}
+        for kc in clients.values():
+            for i in range(args.warmup):
+                run_cell(kc, ("pass", "1+1")[i % 2])
+        progress(f"bench_core: [1/3] pass and 1+1, {n} each per kernel")
+        trivial = round_robin(clients, ["pass"], n, args.block)
+        before = round_robin(clients, ["1+1"], n, args.block)
+        progress(f"bench_core: [2/3] history: {history} real cells per kernel")
+        t0 = time.perf_counter()
+        hist: dict[str, list[float]] = {name: [] for name in clients}
+        done = 0
+        while done < history:
+            k = min(args.block, history - done)
+            for name, kc in clients.items():
+                hist[name] += [run_cell(kc, HISTORY[(done + j) % len(HISTORY)].format(i=done + j)) * 1000 for j in range(k)]
+            done += k
+        progress(f"bench_core: history built in {time.perf_counter() - t0:.0f}s; [3/3] 1+1 after it")
+        after = round_robin(clients, ["1+1"], n, args.block)
         kernels.stop_all()
-        ipy, rep0, reph = (sub.samples for sub in subjects)
-        per_kernel = args.warmup + n * len(codes)
-        for home, expected in ((home0, per_kernel), (homeh, history + per_kernel)):
-            stored = count_execs(home, session)
-            if stored.get("resolved", 0) != expected or len(stored) != 1:
-                raise BenchError(f"pyrepl3 store {home.name}: {stored} exec promises, expected {expected} resolved")
-            print(f"  store check {home.name}: {expected} resolved exec promises, as expected")
+        expected = args.warmup + 3 * n + history
+        stored = count_execs(home, session)
+        if stored.get("resolved", 0) != expected or len(stored) != 1:
+            raise BenchError(f"pyrepl3 store: {stored} exec promises, expected {expected} resolved")
 
-    # -- the table ------------------------------------------------------------------
-    rows: list[tuple[str, str, str, str, str]] = []
-    verdicts: list[bool] = []
-
-    def verdict(ok: bool, text: str) -> str:
-        verdicts.append(ok)
-        return f"{'PASS' if ok else 'MISS'} ({text})"
-
-    for code in codes:
-        for stat in ("median", "p90"):
-            a = getattr(ipy[code], stat)
-            b = getattr(rep0[code], stat)
-            target = verdict(b - a <= MAX_CELL_OVERHEAD_MS, f"<= +{MAX_CELL_OVERHEAD_MS:g} ms") if stat == "median" else ""
-            rows.append((f"`{code}` round trip {stat}, empty store", fmt_ms(a), fmt_ms(b), f"{b - a:+.3f} ms  ({b / a:.2f}x)", target))
-    for code in codes:
-        for stat in ("median", "p90"):
-            a = getattr(ipy[code], stat)
-            b = getattr(reph[code], stat)
-            target = verdict(b - a <= MAX_CELL_OVERHEAD_MS, f"<= +{MAX_CELL_OVERHEAD_MS:g} ms") if stat == "median" else ""
-            rows.append((f"`{code}` round trip {stat}, {history} history", fmt_ms(a), fmt_ms(b), f"{b - a:+.3f} ms  ({b / a:.2f}x)", target))
-    for code in codes:
-        z, h = rep0[code].median, reph[code].median
-        limit = max(FLAT_ABS_MS, FLAT_REL * z)
-        rows.append(
-            (
-                f"pyrepl3 `{code}` median: {history} history vs empty",
-                "-",
-                f"{fmt_ms(z)} -> {fmt_ms(h)}",
-                f"{h - z:+.3f} ms  ({h / z:.2f}x)",
-                verdict(h - z <= limit, f"flat: <= +{limit:.2f} ms"),
-            )
-        )
-    a = start_s[IPYKERNEL].median
-    for key, what in ((PYREPL3, "empty store"), ("history", f"{history} history")):
-        b = start_s[key].median
-        rows.append(
-            (
-                f"kernel start median (x{starts}), {what}",
-                f"{a:.1f} ms",
-                f"{b:.1f} ms",
-                f"{b - a:+.1f} ms  ({b / a:.2f}x)",
-                verdict(b / a <= MAX_START_RATIO, f"<= {MAX_START_RATIO:g}x"),
-            )
-        )
-
-    header = ("metric", "ipykernel", "pyrepl3", "delta / ratio", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    sep = "-+-".join("-" * w for w in widths)
-    print(f"\nload average at the end: {_load()}")
-    print(f"\nResults ({time.perf_counter() - t_run:.0f}s total; N={n}, warmup={args.warmup}, history={history} via {args.prefill}, starts={starts})")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print(sep)
-    for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    missed = verdicts.count(False)
-    print(f"\ntargets: {len(verdicts) - missed}/{len(verdicts)} met")
-
-    if args.json is not None:
-        data = {
-            "n": n,
-            "warmup": args.warmup,
-            "history": history,
-            "prefill": args.prefill,
-            "starts": starts,
-            "samples_ms": {
-                "ipykernel": {c: ipy[c].values_ms for c in codes},
-                "pyrepl3_0": {c: rep0[c].values_ms for c in codes},
-                f"pyrepl3_{history}": {c: reph[c].values_ms for c in codes},
-                "start_ipykernel": start_s[IPYKERNEL].values_ms,
-                "start_pyrepl3": start_s[PYREPL3].values_ms,
-                "start_pyrepl3_history": start_s["history"].values_ms,
-            },
-            "table": [dict(zip(header, r)) for r in rows],
-        }
-        args.json.write_text(json.dumps(data, indent=1))
-    return 1 if (args.strict and missed) else 0
+    ipy, ours = trivial[IPYKERNEL], trivial[PYREPL3]
+    a99, b99 = quantile(ipy, 99, 100), quantile(ours, 99, 100)
+    z, h = statistics.median(before[PYREPL3]), statistics.median(after[PYREPL3])
+    flat = max(FLAT_ABS_MS, FLAT_REL * z)
+    hist_ipy, hist_ours = statistics.median(hist[IPYKERNEL][-window:]), statistics.median(hist[PYREPL3][-window:])
+    rows = [
+        versus("trivial cell (`pass`) round trip", "trivial", ipy, ours,
+               target=f"<= ipykernel + {TRIVIAL_PLUS_MS:g} ms median, + {TRIVIAL_P99_PLUS_MS:g} ms p99",
+               met=statistics.median(ours) <= statistics.median(ipy) + TRIVIAL_PLUS_MS and b99 <= a99 + TRIVIAL_P99_PLUS_MS,
+               note=f"p99 {a99:.2f} vs {b99:.2f} ms"),
+        versus("`1+1`, a new session", None, before[IPYKERNEL], before[PYREPL3]),
+        versus(f"`1+1` after {history:,} real cells in the same session", "history", after[IPYKERNEL], after[PYREPL3],
+               target=f"flat: <= its `1+1` before the history + {flat:.2f} ms", met=h - z <= flat,
+               note=f"pyrepl3 {z:.2f} -> {h:.2f} ms, ipykernel {statistics.median(before[IPYKERNEL]):.2f} -> "
+                    f"{statistics.median(after[IPYKERNEL]):.2f} ms"),
+        versus(f"history cells, first {window}", None, hist[IPYKERNEL][:window], hist[PYREPL3][:window]),
+        versus(f"history cells, last {window} of {history:,}", None, hist[IPYKERNEL][-window:], hist[PYREPL3][-window:],
+               note=f"pyrepl3 {statistics.median(hist[PYREPL3][:window]):.2f} -> {hist_ours:.2f} ms, "
+                    f"ipykernel {statistics.median(hist[IPYKERNEL][:window]):.2f} -> {hist_ipy:.2f} ms"),
+    ]
+    header = (f"{n} timed cells of each code per kernel (warm-up {args.warmup}, round-robin blocks of {args.block}), "
+              f"history of {history:,} real cells in each measured kernel")
+    report = Report("bench_core", args.small, header, load_before, rows,
+                    [f"pyrepl3 stored every cell: {expected} resolved exec promises"])
+    return report.emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_core: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_core")

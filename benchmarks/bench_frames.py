@@ -19,7 +19,8 @@ that line is missing.
 
 Target, printed and not asserted: the changing cell <= ipykernel's + 10 ms
 (median). The machine's load (``os.getloadavg``) is printed before and after:
-compare only figures of the same run. Exit status 0 unless something failed (2).
+compare only figures of the same run. ``--json``: the rows as JSON
+(benchmarks/_report.py). Exit status 0 unless something failed (2).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import BenchError, Kernels, p90, run_cell  # noqa: E402
-from bench_start import IPYKERNEL, PYREPL3, interleaved, load  # noqa: E402
-from bench_start import Series as _Series  # noqa: E402
+from _report import Report, guard, load, versus  # noqa: E402
+from bench_core import BenchError, Kernels, run_cell  # noqa: E402
+from bench_start import IPYKERNEL, PYREPL3, Series, interleaved  # noqa: E402
 
 SESSION = "bench-frames"
 FRAMES = 20
@@ -51,12 +52,6 @@ CHECK = (
 PICKLED = re.compile(r"checkpoint after execution \d+: pickled \d+ name\(s\) \[([^\]]*)\]")
 
 
-class Series(_Series):
-    def cell(self) -> str:  # tenths of a millisecond: these cells are short
-        v = self.values
-        return f"{self.median:6.1f} ms  p90 {p90(v):5.1f}  [{min(v):.1f}-{max(v):.1f}]"
-
-
 def rows_for(mb: float) -> int:
     return max(int(mb * 2**20 / 8 / 10), 1)  # float64 x 10 columns
 
@@ -66,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed cells of each kernel and kind (default 30; 6 with --small)")
     parser.add_argument("--mb", type=float, default=None, help="size of each frame, MB (default 5; 1/16 with --small)")
     parser.add_argument("--small", action="store_true", help="CI size: 6 repeats, 20 frames of 64 KB")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (benchmarks/_report.py)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (6 if args.small else 30)
     mb = args.mb or (1 / 16 if args.small else 5.0)
@@ -98,32 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             run_cell(clients[kind], CHECK.format(n=100 + repeats - 1))
     finally:
         kernels.stop_all()
-    load_after = load()
-
-    ipy, ours = change[IPYKERNEL], change[PYREPL3]
-    limit = ipy.median + TARGET_MS
-    verdict = "PASS" if ours.median <= limit else f"MISS by {ours.median - limit:.1f} ms"
-
-    def row(label: str, a: Series, b: Series, target: str) -> str:
-        ratio = f"{b.median / a.median:.2f}x" if a.median else "-"
-        return f"{label:<44}| {a.cell():>34} | {b.cell():>34} | {b.median - a.median:+7.1f} ms {ratio:>6} | {target}"
-
-    print(f"bench_frames: {'small' if args.small else 'full'}: {FRAMES} DataFrames of {rows * 80 / 2**20:.2f} MB each "
-          f"(built separately), {repeats} interleaved cells of each kernel")  # fmt: skip
-    print(f"load before: {load_before}")
-    print(f"{'cell (execute_request -> reply + idle)':<44}| {'ipykernel: median, p90 [min-max]':>34} | {'pyrepl3':>34} | {'delta, ratio':>17} | target")
-    print("-" * 44 + "+" + "-" * 36 + "+" + "-" * 36 + "+" + "-" * 19 + "+" + "-" * 28)
-    print(row(f"a cell changing one of {FRAMES} DataFrames", ipy, ours, f"<= ipy + {TARGET_MS:g} ms = {limit:.1f} ms: {verdict}"))
-    print(row("trivial cell (pass), same kernels", trivial[IPYKERNEL], trivial[PYREPL3], "-"))
-    print(f"pyrepl3's checkpoint of the changing cell pickled: [{changing}]")
-    print(f"load after:  {load_after}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    size = f"{rows * 80 / 2**20:.2f} MB"
+    report_rows = [
+        versus(f"a cell changing one of {FRAMES} DataFrames ({size} each)", "frames", change[IPYKERNEL].values,
+               change[PYREPL3].values, plus=TARGET_MS, note=f"pyrepl3's checkpoint of the changing cell pickled: [{changing}]"),
+        versus("trivial cell (pass), same kernels", None, trivial[IPYKERNEL].values, trivial[PYREPL3].values),
+    ]
+    header = (f"{FRAMES} DataFrames of {size} each (built separately), {repeats} interleaved cells of each kernel "
+              f"(execute_request -> reply + idle)")
+    notes = [f"checkpoint of the changing cell pickled: [{changing}]"]
+    return Report("bench_frames", args.small, header, load_before, report_rows, notes).emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_frames failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_frames")

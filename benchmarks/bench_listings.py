@@ -22,8 +22,8 @@ is checked). A start reads the newest checkpoints, not all of them.
 
 Target, printed and not asserted: each listing <= 0.1 s; the start with history <= a new
 session's + 0.1 s. The machine's load
-(``os.getloadavg``) is printed before and after. Exit status 0 unless something
-failed (2).
+(``os.getloadavg``) is printed before and after. ``--json``: the rows as JSON
+(benchmarks/_report.py). Exit status 0 unless something failed (2).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import BenchError, Kernels, p90, run_cell  # noqa: E402
-from bench_start import PYREPL3, load, timed_start  # noqa: E402
+from _report import Report, alone, guard, load, progress  # noqa: E402
+from bench_core import BenchError, Kernels, run_cell  # noqa: E402
+from bench_start import PYREPL3, timed_start  # noqa: E402
 
 SESSION = "bench-listings"
 PYREPL3_CLI = Path(sys.executable).parent / "pyrepl3"
@@ -113,7 +114,7 @@ def starts(work: Path, checkpoints: int, repeats: int) -> dict[str, list[float]]
         t0 = time.perf_counter()
         for i in range(checkpoints):
             run_cell(kc, f"v = {i}")
-        print(f"  {checkpoints} cells (one checkpoint each) in {time.perf_counter() - t0:.1f}s", flush=True)
+        progress(f"  {checkpoints} cells (one checkpoint each) in {time.perf_counter() - t0:.1f}s")
         os.kill(km.provisioner.process.pid, 9)
         km.provisioner.process.wait(timeout=30)
         kernels.stop(km)
@@ -133,17 +134,18 @@ def starts(work: Path, checkpoints: int, repeats: int) -> dict[str, list[float]]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="CI: a 1 MB output, 300 executions, 5 repeats")
+    ap.add_argument("--small", action="store_true", help="CI: a 1 MB output, 300 executions, 3 repeats")
     ap.add_argument("--mb", type=float, default=None, help="the one large output, MB (default 50)")
     ap.add_argument("--history", type=int, default=None, help="executions in the long store (default 10000)")
     ap.add_argument("--repeats", type=int, default=None, help="timings of each listing (default 15)")
     ap.add_argument("--checkpoints", type=int, default=None, help="checkpoints in the session for the start row (default 5000; 0: no start row)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON (benchmarks/_report.py)")
     args = ap.parse_args(argv)
     mb = args.mb if args.mb is not None else (1 if args.small else 50)
     history = args.history if args.history is not None else (300 if args.small else 10_000)
-    repeats = args.repeats if args.repeats is not None else (5 if args.small else 15)
+    repeats = args.repeats if args.repeats is not None else (3 if args.small else 15)
     checkpoints = args.checkpoints if args.checkpoints is not None else (20 if args.small else 5000)
-    print(f"bench_listings: output={mb:g} MB history={history} repeats={repeats}; load before {load()}", flush=True)
+    load_before = load()
 
     from kernel.store.embedded.catalog import EmbeddedCatalog
 
@@ -153,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         fill(big, 5, mb)
         fill(long, history, 0)
         empty.mkdir()
-        print(f"  stores written through the engine in {time.perf_counter() - t0:.1f}s: "
-              f"{(big / 'store.sqlite3').stat().st_size / 1e6:.1f} MB and {(long / 'store.sqlite3').stat().st_size / 1e6:.1f} MB", flush=True)
+        progress(f"  stores written through the engine in {time.perf_counter() - t0:.1f}s: "
+                 f"{(big / 'store.sqlite3').stat().st_size / 1e6:.1f} MB and {(long / 'store.sqlite3').stat().st_size / 1e6:.1f} MB")
 
         rows: dict[str, list[float]] = {}
         cases: list[tuple[str, Callable[[], object]]] = []
+        keys = {f"executions (catalog), store holding one {mb:g} MB output": "listing50"}
         for name, home in ((f"one {mb:g} MB output", big), (f"{history:,} executions", long)):
             cat = EmbeddedCatalog(home / "store.sqlite3").open()
             if len(cat.executions(SESSION)) != (5 if home is big else history):
@@ -175,17 +178,26 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoints:
             rows.update(starts(Path(tmp), checkpoints, max(repeats // 2, 2)))
 
-    print(f"\nResults (median / p90 / min-max over {repeats}; target <= {TARGET_S * 1000:.0f} ms per listing); load after {load()}")
-    print(f"| listing | median | p90 | spread |\n|---|---|---|---|")
+    def median_of(suffix: str) -> float:
+        return next(statistics.median(v) * 1000 for k, v in rows.items() if k.endswith(suffix))
+
+    report_rows = []
     for label, values in rows.items():
         ms = [v * 1000 for v in values]
-        print(f"| {label} | {statistics.median(ms):.1f} ms | {p90(ms):.1f} ms | {min(ms):.1f}-{max(ms):.1f} ms |")
-    return 0
+        if "checkpoints (first reply)" in label:
+            new = median_of("new session (first reply)")
+            report_rows.append(alone(label, "start5000", ms, target=f"<= a new session's start + {TARGET_S * 1000:.0f} ms",
+                                     met=statistics.median(ms) <= new + TARGET_S * 1000, note=f"new session: {new:.0f} ms"))
+        elif label.startswith("`pyrepl3 executions --json`, store"):
+            interpreter = median_of("empty store (interpreter start)")
+            report_rows.append(alone(label, None, ms, note=f"{statistics.median(ms) - interpreter:+.0f} ms over the empty store's"))
+        elif label.startswith("`pyrepl3 executions") or label.startswith("kernel start"):
+            report_rows.append(alone(label, None, ms))
+        else:
+            report_rows.append(alone(label, keys.get(label), ms, at_most=TARGET_S * 1000))
+    header = f"one {mb:g} MB output; {history:,} executions; {repeats} timings of each listing, interleaved; PyREPL3 only"
+    return Report("bench_listings", args.small, header, load_before, report_rows).emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_listings: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_listings")

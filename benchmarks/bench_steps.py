@@ -22,8 +22,8 @@ round trip:
 Targets, printed and not asserted: a step <= 0.2 ms (median); checkpoint calls
 flat in the number of versions (the last 100 within 10 % + 0.05 ms of the
 first 100). The machine's load (``os.getloadavg``) is printed before and
-after: compare only figures of the same run. Exit status 0 unless something
-failed (2).
+after: compare only figures of the same run. ``--json``: the rows as JSON
+(benchmarks/_report.py). Exit status 0 unless something failed (2).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import BenchError, Kernels, p90, run_cell  # noqa: E402
-from bench_start import PYREPL3, load  # noqa: E402
+from _report import Report, alone, guard, load  # noqa: E402
+from bench_core import BenchError, Kernels, run_cell  # noqa: E402
+from bench_start import PYREPL3  # noqa: E402
 
 SESSION = "bench-steps"
 STEP_TARGET_MS = 0.2
@@ -120,16 +121,13 @@ def result(text: str) -> dict[str, list[float]]:
     raise BenchError(f"no RESULT line in {text[-500:]!r}")
 
 
-def cell(values: list[float]) -> str:
-    return f"{statistics.median(values):7.3f} ms  p90 {p90(values):7.3f}  [{min(values):.3f}-{max(values):.3f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 2000; 200 with --small)")
     parser.add_argument("--versions", type=int, default=None, help="versions of one step value (default 1000; 200 with --small)")
     parser.add_argument("--small", action="store_true", help="CI size")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of 500 steps inside the cell")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (benchmarks/_report.py)")
     args = parser.parse_args(argv)
     steps = args.steps or (200 if args.small else 2000)
     versions = args.versions or (200 if args.small else 1000)
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pyrepl3-bench-steps-"))
     kernels = Kernels({"IPYTHONDIR": str(work / "ipython")}, work)
     load_before = load()
-    rows: list[tuple[str, str, str]] = []
+    rows = []
     profiles: list[str] = []
     try:
         for engine, extra in engines:
@@ -153,39 +151,27 @@ def main(argv: list[str] | None = None) -> int:
             ck = result(cell_output(kc, CHECKPOINTS.format(versions=versions)))
             if args.profile:
                 profiles.append(f"[{engine}] cProfile of 500 durable.run steps (tottime):\n" + cell_output(kc, PROFILE.format(n=500)))
-            step_med = statistics.median(timed["step"])
-            verdict = "PASS" if step_med <= STEP_TARGET_MS else f"MISS by {step_med - STEP_TARGET_MS:.3f} ms"
             first, last = ck["ckpt"][:window], ck["ckpt"][-window:]
             growth = statistics.median(last) - statistics.median(first)
-            flat = growth <= max(0.05, 0.10 * statistics.median(first))
+            flat = max(0.05, 0.10 * statistics.median(first))
+            main_engine = engine == "embedded"
+            step_med, floor = statistics.median(timed["step"]), statistics.median(timed["raw"])
             rows += [
-                (f"[{engine}] durable.run step, trivial fn", cell(timed["step"]), f"<= {STEP_TARGET_MS} ms: {verdict}"),
-                (f"[{engine}] raw sqlite3 insert+commit (floor)", cell(timed["raw"]), f"step / floor {step_med / statistics.median(timed['raw']):.1f}x"),
-                (f"[{engine}] durable.checkpoint, first {window} of {versions}", cell(first), "-"),
-                (f"[{engine}] durable.checkpoint, last {window} of {versions}", cell(last),
-                 f"{growth:+.3f} ms vs first: {'PASS (flat)' if flat else 'MISS (grows)'}"),
-                (f"[{engine}] durable.get_checkpoint after {versions} versions", cell(ck["get"]), "-"),
+                alone(f"[{engine}] durable.run step, trivial fn", "step" if main_engine else None, timed["step"],
+                      at_most=STEP_TARGET_MS, note=f"step / raw sqlite3 row {step_med / floor:.1f}x"),
+                alone(f"[{engine}] raw sqlite3 insert+commit (floor)", None, timed["raw"]),
+                alone(f"[{engine}] durable.checkpoint, first {window} of {versions}", None, first),
+                alone(f"[{engine}] durable.checkpoint, last {window} of {versions}", "ckpt1000" if main_engine else None, last,
+                      target=f"flat: <= first {window} + {flat:.3f} ms", met=growth <= flat, note=f"{growth:+.3f} ms vs the first {window}"),
+                alone(f"[{engine}] durable.get_checkpoint after {versions} versions", None, ck["get"]),
             ]
     finally:
         kernels.stop_all()
-    load_after = load()
-    print(f"bench_steps: {'small' if args.small else 'full'}: {steps} steps (blocks of {BLOCK}, interleaved with raw rows), "
-          f"{versions} versions of one step value; engines: {', '.join(e for e, _ in engines)}")
-    print(f"load before: {load_before}")
-    print(f"{'call (timed inside the cell)':<58}| {'median, p90 [min-max]':>44} | target")
-    print("-" * 58 + "+" + "-" * 46 + "+" + "-" * 30)
-    for label, figures, target in rows:
-        print(f"{label:<58}| {figures:>44} | {target}")
-    print(f"load after:  {load_after}")
-    for text in profiles:
-        print(text)
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    header = (f"{steps} steps (blocks of {BLOCK}, interleaved with raw rows), {versions} versions of one step value, "
+              f"each call timed inside the cell; engines: {', '.join(e for e, _ in engines)}")
+    return Report("bench_steps", args.small, header, load_before, rows, profiles).emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_steps failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_steps")

@@ -9,9 +9,11 @@ prints the median (and mean) milliseconds per cell of:
 
 * the client round trip and its parts: client send -> do_execute start,
   do_execute, do_execute end -> iopub idle seen by the client;
-* for PyREPL3, the stages of ``DurableKernel.do_execute`` (kernel/kernel.py):
-  expect, ``runtime.submit``, waiting for the engine's hand-off (ticket.result),
-  the IPython execution, the stream flushes and outcome, ``wait_settled``;
+* for PyREPL3, the stages of ``DurableKernel.do_execute``: expect,
+  ``runtime.submit``, waiting for the engine's hand-off (ticket.result), the
+  IPython execution, the end of the cell (``CellSettler.settle``: checkpoint
+  capture, storing it, ``confirm_settled``); a stage whose marks a cell did not
+  pass is left out rather than failing;
 * the runtime thread's work per cell: event-loop busy time, store requests by
   kind (``EmbeddedStore.apply``), SQLite statements, ServerState.apply.
 
@@ -117,30 +119,38 @@ def analyse(kind: str, client: dict[str, tuple[float, float]], timings: Path) ->
         m = cell["marks"]
         spans = {k: v[0] for k, v in cell["spans"].items()}
         put("client round trip", t1 - t0)
-        put("client send -> do_execute start", m["do_execute:start"] - t0)
-        put("do_execute (whole)", m["do_execute:end"] - m["do_execute:start"])
+
+        def stage(name: str, start: str, end: str) -> None:
+            """A stage between two marks; left out for a cell that did not pass both (a replay, a change in kernel/)."""
+            if start in m and end in m:
+                put(name, m[end] - m[start])
+
+        m = {**m, "client:send": t0}
+        stage("client send -> do_execute start", "client:send", "do_execute:start")
+        stage("do_execute (whole)", "do_execute:start", "do_execute:end")
         put("do_execute end -> client has reply+idle", t1 - m["do_execute:end"])
-        put("  IPython do_execute (super)", m["ipython:end"] - m["ipython:start"])
+        stage("  IPython do_execute (super)", "ipython:start", "ipython:end")
         if kind == "pyrepl3":
-            put("  start -> submit (ExecutionParams, expect)", m["main: DurableRuntime.submit:start"] - m["do_execute:start"])
-            put("  runtime.submit", m["main: DurableRuntime.submit:end"] - m["main: DurableRuntime.submit:start"])
-            put("  ticket.result (wait for hand-off)", m["main: OutputRecorder.begin:start"] - m["main: DurableRuntime.submit:end"])
-            put("  recorder.begin -> IPython start", m["ipython:start"] - m["main: OutputRecorder.begin:start"])
-            put("  IPython end -> wait_settled (flush x2, recorder.end, _outcome, set_result)",
-                m["main: DurableRuntime.wait_settled:start"] - m["ipython:end"])
-            put("  runtime.wait_settled", m["main: DurableRuntime.wait_settled:end"] - m["main: DurableRuntime.wait_settled:start"])
-            put("  wait_settled -> do_execute end", m["do_execute:end"] - m["main: DurableRuntime.wait_settled:end"])
-            sub0, sub1 = m["rt: DurableRuntime._submit (coroutine):start"], m["rt: DurableRuntime._submit (coroutine):end"]
-            put("    submit: main call -> coroutine starts on runtime loop", sub0 - m["main: DurableRuntime.submit:start"])
-            put("    submit: coroutine (promises.create -> store)", sub1 - sub0)
-            put("    submit: coroutine end -> main thread resumes", m["main: DurableRuntime.submit:end"] - sub1)
-            d0 = m["rt: CellDispatcher.dispatch:start"]
-            put("    hand-off: submit returned -> dispatch runs (task msg, task.acquire, durable_execute)", d0 - m["main: DurableRuntime.submit:end"])
-            put("    hand-off: dispatch -> main thread resumes", m["main: OutputRecorder.begin:start"] - d0)
-            w0, w1 = m["rt: DurableRuntime._wait_settled (coroutine):start"], m["rt: DurableRuntime._wait_settled (coroutine):end"]
-            put("    wait_settled: main call -> coroutine starts", w0 - m["main: DurableRuntime.wait_settled:start"])
-            put("    wait_settled: coroutine (settle via task.fulfill, promise.get)", w1 - w0)
-            put("    wait_settled: coroutine end -> main thread resumes", m["main: DurableRuntime.wait_settled:end"] - w1)
+            stage("  start -> submit (ExecutionParams, expect)", "do_execute:start", "main: DurableRuntime.submit:start")
+            stage("  runtime.submit", "main: DurableRuntime.submit:start", "main: DurableRuntime.submit:end")
+            stage("  ticket.result (wait for hand-off)", "main: DurableRuntime.submit:end", "main: OutputRecorder.begin:start")
+            stage("  recorder.begin -> IPython start", "main: OutputRecorder.begin:start", "ipython:start")
+            stage("  IPython end -> settle (flush, recorder.end, outcome)", "ipython:end", "main: CellSettler.settle:start")
+            stage("  settle: checkpoint capture", "main: CellSettler._checkpoint (capture):start", "main: CellSettler._checkpoint (capture):end")
+            stage("  settle: store the checkpoint", "main: DurableRuntime.store_resolved (checkpoint):start",
+                  "main: DurableRuntime.store_resolved (checkpoint):end")
+            stage("  settle: confirm_settled", "main: DurableRuntime.confirm_settled:start", "main: DurableRuntime.confirm_settled:end")
+            stage("  settle (whole)", "main: CellSettler.settle:start", "main: CellSettler.settle:end")
+            stage("  settle -> do_execute end", "main: CellSettler.settle:end", "do_execute:end")
+            stage("    submit: main call -> coroutine starts on runtime loop", "main: DurableRuntime.submit:start",
+                  "rt: DurableRuntime._submit (coroutine):start")
+            stage("    submit: coroutine (promises.create -> store)", "rt: DurableRuntime._submit (coroutine):start",
+                  "rt: DurableRuntime._submit (coroutine):end")
+            stage("    submit: coroutine end -> main thread resumes", "rt: DurableRuntime._submit (coroutine):end",
+                  "main: DurableRuntime.submit:end")
+            stage("    hand-off: submit returned -> dispatch runs (task msg, task.acquire, durable_execute)",
+                  "main: DurableRuntime.submit:end", "rt: CellDispatcher.dispatch:start")
+            stage("    hand-off: dispatch -> main thread resumes", "rt: CellDispatcher.dispatch:start", "main: OutputRecorder.begin:start")
         for name, total in spans.items():
             put(f"[span] {name}", total)
         for name, (_, count) in cell["spans"].items():
