@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kernel.checkpoint.history import NamespaceCheckpoints
@@ -83,6 +84,8 @@ class CellSettler:
     #: re-pickles every name, since an incremental one sees only its own cell's code
     #: and would store those changes stale -- a namespace that never existed.
     uncaptured: bool = False
+    #: Called after each checkpoint is stored (the session's garbage collection counts them).
+    after_store: Callable[[], None] | None = None
 
     def ran_uncaptured(self) -> None:
         self.uncaptured = True
@@ -98,6 +101,9 @@ class CellSettler:
                     self.runtime.store_resolved([checkpoint])
                 except PyRepl3Error as exc:
                     self.host.notice(f"the checkpoint after {eid} was not stored: {exc}", BROKEN)
+                else:
+                    if self.after_store is not None:
+                        self.after_store()  # garbage collection, now and then, on its own thread
             if not handed.done():
                 handed.set_result(outcome)
             try:
