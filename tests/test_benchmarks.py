@@ -55,3 +55,9 @@ def test_listings_benchmark_small() -> None:
     out = run_small("bench_listings.py")
     # The benchmark itself checks that each listing holds every execution.
     assert "executions (catalog), store holding 300 executions" in out and "sessions (catalog)" in out
+
+
+def test_gc_benchmark_small() -> None:
+    out = run_small("bench_gc.py")
+    # The benchmark itself checks that the dry run changed nothing and that the array comes back whole after gc and kill -9.
+    assert "[embedded] store after gc" in out and "checksum equal" in out

@@ -73,6 +73,24 @@ def test_digests_anywhere_in_a_record_are_found() -> None:
     assert set(digests_in(value)) == {a, b, c}
 
 
+def test_a_put_of_existing_content_makes_a_blob_young_again(tmp_path: Path) -> None:
+    """A checkpoint in progress reuses a blob before its record exists: the put refreshes the
+    blob's time, so collection (grace measured from that time) leaves it alone."""
+    from kernel.store.embedded.blobs import FileBlobStore
+
+    blobs = FileBlobStore(tmp_path / "blobs").open()
+    old, reused = blobs.put(b"old" * 1000), blobs.put(b"reused" * 1000)
+    for digest in (old, reused):
+        os.utime(blobs.path(digest), (NOW, NOW))
+    assert blobs.put(b"reused" * 1000) == reused  # found again: no write, but young
+    cutoff = NOW + 3600
+    assert {b.digest for b in blobs.stored()} == {old, reused}
+    assert [b.digest for b in blobs.delete([old, reused], written_before=cutoff)] == [old]
+    assert not blobs.has(old) and blobs.has(reused)
+    assert blobs.get(reused) == b"reused" * 1000
+    assert blobs.put(b"old" * 1000) == old and blobs.get(old) == b"old" * 1000, "collected content is written again"
+
+
 # -- real kernels, real stores ---------------------------------------------------------
 
 #: Retention for these tests: the newest 2 (plus pins), no age window; no automatic collection.

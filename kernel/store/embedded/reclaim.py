@@ -27,18 +27,23 @@ class EmbeddedReclaimer:
         self.fsync = fsync
         self.setting = setting
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
 
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect(self.path, fsync=self.fsync, setting=self.setting)
-        return self._conn
+    def _db(self, write: bool) -> sqlite3.Connection:
+        """A read-only connection until something is written (a dry run writes nothing at all)."""
+        if write or self._conn is not None:
+            if self._conn is None:
+                self._conn = connect(self.path, fsync=self.fsync, setting=self.setting)
+            return self._conn
+        if self._reader is None:
+            self._reader = connect(self.path, readonly=True, setting=self.setting)
+        return self._reader
 
     @contextlib.contextmanager
     def _sql(self, *, write: bool = False):  # type: ignore[no-untyped-def]
         """The connection (inside one immediate transaction when writing), SQLite's errors as the store's."""
         try:
-            db = self._db
+            db = self._db(write)
             if not write:
                 yield db
                 return
@@ -54,12 +59,23 @@ class EmbeddedReclaimer:
             raise store_error(self.path, self.setting, exc, writing=write) from exc
 
     def checkpoint_sessions(self) -> list[str]:
+        if not self.path.exists():
+            return []
         with self._sql() as db:
             return [s for (s,) in db.execute("SELECT DISTINCT session FROM promises WHERE kind = 'checkpoint'").fetchall()]
 
     def pins(self, session: str) -> dict[int, int | None]:
+        if not self._has("pins"):
+            return {}
         with self._sql() as db:
             return dict(db.execute("SELECT seq, execution_count FROM pins WHERE session = ?", (session,)).fetchall())
+
+    def _has(self, table: str) -> bool:
+        """Whether the file has ``table`` (one no kernel of this version has written to yet has not)."""
+        if not self.path.exists():
+            return False
+        with self._sql() as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
     def pin(self, session: str, seq: int, execution_count: int | None) -> None:
         with self._sql(write=True) as db:
@@ -83,6 +99,8 @@ class EmbeddedReclaimer:
             return gone
 
     def reclaimed(self, session: str, execution_count: int) -> float | None:
+        if not self._has("reclaimed"):
+            return None
         with self._sql() as db:
             row = db.execute(
                 "SELECT max(at) FROM reclaimed WHERE session = ? AND execution_count = ?", (session, execution_count)
@@ -92,8 +110,10 @@ class EmbeddedReclaimer:
     def compact(self) -> None:
         """``wal_checkpoint(TRUNCATE)``: a reader in the middle of a read leaves part of the WAL
         for the next time (it stays valid), which is not an error."""
-        with self._sql() as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        try:
+            self._db(True).execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, self.setting, exc) from exc
 
     def footprint(self) -> dict[str, int]:
         """The store file and its write-ahead log."""
@@ -104,10 +124,11 @@ class EmbeddedReclaimer:
         return {"records": size}
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error, StoreError):
-                conn.close()
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, StoreError):
+                    conn.close()
+        self._conn = self._reader = None
 
 
 __all__ = ["EmbeddedReclaimer"]
