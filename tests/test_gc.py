@@ -184,3 +184,25 @@ def test_a_kernel_collects_by_itself_and_never_takes_a_young_blob(kernels: Kerne
     again = kernels.start(session="auto", env=env)
     assert again.ok("print(a[:1])").stream("stdout") == "b'7'\n"
     assert blob_count(home) >= blobs - 1, "young blobs stay (PYREPL3_GC_GRACE)"
+
+
+@pytest.mark.engines("embedded", "postgres")
+def test_a_large_output_is_kept_once_and_outlives_gc(kernels: KernelFactory, home: Path) -> None:
+    """An output over PYREPL3_OUTPUT_BLOB_BYTES is one blob named by digest: the execution, its
+    outcome blob, a ``%durable outputs`` replay in a later cell and a re-sent msg_id all use it,
+    and garbage collection keeps it (executions are never deleted)."""
+    env = kernel_env(home, "out", **POLICY, PYREPL3_OUTPUT_BLOB_BYTES="100KB")
+    kernel = kernels.start(session="out", env=env)
+    text = "x" * 300_000 + TAG
+    first = kernel.ok(f"print({text!r})")
+    assert first.stream("stdout") == text + "\n"
+    assert kernel.ok("%durable outputs 1").stream("stdout") == text + "\n", "shown again, whole"
+    rows = {r["execution_count"]: r for r in harness.executions(home, "out").values()}
+    stored = [harness.show(home, rows[n]["id"])["value"]["outputs"][0] for n in (1, 2)]
+    assert stored[0]["text"] == "" and stored[0]["pyrepl3_blobs"] == stored[1]["pyrepl3_blobs"], stored
+    gc_cli(home, "--session", "out")
+    kernel.kill9()
+    again = kernels.start(session="out", env=env)
+    replayed = again.execute(f"print({text!r})", msg_id=first.msg_id)
+    assert replayed.stream("stdout") == text + "\n", "a re-sent msg_id replays the whole output after gc"
+    assert again.ok("%durable outputs 1").stream("stdout") == text + "\n"

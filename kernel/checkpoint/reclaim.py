@@ -9,8 +9,9 @@ every session in it:
    as reclaimed so ``%durable restore N`` can say so. Records of other sessions all stay.
 2. The live set is every blob name in a record that stays (manifest entries, their
    out-of-band buffers, the execution's outcome; :func:`~kernel.checkpoint.retention.digests_in`
-   looks at the whole value, so a field a later format adds is covered), plus what the caller
-   adds (a kernel: the blobs of the manifest its next capture builds on).
+   looks at the whole value, so a field a later format adds is covered), every blob holding
+   a large output (:mod:`kernel.store.large_outputs`; executions are never deleted), plus what
+   the caller adds (a kernel: the blobs of the manifest its next capture builds on).
 3. Every other blob goes, unless it was written (or found again by a ``put``) within the
    grace period: a checkpoint in progress writes or reuses its blobs before its record
    exists, and that ``put`` makes the blob young (:meth:`kernel.store.base.BlobStore.delete`
@@ -112,7 +113,7 @@ class Collector:
         report = GcReport(dry_run=dry_run, policy=self.policy.describe())
         stored = list(self.blobs.stored())
         report.before = {**self.reclaimer.footprint(), "blobs": sum(b.size for b in stored)}
-        live = set(also_live)
+        live = set(also_live) | self.reclaimer.output_blobs()  # large outputs live as long as their executions
         sessions = self.reclaimer.checkpoint_sessions()
         if session is not None and session not in sessions:
             sessions.append(session)

@@ -153,6 +153,9 @@ DECLARED: dict[str, Setting] = {
     "gc_every": Setting(
         "PYREPL3_GC_EVERY", _count, 50, "A kernel collects garbage in the background after every this many checkpoints; 0 = only pyrepl3 gc."
     ),
+    "output_blob_bytes": Setting(
+        "PYREPL3_OUTPUT_BLOB_BYTES", _bytes, 1 << 20, "An output text larger than this is stored once, as a blob named by its digest; 0 = never."
+    ),
     "gc_grace": Setting(
         "PYREPL3_GC_GRACE", _seconds, 3600.0, "Seconds a blob written or reused is never collected (a checkpoint in progress has no record yet)."
     ),
@@ -226,6 +229,7 @@ class Settings:
     keep_hours: float = 24.0
     gc_every: int = 50
     gc_grace: float = 3600.0
+    output_blob_bytes: int = 1 << 20
     key: str = field(default="", repr=False)
     fsync: bool = False
     notices_to: str = "cell"

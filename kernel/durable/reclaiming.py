@@ -22,7 +22,7 @@ from kernel.checkpoint.history import NamespaceCheckpoints
 from kernel.checkpoint.reclaim import Collector, GcReport
 from kernel.checkpoint.retention import CheckpointRef, Retention, ref_of
 from kernel.core.clock import SYSTEM, Clock
-from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
+from kernel.core.errors import CheckpointNotFoundError, ConfigurationError, PyRepl3Error
 from kernel.core.settings import Settings
 from kernel.core.text import local_time
 from kernel.store.base import Engine
@@ -92,6 +92,15 @@ class SessionReclaim:
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
+
+    def note_outputs(self, execution_id: str, digests: list[str]) -> None:
+        """The blobs of ``execution_id``'s large outputs: live for good (executions are never deleted)."""
+        try:
+            reclaimer = self.engine.reclaimer()
+        except ConfigurationError:
+            return  # an engine without garbage collection: nothing would take them
+        with closing(reclaimer):
+            reclaimer.note_output_blobs(self.session, execution_id, digests)
 
     # -- pins -------------------------------------------------------------------
 

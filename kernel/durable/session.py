@@ -143,7 +143,8 @@ class DurableSession:
         )
         settler = CellSettler(runtime, history, host, skipped or SkippedNames())
         reclaim = SessionReclaim(engine, history, session, policy=policy_of(settings), every=settings.gc_every, grace=settings.gc_grace, clock=clock)
-        settler.after_store = reclaim.checkpoint_stored
+        settler.after_store, settler.note_outputs = reclaim.checkpoint_stored, reclaim.note_outputs
+        settler.output_limit = settings.output_blob_bytes
         for eid, outcome in settler.finished_at_start(interrupted).items():
             # Its checkpoint was stored, only the settle was lost: settled with its outcome, not interrupted.
             dispatcher.finished(eid, outcome)

@@ -34,6 +34,7 @@ from kernel.core.clock import to_ms
 from kernel.core.errors import PyRepl3Error
 from kernel.core.text import first_line, human_size, local_time, parse_size
 from kernel.durable.session import DurableSession
+from kernel.store.large_outputs import resolve
 from kernel.store.records import latest_outputs
 
 if TYPE_CHECKING:
@@ -284,7 +285,7 @@ class DurableMagics(Magics):
                 what = f"execution {args.n}" if args.n is not None else f"cell {args.cell}" if args.cell else "any execution"
                 print(f"no stored outputs for {what} of this session (see %durable executions)")
                 return None
-            self.show(found)
+            self.show(resolve(found, ds.history.checkpointer.blobs))
             return None
         if command == "resume":
             lines = ds.resume_interrupted()

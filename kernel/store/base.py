@@ -165,6 +165,15 @@ class Reclaimer(Protocol):
         """When a checkpoint after ``execution_count`` was reclaimed, if one was."""
         ...
 
+    def note_output_blobs(self, session: str, execution_id: str, digests: Sequence[str]) -> None:
+        """Blobs holding large outputs of ``execution_id`` (:mod:`kernel.store.large_outputs`):
+        noted before the outcome naming them is stored, and never collected."""
+        ...
+
+    def output_blobs(self) -> set[str]:
+        """Every noted output blob of the store."""
+        ...
+
     def compact(self) -> None:
         """Give the space of deleted rows back where the engine can (the embedded WAL)."""
         ...

@@ -66,6 +66,9 @@ CREATE INDEX IF NOT EXISTS listed_by_time ON listed (created_at);
 -- Checkpoints a user pinned (%durable keep N), and a note of each checkpoint garbage collection
 -- deleted (so %durable restore N can say it was reclaimed): beside the records, which are sealed.
 CREATE TABLE IF NOT EXISTS pins (session TEXT NOT NULL, seq INTEGER NOT NULL, execution_count INTEGER, PRIMARY KEY (session, seq));
+CREATE TABLE IF NOT EXISTS output_blobs (
+    session TEXT NOT NULL, execution TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (execution, digest)
+);
 CREATE TABLE IF NOT EXISTS reclaimed (
     session TEXT NOT NULL, id TEXT NOT NULL, execution_count INTEGER, at REAL NOT NULL, PRIMARY KEY (session, id)
 );

@@ -107,6 +107,16 @@ class EmbeddedReclaimer:
             ).fetchone()
         return row[0] if row else None
 
+    def note_output_blobs(self, session: str, execution_id: str, digests: Sequence[str]) -> None:
+        with self._sql(write=True) as db:
+            db.executemany("INSERT OR IGNORE INTO output_blobs VALUES (?, ?, ?)", [(session, execution_id, d) for d in digests])
+
+    def output_blobs(self) -> set[str]:
+        if not self._has("output_blobs"):
+            return set()
+        with self._sql() as db:
+            return {d for (d,) in db.execute("SELECT DISTINCT digest FROM output_blobs").fetchall()}
+
     def compact(self) -> None:
         """``wal_checkpoint(TRUNCATE)``: a reader in the middle of a read leaves part of the WAL
         for the next time (it stays valid), which is not an error."""

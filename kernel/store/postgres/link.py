@@ -71,6 +71,9 @@ ALTER TABLE pyrepl3.blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS pyrepl3.pins (
     session text NOT NULL, seq bigint NOT NULL, execution_count integer, PRIMARY KEY (session, seq)
 );
+CREATE TABLE IF NOT EXISTS pyrepl3.output_blobs (
+    session text NOT NULL, execution text NOT NULL, digest text NOT NULL, PRIMARY KEY (execution, digest)
+);
 CREATE TABLE IF NOT EXISTS pyrepl3.reclaimed (
     session text NOT NULL, id text NOT NULL, execution_count integer, at double precision NOT NULL, PRIMARY KEY (session, id)
 );

@@ -79,6 +79,17 @@ class PgReclaimer:
             ).fetchone()
         return row[0] if row else None
 
+    def note_output_blobs(self, session: str, execution_id: str, digests: Sequence[str]) -> None:
+        with self._conn(write=True) as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO pyrepl3.output_blobs VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [(session, execution_id, d) for d in digests],
+            )
+
+    def output_blobs(self) -> set[str]:
+        with self._conn() as conn:
+            return {d for (d,) in conn.execute("SELECT DISTINCT digest FROM pyrepl3.output_blobs").fetchall()}
+
     def compact(self) -> None:
         """Nothing to do: see the module docstring."""
 
