@@ -56,7 +56,7 @@ def render(report: GcReport, out: Output) -> None:
     out.table(
         ["blobs", "count", "bytes"],
         [
-            ["live (named by a kept checkpoint)", str(report.live_blobs), human_size(report.live_bytes)],
+            ["live (a kept checkpoint or an output names it)", str(report.live_blobs), human_size(report.live_bytes)],
             ["unnamed, within the grace period", str(report.young_blobs), human_size(report.young_bytes)],
             [f"{would}freed", str(report.freed_blobs), human_size(report.freed_bytes)],
         ],

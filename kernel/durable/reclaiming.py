@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds closing the session waits for a collection in progress.
 CLOSE_WAIT = 10.0
+#: The least grace a kernel's own collection uses, whatever PYREPL3_GC_GRACE says: this kernel's
+#: next capture may be writing blobs on the main thread while it runs (``0`` is for ``pyrepl3 gc``
+#: on a store no kernel writes to).
+KERNEL_GRACE = 300.0
 
 
 def policy_of(settings: Settings) -> Retention:
@@ -48,7 +52,7 @@ class SessionReclaim:
         self.session = session
         self.policy = policy
         self.every = every
-        self.grace = grace
+        self.grace = max(grace, KERNEL_GRACE)
         self.clock = clock
         self._stored = 0
         self._thread: threading.Thread | None = None
