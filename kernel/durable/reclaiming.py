@@ -74,6 +74,9 @@ class SessionReclaim:
     def _collect_quietly(self) -> None:
         try:
             self.last = self.collect()
+        except ConfigurationError as exc:  # an engine without collection (a Resonate server): stop asking
+            self.every, self.last = 0, exc
+            log.info("no garbage collection for session %r: %s", self.session, exc)
         except Exception as exc:  # noqa: BLE001 - garbage stays for the next time; the kernel goes on
             self.last = exc
             log.warning("garbage collection of session %r failed: %s", self.session, exc, exc_info=True)
