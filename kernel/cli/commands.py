@@ -32,6 +32,10 @@ class _EngineCatalog:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._catalog, name)
 
+    def blobs(self) -> Any:
+        """The engine's blob store (large outputs live there)."""
+        return self._engine.blobs()
+
     def close(self) -> None:
         try:
             self._catalog.close()
@@ -147,9 +151,9 @@ def export(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     # Imported here: nbformat (and run's nbclient) are only needed by this command.
     from kernel.cli.export import export_notebook
 
-    with closing(_catalog(settings)) as cat:
+    with closing(_catalog(settings)) as cat, closing(cat.blobs()) as blobs:
         report = export_notebook(
-            Path(args.notebook), cat, session=args.session, output=Path(args.output) if args.output else None
+            Path(args.notebook), cat, session=args.session, output=Path(args.output) if args.output else None, blobs=blobs
         )
     if args.json:
         out.json(report.as_data())

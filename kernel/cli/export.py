@@ -29,7 +29,8 @@ from kernel.cli.run import cell_msg_ids, run_session
 from kernel.core.errors import PyRepl3Error
 from kernel.core.ids import exec_id
 from kernel.core.models import ExecutionSummary
-from kernel.store.base import Catalog
+from kernel.store.base import BlobStore, Catalog
+from kernel.store.large_outputs import resolve
 from kernel.store.records import TERMINAL, outputs_of
 
 #: The output types a notebook file may hold (the store records nothing else, but a file must validate).
@@ -121,7 +122,7 @@ def _choose_session(catalog: Catalog, nb: Any, path: Path, session: str | None) 
     return found[0], found[1:]
 
 
-def fill(nb: Any, catalog: Catalog, session: str) -> ExportReport:
+def fill(nb: Any, catalog: Catalog, session: str, blobs: BlobStore | None = None) -> ExportReport:
     """Give each code cell the outputs of its latest settled execution in ``session`` (``nb`` is changed)."""
     matcher = _Matcher(nb, session)
     latest: dict[int, ExecutionSummary] = {}
@@ -144,7 +145,7 @@ def fill(nb: Any, catalog: Catalog, session: str) -> ExportReport:
         if row is None or rec is None:
             report.missing.append(index)
             continue
-        outputs = [nbformat.from_dict(o) for o in outputs_of(rec) if o.get("output_type") in NOTEBOOK_OUTPUTS]
+        outputs = [nbformat.from_dict(o) for o in resolve(outputs_of(rec), blobs) if o.get("output_type") in NOTEBOOK_OUTPUTS]
         cell.outputs = outputs
         cell.execution_count = row.execution_count
         report.filled.append(
@@ -168,12 +169,15 @@ def write_atomically(nb: Any, target: Path) -> None:
         raise
 
 
-def export_notebook(path: Path, catalog: Catalog, *, session: str | None = None, output: Path | None = None) -> ExportReport:
-    """Fill ``path``'s cells from the store and write the result to ``output`` (default: ``path`` itself)."""
+def export_notebook(
+    path: Path, catalog: Catalog, *, session: str | None = None, output: Path | None = None, blobs: BlobStore | None = None
+) -> ExportReport:
+    """Fill ``path``'s cells from the store and write the result to ``output`` (default: ``path`` itself);
+    ``blobs`` holds the large outputs (:mod:`kernel.store.large_outputs`)."""
     path = Path(path)
     nb = _read(path)
     chosen, others = _choose_session(catalog, nb, path, session)
-    report = fill(nb, catalog, chosen)
+    report = fill(nb, catalog, chosen, blobs)
     if not report.filled:
         still = f" ({len(report.running)} still running)" if report.running else ""
         raise PyRepl3Error(

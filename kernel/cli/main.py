@@ -8,6 +8,7 @@
     pyrepl3 approve|deny PROMISE_ID [--reason R]
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
     pyrepl3 export NOTEBOOK.ipynb [--session S] [--output OUT.ipynb] [--json]
+    pyrepl3 gc [--session S] [--dry-run] [--json]
     pyrepl3 settings [--json]
 
 Reads go straight to the store (safe while kernels are running on it).
@@ -34,7 +35,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
-from kernel.cli import commands
+from kernel.cli import commands, gc
 from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
 from kernel.core.settings import Settings
@@ -111,6 +112,14 @@ def _add_settings(sub: Subparsers) -> None:
     p.set_defaults(fn=commands.settings_table)
 
 
+def _add_gc(sub: Subparsers) -> None:
+    p = sub.add_parser("gc", help="delete checkpoints retention lets go and the blobs nothing names (see PYREPL3_KEEP_*)")
+    p.add_argument("--session", help="collect this session's checkpoints only (blobs: always the whole store)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be freed; delete nothing")
+    _json_flag(p)
+    p.set_defaults(fn=gc.gc)
+
+
 #: In the order ``pyrepl3 --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_sessions,
@@ -121,6 +130,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_run,
     _add_export,
     _add_approve_deny,
+    _add_gc,
     _add_settings,
 )
 

@@ -144,6 +144,21 @@ DECLARED: dict[str, Setting] = {
     "checkpoint_max_bytes": Setting(
         "PYREPL3_CHECKPOINT_MAX_BYTES", _bytes, 0, "Values larger than this (pickled) are skipped and reported; 0 = no limit."
     ),
+    "keep_last": Setting(
+        "PYREPL3_KEEP_LAST", _count, 20, "Garbage collection keeps at least this many of a session's newest checkpoints (and the newest always)."
+    ),
+    "keep_hours": Setting(
+        "PYREPL3_KEEP_HOURS", _seconds, 24.0, "Garbage collection keeps every checkpoint of the last this many hours (also pinned ones: %durable keep N)."
+    ),
+    "gc_every": Setting(
+        "PYREPL3_GC_EVERY", _count, 50, "A kernel collects garbage in the background after every this many checkpoints; 0 = only pyrepl3 gc."
+    ),
+    "output_blob_bytes": Setting(
+        "PYREPL3_OUTPUT_BLOB_BYTES", _bytes, 1 << 20, "An output text larger than this is stored once, as a blob named by its digest; 0 = never."
+    ),
+    "gc_grace": Setting(
+        "PYREPL3_GC_GRACE", _seconds, 3600.0, "Seconds a blob written or reused is never collected (a checkpoint in progress has no record yet)."
+    ),
     "key": Setting(
         "PYREPL3_KEY", _text, "", "Key for the HMAC signatures on checkpoints (else a 0600 key file in the Jupyter data dir).", secret=True
     ),
@@ -210,6 +225,11 @@ class Settings:
     resume_limit: int = 3
     checkpoint_exclude: tuple[str, ...] = ()
     checkpoint_max_bytes: int = 0
+    keep_last: int = 20
+    keep_hours: float = 24.0
+    gc_every: int = 50
+    gc_grace: float = 3600.0
+    output_blob_bytes: int = 1 << 20
     key: str = field(default="", repr=False)
     fsync: bool = False
     notices_to: str = "cell"

@@ -33,7 +33,7 @@ from kernel.checkpoint.history import NamespaceCheckpoints, SessionStateHooks, S
 from kernel.checkpoint.poison import RestoreGuard
 from kernel.checkpoint.signing import Signer, load_key
 from kernel.core.clock import SYSTEM, Clock
-from kernel.core.errors import EngineConnectionError, PyRepl3Error
+from kernel.core.errors import CheckpointNotFoundError, EngineConnectionError, PyRepl3Error
 from kernel.core.ids import exec_id, session_key
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.locations import default_home, resolve_home, resolve_session
@@ -42,6 +42,7 @@ from kernel.core.redaction import redact
 from kernel.core.settings import SESSION_SETTINGS, Settings
 from kernel.durable.cells import CellRequest, SessionHost
 from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
+from kernel.durable.reclaiming import SessionReclaim, policy_of
 from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
 from kernel.durable.resume import ResumePolicy
 from kernel.durable.runtime import DurableRuntime
@@ -83,6 +84,8 @@ class DurableSession:
     #: Stores the end of every cell: checkpoint and outcome as one unit.
     settler: CellSettler
     clock: Clock = SYSTEM
+    #: Garbage collection (every PYREPL3_GC_EVERY checkpoints, in the background) and %durable keep.
+    reclaim: SessionReclaim | None = None
 
     @classmethod
     def open(
@@ -139,6 +142,9 @@ class DurableSession:
             clock=clock,
         )
         settler = CellSettler(runtime, history, host, skipped or SkippedNames())
+        reclaim = SessionReclaim(engine, history, session, policy=policy_of(settings), every=settings.gc_every, grace=settings.gc_grace, clock=clock)
+        settler.after_store, settler.note_outputs = reclaim.checkpoint_stored, reclaim.note_outputs
+        settler.output_limit = settings.output_blob_bytes
         for eid, outcome in settler.finished_at_start(interrupted).items():
             # Its checkpoint was stored, only the settle was lost: settled with its outcome, not interrupted.
             dispatcher.finished(eid, outcome)
@@ -148,7 +154,7 @@ class DurableSession:
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
             session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
-            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, settler, clock,
+            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, settler, clock, reclaim,
         )
 
     # -- the cell protocol -------------------------------------------------------
@@ -375,7 +381,12 @@ class DurableSession:
 
     def restore(self, execution_count: int) -> tuple[StoredCheckpoint, RestoreReport]:
         """The namespace as it was after execution ``execution_count`` (names made since are removed)."""
-        return self.history.restore_execution(execution_count, self.host.namespace(), clear=True)
+        try:
+            return self.history.restore_execution(execution_count, self.host.namespace(), clear=True)
+        except CheckpointNotFoundError:
+            if self.reclaim is None:
+                raise
+            raise CheckpointNotFoundError(self.reclaim.missing(execution_count)) from None
 
     def exclude(self, names: Iterable[str]) -> list[str]:
         """Keep ``names`` out of checkpoints from now on; returns every name kept out."""
@@ -401,6 +412,8 @@ class DurableSession:
         return self.engine.healthy()
 
     def close(self) -> None:
+        if self.reclaim is not None:
+            self.reclaim.wait()
         self.runtime.stop()
         self.engine.close()
         self.lock.release()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kernel.checkpoint.history import NamespaceCheckpoints
@@ -52,6 +53,7 @@ from kernel.durable.cells import SessionHost
 from kernel.core.interrupts import MAIN, Interrupts
 from kernel.durable.runtime import DurableRuntime
 from kernel.durable.skipped import SkippedNames
+from kernel.store.large_outputs import externalize
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,12 @@ class CellSettler:
     #: re-pickles every name, since an incremental one sees only its own cell's code
     #: and would store those changes stale -- a namespace that never existed.
     uncaptured: bool = False
+    #: Called after each checkpoint is stored (the session's garbage collection counts them).
+    after_store: Callable[[], None] | None = None
+    #: Output texts larger than this go into blobs, stored once (PYREPL3_OUTPUT_BLOB_BYTES; 0 = never).
+    output_limit: int = 0
+    #: Notes the blobs of an execution's large outputs before anything names them (see ``_kept_once``).
+    note_outputs: Callable[[str, list[str]], None] | None = None
 
     def ran_uncaptured(self) -> None:
         self.uncaptured = True
@@ -92,18 +100,41 @@ class CellSettler:
         code is ``code``), then hand ``outcome`` over and wait until it is stored."""
         eid = exec_id(params.msg_id)
         with self.interrupts.deferred(redeliver=False, what=f"the end of {eid}"):
+            outcome = self._kept_once(eid, outcome)
             checkpoint = self._checkpoint(code, params, outcome)
             if checkpoint is not None:
                 try:
                     self.runtime.store_resolved([checkpoint])
                 except PyRepl3Error as exc:
                     self.host.notice(f"the checkpoint after {eid} was not stored: {exc}", BROKEN)
+                else:
+                    if self.after_store is not None:
+                        self.after_store()  # garbage collection, now and then, on its own thread
             if not handed.done():
                 handed.set_result(outcome)
             try:
                 self.runtime.confirm_settled(eid, outcome, max(MIN_SETTLE_GRACE, self.runtime.lease_seconds))
             except PyRepl3Error as exc:
                 self.host.notice(f"could not confirm that {eid} was stored: {exc}", BROKEN)
+
+    def _kept_once(self, eid: str, outcome: CellOutcome) -> CellOutcome:
+        """``outcome`` with its large output texts in blobs (:mod:`kernel.store.large_outputs`),
+        noted as the execution's before the outcome blob, the checkpoint or the settle names
+        them; if that fails the outcome is stored whole, as before."""
+        if not self.output_limit or not outcome.outputs:
+            return outcome
+        try:
+            outputs, digests = externalize(outcome.outputs, self.history.checkpointer.blobs, self.output_limit)
+            if not digests:
+                return outcome
+            if self.note_outputs is not None:
+                self.note_outputs(eid, digests)
+        except Exception:  # noqa: BLE001 - storing the outputs whole is still correct, only bigger
+            log.warning("the large outputs of %s are stored whole", eid, exc_info=True)
+            return outcome
+        kept = outcome.model_copy()
+        kept.outputs = outputs
+        return kept
 
     def _checkpoint(self, code: str, params: ExecutionParams, outcome: CellOutcome) -> ResolvedPromise | None:
         """Capture the namespace (the outcome's blob first); the promise that makes it

@@ -25,6 +25,7 @@ from kernel.durable.skipped import SkippedNames
 from kernel.jupyter.durable_object import DurableAPI
 from kernel.jupyter.magics import DurableMagics
 from kernel.jupyter.outputs import OutputRecorder, flush_std, publish
+from kernel.store.large_outputs import resolve
 from kernel.jupyter.replies import outcome_of_reply, outcome_of_run, stored_reply, timings
 
 if TYPE_CHECKING:
@@ -132,5 +133,7 @@ class JupyterCell:
     def replay(self, record: PromiseRecord) -> dict[str, Any]:
         """Publish the stored outputs of an execution and return its stored reply."""
         outputs, reply = stored_reply(record)
+        ds = self.kernel.durable
+        outputs = resolve(outputs, ds.history.checkpointer.blobs if ds is not None else None)
         publish(self.kernel.session, self.kernel.iopub_socket, self.parent, outputs, self.kernel._topic)
         return reply

@@ -6,6 +6,7 @@
 ``%durable resume``      re-run executions a crashed kernel left unfinished
 ``%durable checkpoints`` the namespace checkpoints of this session
 ``%durable restore N``   bring back the namespace as it was after execution N
+``%durable keep N``      pin the checkpoint after execution N (garbage collection keeps it)
 ``%durable exclude NAME`` keep NAME out of checkpoints
 ``%durable limit SIZE``  skip values larger than SIZE (e.g. 200MB; 0 = no limit)
 
@@ -33,6 +34,7 @@ from kernel.core.clock import to_ms
 from kernel.core.errors import PyRepl3Error
 from kernel.core.text import first_line, human_size, local_time, parse_size
 from kernel.durable.session import DurableSession
+from kernel.store.large_outputs import resolve
 from kernel.store.records import latest_outputs
 
 if TYPE_CHECKING:
@@ -116,6 +118,13 @@ def _restore_args() -> None:
     """Bring back the namespace as it was after execution N."""
 
 
+@magic_arguments(name="durable keep")
+@argument("n", metavar="N", nargs="?", type=_execution_count, help="an execution count from %%durable checkpoints")
+@argument("--unpin", action="store_true", help="let retention decide about N again")
+def _keep_args() -> None:
+    """Pin the checkpoint after execution N so garbage collection keeps it; without N, list the pins."""
+
+
 @magic_arguments(name="durable outputs")
 @argument("n", metavar="N", nargs="?", type=_execution_count, help="an execution count (default: the latest with outputs)")
 @argument("--cell", metavar="ID", help="the latest execution of the notebook cell with this id")
@@ -151,6 +160,7 @@ SUBCOMMANDS: dict[str, Any] = {
     "resume": _no_args("resume"),
     "checkpoints": _no_args("checkpoints"),
     "restore": _restore_args,
+    "keep": _keep_args,
     "exclude": _exclude_args,
     "limit": _limit_args,
     "outputs": _outputs_args,
@@ -195,6 +205,8 @@ class DurableMagics(Magics):
         resume            re-run executions a crashed kernel left unfinished
         checkpoints       the namespace checkpoints of this session
         restore N         bring back the namespace as it was after execution N
+        keep [N]          pin the checkpoint after execution N (garbage collection keeps
+                          it); --unpin N: let retention decide again; no N: list the pins
         exclude NAME...   keep NAME out of checkpoints
         limit SIZE        skip values larger than SIZE (e.g. 200MB; 0 = no limit)
         outputs [N]       show again the stored outputs of execution N (default: the latest
@@ -255,6 +267,8 @@ class DurableMagics(Magics):
             checkpoint, report = ds.restore(args.n)
             print(f"namespace of execution {checkpoint.execution_count} is back: {report.summary()}")
             return None
+        if command == "keep":
+            return self._keep(ds, args)
         if command == "exclude":
             shown = ds.exclude(args.names)
             print("not checkpointed: " + (", ".join(shown) if shown else "(nothing)"))
@@ -271,7 +285,7 @@ class DurableMagics(Magics):
                 what = f"execution {args.n}" if args.n is not None else f"cell {args.cell}" if args.cell else "any execution"
                 print(f"no stored outputs for {what} of this session (see %durable executions)")
                 return None
-            self.show(found)
+            self.show(resolve(found, ds.history.checkpointer.blobs))
             return None
         if command == "resume":
             lines = ds.resume_interrupted()
@@ -286,6 +300,17 @@ class DurableMagics(Magics):
                 print(f"{r['id']}  {param.get('kind', '')}  {param.get('prompt', '')!r}")
             return None
         raise AssertionError(f"%durable {command}: in SUBCOMMANDS but not dispatched")
+
+
+    @staticmethod
+    def _keep(ds: Any, args: argparse.Namespace) -> None:
+        if ds.reclaim is None:
+            print("garbage collection is not available in this session")
+        elif args.n is None:
+            pins = ds.reclaim.pins()
+            print("pinned: " + (", ".join(f"execution {count} ({seq})" for count, seq in pins) if pins else "(nothing)"))
+        else:
+            print(ds.reclaim.unkeep(args.n) if args.unpin else ds.reclaim.keep(args.n))
 
 
 def _size_limit(text: str) -> int | None:

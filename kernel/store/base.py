@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from resonate_base.connections import Network, Source
 
@@ -83,6 +83,16 @@ class BlobSpaceError(StoreError):
     value is skipped and named, and the rest of the checkpoint is still written."""
 
 
+class StoredBlob(NamedTuple):
+    """One blob as the store holds it: for garbage collection."""
+
+    digest: str
+    size: int
+    #: Seconds since the epoch of its last write, or of the last :meth:`BlobStore.put` that found
+    #: it already there: a checkpoint being written refreshes it before its record exists.
+    written_at: float
+
+
 class BlobStore(Protocol):
     """Immutable, content-addressed blobs (named by :func:`kernel.store.digests.digest_of`).
 
@@ -112,6 +122,65 @@ class BlobStore(Protocol):
     def open_buffer(self, digest: str) -> object: ...
 
     def open_buffers(self, digests: Iterable[str]) -> list[object]: ...
+
+    def stored(self) -> Iterable[StoredBlob]:
+        """Every blob held, in no particular order (for garbage collection)."""
+        ...
+
+    def delete(self, digests: Iterable[str], *, written_before: float) -> list[StoredBlob]:
+        """Delete those of ``digests`` not written (nor found by a ``put``) since
+        ``written_before``, checked as each is deleted; the ones deleted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Reclaimer(Protocol):
+    """The store's side of reclaiming space (:mod:`kernel.checkpoint.reclaim` decides what goes).
+
+    Checkpoint records are only ever deleted whole, never edited (they are sealed);
+    pins and the note of what was reclaimed live beside them, unsigned: a pin only
+    keeps something, and a note only explains an absence."""
+
+    def checkpoint_sessions(self) -> list[str]:
+        """Every session with checkpoint records."""
+        ...
+
+    def pins(self, session: str) -> dict[int, int | None]:
+        """The checkpoints pinned in ``session`` (``%durable keep``): sequence number -> execution count."""
+        ...
+
+    def pin(self, session: str, seq: int, execution_count: int | None) -> None: ...
+
+    def unpin(self, session: str, seq: int) -> bool:
+        """Whether ``seq`` was pinned."""
+        ...
+
+    def delete_checkpoints(self, session: str, deleted: Sequence[tuple[str, int | None]], at: float) -> int:
+        """Delete these checkpoint records (promise id, execution count) of ``session`` and
+        note each as reclaimed at ``at``, in one transaction; how many were deleted."""
+        ...
+
+    def reclaimed(self, session: str, execution_count: int) -> float | None:
+        """When a checkpoint after ``execution_count`` was reclaimed, if one was."""
+        ...
+
+    def note_output_blobs(self, session: str, execution_id: str, digests: Sequence[str]) -> None:
+        """Blobs holding large outputs of ``execution_id`` (:mod:`kernel.store.large_outputs`):
+        noted before the outcome naming them is stored, and never collected."""
+        ...
+
+    def output_blobs(self) -> set[str]:
+        """Every noted output blob of the store."""
+        ...
+
+    def compact(self) -> None:
+        """Give the space of deleted rows back where the engine can (the embedded WAL)."""
+        ...
+
+    def footprint(self) -> dict[str, int]:
+        """Bytes the store takes, by part (``records``, ``blobs``), as the engine counts them."""
+        ...
 
     def close(self) -> None: ...
 
@@ -153,6 +222,10 @@ class Engine(Protocol):
 
     def blobs(self) -> BlobStore: ...
 
+    def reclaimer(self) -> Reclaimer:
+        """Deleting unretained checkpoints and pins (embedded and Postgres; the http engine has none)."""
+        ...
+
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
         """Settle a pending promise from a process that does not own its session
         (the CLI answering a prompt); returns the settled record."""
@@ -171,5 +244,7 @@ __all__ = [
     "BlobStore",
     "Catalog",
     "Engine",
+    "Reclaimer",
     "SessionLock",
+    "StoredBlob",
 ]

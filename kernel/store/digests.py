@@ -30,6 +30,11 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+def is_digest(text: object) -> bool:
+    """Whether ``text`` has the shape of a blob name (what garbage collection looks for in records)."""
+    return isinstance(text, str) and _DIGEST_RE.fullmatch(text) is not None
+
+
 def byte_view(data: object) -> memoryview:
     """A flat unsigned-byte view of any C-contiguous buffer, without copying."""
     view = memoryview(data)  # type: ignore[arg-type]
@@ -38,4 +43,4 @@ def byte_view(data: object) -> memoryview:
     return view.cast("B")
 
 
-__all__ = ["HASH_NAME", "byte_view", "check_digest", "digest_of"]
+__all__ = ["HASH_NAME", "byte_view", "check_digest", "digest_of", "is_digest"]

@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernel.core.errors import StoreError
-from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
-from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError, StoredBlob
+from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of, is_digest as _is_digest
 from kernel.store.modes import PRIVATE, Modes
 
 _WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
@@ -145,10 +145,11 @@ class FileBlobStore:
         final = self.path(digest)
         try:
             if final.stat().st_size == view.nbytes:
+                self._touch(final)
                 return 0
             # Same name, wrong size: a damaged copy. Replace it (the rename below is atomic).
         except FileNotFoundError:
-            pass
+            pass  # also when garbage collection took it between the stat and the touch: written again
         shard = final.parent
         if not shard.is_dir():
             try:
@@ -167,6 +168,18 @@ class FileBlobStore:
             raise kind(f"cannot write blob {digest} to {final}: {exc}") from exc
         self._sync_later(shard)
         return view.nbytes
+
+    @staticmethod
+    def _touch(final: Path) -> None:
+        """A checkpoint being written uses this blob again: its time is now, so garbage
+        collection leaves it alone for its grace period, until the checkpoint's record
+        exists (see :meth:`delete`). FileNotFoundError: it was just collected."""
+        try:
+            os.utime(final)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            pass  # another user's blob in a shared directory: its own time stands
 
     @staticmethod
     def _write(temp: Path, view: memoryview, fsync: bool, mode: int) -> None:
@@ -274,6 +287,50 @@ class FileBlobStore:
             os.replace(path, target)
             moved = f"; moved to {target}"
         raise BlobCorruptError(f"blob {digest} at {path} is corrupt: {why}{moved}")
+
+    # -- garbage collection ----------------------------------------------------
+
+    def stored(self) -> Iterator[StoredBlob]:
+        """Every blob under the root (the ``<aa>/`` shards; not temp or quarantined files)."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError), os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        digest = shard.name + entry.name
+                        if not _is_digest(digest):
+                            continue
+                        with contextlib.suppress(FileNotFoundError):
+                            st = entry.stat(follow_symlinks=False)
+                            yield StoredBlob(digest, st.st_size, st.st_mtime)
+
+    def delete(self, digests: Iterable[str], *, written_before: float) -> list[StoredBlob]:
+        """Delete blobs untouched since ``written_before``.
+
+        A ``put`` of the same content touches the file (:meth:`_touch`), so one a
+        checkpoint in progress just reused is young again. Each blob is first renamed
+        into ``tmp/`` (atomic; a ``put`` racing with it then writes the blob afresh),
+        then its time is looked at once more: touched in between, it is put back."""
+        freed: list[StoredBlob] = []
+        for digest in digests:
+            final = self.path(digest)
+            try:
+                if final.stat().st_mtime >= written_before:
+                    continue
+                trash = self._tmp / f"gc-{digest[:16]}-{uuid.uuid4().hex}"
+                os.rename(final, trash)
+            except FileNotFoundError:
+                continue
+            st = trash.stat()
+            if st.st_mtime >= written_before:
+                os.replace(trash, final)  # the same content, whoever wrote it last
+                continue
+            os.unlink(trash)
+            freed.append(StoredBlob(digest, st.st_size, st.st_mtime))
+        if freed and self.fsync:
+            _fsync_dir(self._tmp)
+        return freed
 
     # -- housekeeping ----------------------------------------------------------
 

@@ -63,6 +63,15 @@ CREATE TABLE IF NOT EXISTS listed (
 );
 CREATE INDEX IF NOT EXISTS listed_by_session ON listed (session, created_at);
 CREATE INDEX IF NOT EXISTS listed_by_time ON listed (created_at);
+-- Checkpoints a user pinned (%durable keep N), and a note of each checkpoint garbage collection
+-- deleted (so %durable restore N can say it was reclaimed): beside the records, which are sealed.
+CREATE TABLE IF NOT EXISTS pins (session TEXT NOT NULL, seq INTEGER NOT NULL, execution_count INTEGER, PRIMARY KEY (session, seq));
+CREATE TABLE IF NOT EXISTS output_blobs (
+    session TEXT NOT NULL, execution TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (execution, digest)
+);
+CREATE TABLE IF NOT EXISTS reclaimed (
+    session TEXT NOT NULL, id TEXT NOT NULL, execution_count INTEGER, at REAL NOT NULL, PRIMARY KEY (session, id)
+);
 """
 
 
@@ -96,6 +105,8 @@ class _StoredTask(msgspec.Struct, kw_only=True):
 UNWRITABLE = frozenset(
     {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"}
 )
+#: Bytes the write-ahead log is truncated to when checkpointed.
+WAL_SIZE_LIMIT = 64 << 20
 #: Milliseconds a write waits for another writer's lock before the store counts as unwritable.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -151,6 +162,9 @@ def connect(path: Path, *, readonly: bool = False, fsync: bool = False, setting:
             conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL survives a crash of the process (kill -9); FULL also power loss.
             conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+            # After a checkpoint of the WAL (SQLite's automatic one every 1000 pages, or garbage
+            # collection's), a WAL grown by a large record is cut back to this, not kept at its peak.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             conn.executescript(SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is not None and int(row[0]) > SCHEMA_VERSION:

@@ -14,6 +14,7 @@ from kernel.store.embedded.blobs import FileBlobStore
 from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.locks import FlockSessionLock
 from kernel.store.embedded.outside import settle_from_outside
+from kernel.store.embedded.reclaim import EmbeddedReclaimer
 from kernel.store.embedded.store import EmbeddedStore
 from kernel.store.modes import PRIVATE
 
@@ -63,6 +64,9 @@ class EmbeddedEngine:
 
     def blobs(self) -> FileBlobStore:
         return FileBlobStore(self.home / "blobs", fsync=self.fsync, modes=PRIVATE).open()
+
+    def reclaimer(self) -> EmbeddedReclaimer:
+        return EmbeddedReclaimer(self.path, fsync=self.fsync, setting=self.setting)
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
         return settle_from_outside(self.home, self.path, promise_id, state, data, wait=wait, setting=self.setting)

@@ -110,6 +110,12 @@ class HttpEngine:
             return PgBlobStore(self.link)
         return FileBlobStore(self.shared / "blobs", modes=Modes.like(self.shared)).open()
 
+    def reclaimer(self) -> Any:
+        """Checkpoint records live on the Resonate server, which has no delete: nothing is reclaimed there."""
+        raise ConfigurationError(
+            f"garbage collection is not available with a Resonate server ({self.where}): it cannot delete promises"
+        )
+
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
         catalog = self.catalog()
         rec = catalog.promise(promise_id)

@@ -25,13 +25,15 @@ import psycopg
 from kernel.core.redaction import redact
 from kernel.core.errors import StoreError
 from kernel.core.clock import SYSTEM, Clock
-from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError, StoredBlob
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
 from kernel.store.postgres.link import PgLink, unreachable
 
 #: Bytes per chunk row: big enough that round trips don't matter, small enough
 #: that one chunk in flight is noise next to the value itself.
 CHUNK = 4 << 20
+#: Blobs deleted per transaction by garbage collection (the link is shared with the kernel's writes).
+GC_BATCH = 200
 
 
 class PgBlobStore:
@@ -117,7 +119,11 @@ class PgBlobStore:
     def _store_one(self, digest: str, view: memoryview) -> int:
         self._begin_batch()
         with self._conn() as conn, conn.transaction():
-            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
+            # Found again, its time is now: garbage collection leaves a blob a checkpoint in progress
+            # reuses alone until that checkpoint's record exists (see delete; the row lock orders the two).
+            row = conn.execute(
+                "UPDATE pyrepl3.blobs SET created_at = %s WHERE digest = %s RETURNING size", (self.clock.now_ms(), digest)
+            ).fetchone()
             if row is not None:
                 if int(row[0]) == view.nbytes:
                     return 0
@@ -187,6 +193,29 @@ class PgBlobStore:
             except StoreError as exc:
                 out.append(exc)
         return out
+
+    # -- garbage collection ----------------------------------------------------
+
+    def stored(self) -> list[StoredBlob]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT digest, size, created_at FROM pyrepl3.blobs").fetchall()
+        return [StoredBlob(d, int(size), at / 1000) for d, size, at in rows]
+
+    def delete(self, digests: Iterable[str], *, written_before: float) -> list[StoredBlob]:
+        """One transaction per ``GC_BATCH`` blobs, each header deleted only if still older than
+        ``written_before`` (a ``put`` that touched it first holds its row until it commits)."""
+        wanted = [check_digest(d) for d in digests]
+        freed: list[StoredBlob] = []
+        for start in range(0, len(wanted), GC_BATCH):
+            with self._conn() as conn, conn.transaction():
+                rows = conn.execute(
+                    "DELETE FROM pyrepl3.blobs WHERE digest = ANY(%s) AND created_at < %s RETURNING digest, size, created_at",
+                    (wanted[start : start + GC_BATCH], int(written_before * 1000)),
+                ).fetchall()
+                if rows:
+                    conn.execute("DELETE FROM pyrepl3.blob_chunks WHERE digest = ANY(%s)", ([r[0] for r in rows],))
+            freed.extend(StoredBlob(d, int(size), at / 1000) for d, size, at in rows)
+        return freed
 
     def _corrupt(self, conn: psycopg.Connection[Any], digest: str, why: str) -> None:
         """Drop a corrupt blob (so the next checkpoint writes it again) and raise."""

@@ -22,6 +22,7 @@ from kernel.store.postgres.catalog import PgCatalog
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, PgLink, unreachable
 from kernel.store.postgres.lock import PgSessionLock
 from kernel.store.postgres.network import PgNetwork
+from kernel.store.postgres.reclaim import PgReclaimer
 from kernel.store.postgres.recovery import interrupted_executions, release_dead_leases, settle
 
 
@@ -65,6 +66,9 @@ class PostgresEngine:
 
     def blobs(self) -> PgBlobStore:
         return PgBlobStore(self.link)
+
+    def reclaimer(self) -> PgReclaimer:
+        return PgReclaimer(self.link)
 
     def settle_from_outside(self, promise_id: str, state: str, data: Any, *, wait: float = 5.0) -> PromiseRecord:
         """The database is the server: settle through resonate-pg's protocol, no inbox needed."""

@@ -31,7 +31,7 @@ from kernel.core.errors import AuthenticationError, EngineConnectionError, Store
 from kernel.core.redaction import redact, scrub
 from kernel.store.protocol import envelope, one_line
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seconds to wait for a connection (connect, or a free pooled one) before the
 #: engine counts as unreachable.
 DEFAULT_TIMEOUT = 5.0
@@ -67,7 +67,17 @@ CREATE TABLE IF NOT EXISTS pyrepl3.blob_chunks (
 );
 -- Pickles and array buffers rarely compress; don't spend CPU trying (TOAST, no pglz).
 ALTER TABLE pyrepl3.blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
-INSERT INTO pyrepl3.meta VALUES ('schema', '2') ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+-- Checkpoints a user pinned (%durable keep N), and a note of each one garbage collection deleted.
+CREATE TABLE IF NOT EXISTS pyrepl3.pins (
+    session text NOT NULL, seq bigint NOT NULL, execution_count integer, PRIMARY KEY (session, seq)
+);
+CREATE TABLE IF NOT EXISTS pyrepl3.output_blobs (
+    session text NOT NULL, execution text NOT NULL, digest text NOT NULL, PRIMARY KEY (execution, digest)
+);
+CREATE TABLE IF NOT EXISTS pyrepl3.reclaimed (
+    session text NOT NULL, id text NOT NULL, execution_count integer, at double precision NOT NULL, PRIMARY KEY (session, id)
+);
+INSERT INTO pyrepl3.meta VALUES ('schema', '3') ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 """
 
 RPC_SQL = "SELECT resonate.resonate_rpc(%s::text::jsonb)::text"
