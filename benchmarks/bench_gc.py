@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import Report, alone, guard, load  # noqa: E402
 from bench_core import BenchError, Kernels, run_cell  # noqa: E402
-from bench_start import PYREPL3, load  # noqa: E402
+from bench_start import PYREPL3  # noqa: E402
 from bench_steps import cell_output  # noqa: E402
 
 CLI = Path(sys.executable).parent / "pyrepl3"
@@ -91,7 +92,7 @@ def mb(n: float) -> str:
     return f"{n / 1e6:9.1f} MB"
 
 
-def one_engine(kernels: Kernels, work: Path, engine: str, store: dict[str, str], size_mb: int, rewrites: int) -> list[tuple[str, str, str]]:
+def one_engine(kernels: Kernels, work: Path, engine: str, store: dict[str, str], size_mb: int, rewrites: int) -> list[Any]:
     home = work / f"home-{engine}"
     session = f"bench-gc-{os.getpid()}-{engine}"
     env = {"PYREPL3_HOME": str(home), "PYREPL3_SESSION": session, "PYREPL3_GC_EVERY": "0", **store}
@@ -123,19 +124,24 @@ def one_engine(kernels: Kernels, work: Path, engine: str, store: dict[str, str],
     verdict = "PASS" if ratio <= TARGET else f"MISS by {ratio - TARGET:.2f}x"
     [mine] = report["sessions"]
     [kept_default] = defaults["sessions"]
+    store_row = alone(f"[{engine}] store after gc (keep 1)", "storage" if engine == "embedded" else None, [after / 1e6],
+                      unit="MB", target=f"<= {TARGET:g}x the live data", met=ratio <= TARGET,
+                      note=f"{ratio:.2f}x the live data ({mb(live).strip()}); {before / live:.1f}x before gc; after kill -9 restored, checksum equal")
     rows = [
-        (f"[{engine}] {rewrites + 1} cells building/rewriting a {size_mb} MB array", f"{cells:9.2f} s", f"{(rewrites + 1) / cells:.1f} cells/s"),
-        (f"[{engine}] store before gc", mb(before), f"{before / live:.1f}x the live data"),
-        (f"[{engine}] default retention (newest 20, last 24 h): dry run", f"keeps {kept_default['kept']:>4}",
-         f"would free {defaults['checkpoints_deleted']} checkpoints, {defaults['blobs']['freed_bytes'] / 1e6:.0f} MB"),
-        (f"[{engine}] gc --dry-run (keep 1), wall / collector", f"{dry_wall:7.2f} s", f"{dry['seconds']:.3f} s; would free {dry['blobs']['freed_bytes'] / 1e6:.0f} MB"),
-        (f"[{engine}] gc (keep 1), wall / collector", f"{wall:7.2f} s",
-         f"{report['seconds']:.3f} s; {mine['kept']} kept, {len(mine['deleted'])} deleted, {report['blobs']['freed']} blobs freed"),
-        (f"[{engine}] store after gc", mb(after), f"{ratio:.2f}x the live data: <= {TARGET:g}x: {verdict}"),
-        (f"[{engine}] live data (the array)", mb(live), "after kill -9: restored, checksum equal"),
+        alone(f"[{engine}] {rewrites + 1} cells building/rewriting a {size_mb} MB array", None, [cells * 1000],
+              note=f"{(rewrites + 1) / cells:.1f} cells/s"),
+        alone(f"[{engine}] store before gc", None, [before / 1e6], unit="MB", note=f"{before / live:.1f}x the live data"),
+        alone(f"[{engine}] default retention (newest 20, last 24 h): dry run, checkpoints kept", None, [kept_default["kept"]], unit="",
+              note=f"would free {defaults['checkpoints_deleted']} checkpoints, {defaults['blobs']['freed_bytes'] / 1e6:.0f} MB"),
+        alone(f"[{engine}] gc --dry-run (keep 1), wall", None, [dry_wall * 1000],
+              note=f"collector {dry['seconds']:.3f} s; would free {dry['blobs']['freed_bytes'] / 1e6:.0f} MB"),
+        alone(f"[{engine}] gc (keep 1), wall", None, [wall * 1000],
+              note=f"collector {report['seconds']:.3f} s; {mine['kept']} kept, {len(mine['deleted'])} deleted, {report['blobs']['freed']} blobs freed"),
+        store_row,
     ]
     if engine == "postgres":
-        rows.append((f"[{engine}] blob tables on disk after gc (dead rows until autovacuum)", mb(pg_bytes(store["PYREPL3_STORE"])[1]), "-"))
+        rows.append(alone(f"[{engine}] blob tables on disk after gc (dead rows until autovacuum)", None,
+                          [pg_bytes(store["PYREPL3_STORE"])[1] / 1e6], unit="MB"))
     return rows
 
 
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewrites", type=int, default=None, help="rewrites of the array (default 50; 6 with --small)")
     parser.add_argument("--pg-mb", type=int, default=None, help="array size on Postgres (default: --mb)")
     parser.add_argument("--small", action="store_true", help="CI size")
+    parser.add_argument("--json", action="store_true", help="one JSON document (benchmarks/_report.py)")
     args = parser.parse_args(argv)
     size = args.mb or (8 if args.small else 100)
     rewrites = args.rewrites or (6 if args.small else 50)
@@ -154,27 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pyrepl3-bench-gc-"))
     kernels = Kernels({"IPYTHONDIR": str(work / "ipython")}, work)
     load_before = load()
-    rows: list[tuple[str, str, str]] = []
+    rows: list[Any] = []
     try:
         for engine, store, mbs in engines:
             rows += one_engine(kernels, work, engine, store, mbs, rewrites)
     finally:
         kernels.stop_all()
-    print(f"bench_gc: {'small' if args.small else 'full'}: a float64 array rewritten {rewrites} times; "
-          f"engines: {', '.join(f'{e} ({m} MB)' for e, _, m in engines)}")
-    print(f"load before: {load_before}")
-    print(f"{'figure':<66}| {'value':>12} | note")
-    print("-" * 66 + "+" + "-" * 14 + "+" + "-" * 40)
-    for label, value, note in rows:
-        print(f"{label:<66}| {value:>12} | {note}")
-    print(f"load after:  {load()}")
+    header = (f"a float64 array rewritten {rewrites} times; "
+              f"engines: {', '.join(f'{e} ({m} MB)' for e, _, m in engines)}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return Report("bench_gc", args.small, header, load_before, rows).emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_gc failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_gc")

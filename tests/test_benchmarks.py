@@ -25,6 +25,7 @@ FILLS = {
     "bench_start.py": {"restore500"},
     "bench_steps.py": {"step", "ckpt1000"},
     "bench_listings.py": {"start5000", "listing50"},
+    "bench_gc.py": {"storage"},
 }
 
 
