@@ -294,6 +294,7 @@ class DurableKernel(IPythonKernel):
         cell_id: str | None = None,
     ) -> dict[str, Any]:
         await self.startup.wait()
+        self._settle_restored(code, user_expressions)
         run_code = functools.partial(
             super().do_execute, code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
@@ -356,12 +357,26 @@ class DurableKernel(IPythonKernel):
 
         return run_nested(self, execution_id, params)
 
+    def _settle_restored(self, code: str | None, expressions: dict[str, Any] | None = None) -> None:
+        """Restored arrays still arriving (kernel.checkpoint.lazy): wait for those this request may reach (None: all)."""
+        from kernel.checkpoint.lazy import PENDING  # noqa: PLC0415 - imported by the start thread already
+
+        if PENDING:
+            try:
+                source = None if code is None else "\n".join([self.shell.transform_cell(code), *(f"(\n{e}\n)" for e in (expressions or {}).values())])
+            except Exception:  # noqa: BLE001 - then everything may be reached
+                source = None
+            for names, why in PENDING.settle(source, self.shell.user_ns):
+                self.notice(f"skipped {', '.join(names)}: {why}", BROKEN)
+
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
         await self.startup.wait()  # completes the restored names, not a namespace being filled
+        self._settle_restored(None)
         return super().do_complete(code, cursor_pos)  # type: ignore[no-any-return]
 
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
         await self.startup.wait()
+        self._settle_restored(None)
         return super().do_inspect(code, cursor_pos, detail_level, omit_sections)  # type: ignore[no-any-return]
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
