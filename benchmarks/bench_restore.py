@@ -10,6 +10,8 @@ Then, interleaved and alternating which goes first, ``--repeats`` times each:
 
 * **ipykernel**: a plain start (the venv's stock ``python3`` kernelspec) and the
   execute_reply of a first trivial cell (``pass``);
+* **PyREPL3, new session**: a start on an empty store and the same first
+  cell, the baseline the restore adds to;
 * **PyREPL3**: a start that continues that session (kill -9 before, so the
   namespace comes back from the store), timed to the kernel_info reply, to the
   execute_reply of the same first cell (which waits for the restore), and to
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load()
     ready = {IPYKERNEL: Series(), PYREPL3: Series()}
     first = {IPYKERNEL: Series(), PYREPL3: Series()}
+    empty = Series()
     read_all = Series()
     restore = Series()
     home = work / "restore"
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         kernels.stop(km)
 
         def one(kind: str, i: int) -> None:
+            if kind == PYREPL3:
+                e = timed_start(kernels, kind, {"PYREPL3_HOME": str(work / f"empty-{i}"), "PYREPL3_SESSION": f"empty-{i}"})
+                empty.add(e.first)
+                kernels.stop(e.km)
             s = timed_start(kernels, kind, env if kind == PYREPL3 else {})
             ready[kind].add(s.ready)
             first[kind].add(s.first)
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(row("restore (kernel-reported)", None, restore, "-", "-"))
     print(row("first execute_reply (`pass`)", first[IPYKERNEL], first[PYREPL3], f"{over:+.0f} ms",
               f"<= ipy + {TARGET_MS:.0f} ms: {'met' if over <= TARGET_MS else 'MISSED'}"))
+    print(row("new session (empty store): first execute_reply", first[IPYKERNEL], empty,
+              f"{empty.median - ipy:+.0f} ms", "-"))
     print(row("reply of a cell reading every array", None, read_all, f"{read_all.median - ipy:+.0f} ms", "-"))
     print(f"load after:  {load_after}")
     shutil.rmtree(work, ignore_errors=True)

@@ -55,3 +55,9 @@ def test_listings_benchmark_small() -> None:
     out = run_small("bench_listings.py")
     # The benchmark itself checks that each listing holds every execution.
     assert "executions (catalog), store holding 300 executions" in out and "sessions (catalog)" in out
+
+
+def test_restore_benchmark_small() -> None:
+    out = run_small("bench_restore.py")
+    # The benchmark itself checks every byte of every restored array (a cell summing each after kill -9).
+    assert "first execute_reply (`pass`)" in out and "reply of a cell reading every array" in out

@@ -362,8 +362,12 @@ class FileBlobStore:
         return self._pool
 
     def _fills(self) -> ThreadPoolExecutor:
+        """Threads for lazy fills, a little nicer than the kernel's own (Linux niceness is per thread):
+        what the user waits for first is the first reply, not an array no cell has asked for yet."""
         if self._fill_pool is None:
-            self._fill_pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="pyrepl3-fill")
+            self._fill_pool = ThreadPoolExecutor(
+                max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="pyrepl3-fill", initializer=_nicer
+            )
         return self._fill_pool
 
     def close(self) -> None:
@@ -380,6 +384,11 @@ class FileBlobStore:
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
+
+
+def _nicer() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
 
 
 def _read_into(fd: int, view: memoryview, offset: int) -> int:
