@@ -17,7 +17,9 @@ Then, interleaved and alternating which goes first, ``--repeats`` times each:
   execute_reply of the same first cell (which waits for the restore), and to
   the reply of a second cell that reads every array (``float(a[-1])`` and a
   checksum against the values written), i.e. until every byte is loaded,
-  verified and in use.
+  verified and in use. Its reply also waits for its checkpoint, which pickles
+  and hashes again every array the cell touched (as after any cell naming
+  them: a name a cell reads may have been changed).
 
 The restore time the kernel reports ("restored N names ... in X s") is shown
 too. Target (issue 12, point 4), printed and never asserted: the first

@@ -103,3 +103,31 @@ def test_a_tampered_chunk_is_refused_and_never_used(kernels: KernelFactory, home
     fresh.kill9()
     again = kernels.start(session="lazy-tamper")
     assert again.ok("print(small, 'big' in dir())").stream("stdout") == "43 False\n"
+
+
+@pytest.mark.parametrize("row", ["a data row", "the chunk list row"])
+def test_a_tampered_chunk_row_in_postgres_is_refused(kernels: KernelFactory, home: Path, store: Store, row: str) -> None:
+    if store.kind != "postgres":
+        pytest.skip("edits Postgres rows; the embedded store: test_a_tampered_chunk_is_refused_and_never_used")
+    import numpy as np
+    import psycopg
+    from kernel.store.chunks import blob_name
+
+    seed = int.from_bytes(hashlib.sha256(row.encode() + str(home).encode()).digest()[:4], "little")  # content no other test has
+    kernel = kernels.start(session="lazy-pg")
+    kernel.ok(MAKE.replace("default_rng(7)", f"default_rng({seed})").replace("twin = big.copy()\n", ""))
+    kernel.kill9()
+    digest = blob_name(np.random.default_rng(seed).random(3_000_000))
+    with psycopg.connect(store.dsn, autocommit=True) as db:
+        (rows,) = db.execute("SELECT chunks FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
+        seq = 1 if row == "a data row" else rows
+        changed = db.execute(
+            "UPDATE pyrepl3.blob_chunks SET data = overlay(data PLACING '\\xffffffffffffffffffff'::bytea FROM 101 FOR 10) "
+            "WHERE digest = %s AND seq = %s",
+            (digest, seq),
+        ).rowcount
+    assert changed == 1
+    fresh = kernels.start(session="lazy-pg")
+    run = fresh.ok("print(small, 'big' in dir())")
+    assert run.stream("stdout") == "42 False\n"
+    assert "skipped big:" in run.stream("stderr") and "corrupt" in run.stream("stderr"), run.stream("stderr")

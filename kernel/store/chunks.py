@@ -43,6 +43,7 @@ _HEAD = struct.Struct("<QI")  # blob size, chunk size
 _FOOTER = struct.Struct("<I8s")  # length of the encoded list, magic
 _MAGIC = b"PYR3CHKL"
 FOOTER_SIZE = _FOOTER.size
+LIST_OVERHEAD = len(_TAG) + _HEAD.size  # an encoded list's bytes besides its digests
 
 
 def chunk_digest(data: object) -> bytes:
@@ -191,4 +192,4 @@ class Filling:
             raise self.error
 
 
-__all__ = ["CHUNK", "CHUNKED_MIN", "FOOTER_SIZE", "ChunkList", "Filling", "blob_name", "chunk_digest", "list_length"]
+__all__ = ["CHUNK", "CHUNKED_MIN", "DIGEST_SIZE", "FOOTER_SIZE", "LIST_OVERHEAD", "ChunkList", "Filling", "blob_name", "chunk_digest", "list_length"]

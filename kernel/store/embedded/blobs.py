@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kernel.core.errors import StoreError
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
-from kernel.store.chunks import CHUNKED_MIN, FOOTER_SIZE, ChunkList, Filling, list_length
+from kernel.store.chunks import CHUNK, CHUNKED_MIN, DIGEST_SIZE, FOOTER_SIZE, LIST_OVERHEAD, ChunkList, Filling, list_length
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
 from kernel.store.modes import PRIVATE, Modes
 
@@ -290,7 +290,7 @@ class FileBlobStore:
         if total < CHUNKED_MIN + FOOTER_SIZE:
             return None
         length = list_length(os.pread(fd, FOOTER_SIZE, total - FOOTER_SIZE))
-        if length is None or length > total - FOOTER_SIZE:
+        if length is None or length > LIST_OVERHEAD + (total // CHUNK + 1) * DIGEST_SIZE:
             return None
         chunks = ChunkList.decode(os.pread(fd, length, total - FOOTER_SIZE - length), digest)
         if chunks is None or chunks.size != total - FOOTER_SIZE - length:
@@ -371,9 +371,10 @@ class FileBlobStore:
         return self._fill_pool
 
     def close(self) -> None:
-        for pool in (self._pool, self._fill_pool):
-            if pool is not None:
-                pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._fill_pool is not None:  # restored arrays still arriving outlive the store they came from
+            self._fill_pool.shutdown(wait=False)
         self._pool = self._fill_pool = None
 
     def _sweep_temps(self) -> None:
