@@ -12,10 +12,12 @@ the store.
 from __future__ import annotations
 
 import hashlib
+import random
+import shutil
 from pathlib import Path
 
 import pytest
-from harness import KernelFactory, Store
+from harness import KernelFactory, Store, kernel_env
 
 pytestmark = pytest.mark.engines("embedded", "postgres")
 
@@ -131,3 +133,50 @@ def test_a_tampered_chunk_row_in_postgres_is_refused(kernels: KernelFactory, hom
     run = fresh.ok("print(small, 'big' in dir())")
     assert run.stream("stdout") == "42 False\n"
     assert "skipped big:" in run.stream("stderr") and "corrupt" in run.stream("stderr"), run.stream("stderr")
+
+
+@pytest.mark.embedded_only("edits blob files; Postgres: test_a_tampered_chunk_row_in_postgres_is_refused")
+def test_random_tampering_of_a_large_blob_is_always_refused(kernels: KernelFactory, home: Path, tmp_path: Path,
+                                                          fault_trials: int, fault_rng: random.Random) -> None:
+    """Random trials: one byte flipped anywhere in a 40 MB blob (10 chunks), its chunk list or footer, or the
+    file cut; every fourth trial an untampered control. Each trial restores a copy of one store after kill -9."""
+    kernel = kernels.start(session="lazy-trials")
+    kernel.ok("import numpy as np\nbig = np.arange(5_000_000, dtype=np.float64)\nsmall = 42")
+    kernel.kill9()
+    [blob] = [p for p in blob_files(home) if p.stat().st_size > 5_000_000 * 8]
+    relative = blob.relative_to(home)
+    original = blob.read_bytes()
+    trials = controls = refused = used = 0
+    for trial in range(fault_trials):
+        copy = tmp_path / f"trial-{trial}"
+        shutil.copytree(home, copy, ignore=shutil.ignore_patterns("locks"))
+        control = trial % 4 == 3
+        data = bytearray(original)
+        where = "control"
+        if not control:
+            kind = fault_rng.choice(["data", "data", "list", "cut"])
+            if kind == "cut":
+                del data[fault_rng.randrange(len(data) // 2, len(data)) :]
+                where = f"cut at {len(data)}"
+            else:
+                offset = fault_rng.randrange(0, 5_000_000 * 8) if kind == "data" else fault_rng.randrange(5_000_000 * 8, len(data))
+                data[offset] ^= 1 << fault_rng.randrange(8)
+                where = f"bit flipped at {offset} ({kind})"
+        (copy / relative).write_bytes(bytes(data))
+        fresh = kernels.start(session="lazy-trials", home=copy, env=kernel_env(copy, "lazy-trials"))
+        run = fresh.ok("print(small, 'big' in dir(), 'big' in dir() and float(big.sum()) == float(np.arange(5_000_000).sum()))")
+        trials += 1
+        if control:
+            controls += 1
+            assert run.stream("stdout") == "42 True True\n", (where, run.stream("stdout"), run.stream("stderr"))
+        elif run.stream("stdout") != "42 False False\n":
+            used += 1
+            print(f"trial {trial}: {where}: the tampered value was there: {run.stream('stdout')!r}")
+        else:
+            assert "skipped big" in run.stream("stderr") and "corrupt" in run.stream("stderr"), (where, run.stream("stderr"))
+            refused += 1
+        fresh.kill9()
+        shutil.rmtree(copy, ignore_errors=True)
+    print(f"\n[embedded] tampered large-blob trials: {trials} (untampered controls {controls}), refused: {refused}, "
+          f"tampered values used: {used}")
+    assert used == 0 and refused == trials - controls and controls >= 1
