@@ -359,15 +359,9 @@ class DurableKernel(IPythonKernel):
 
     def _settle_restored(self, code: str | None, expressions: dict[str, Any] | None = None) -> None:
         """Restored arrays still arriving (kernel.checkpoint.lazy): wait for those this request may reach (None: all)."""
-        from kernel.checkpoint.lazy import PENDING  # noqa: PLC0415 - imported by the start thread already
+        from kernel.jupyter.durable_side import settle_restored  # noqa: PLC0415 - imported by the start thread already
 
-        if PENDING:
-            try:
-                source = None if code is None else "\n".join([self.shell.transform_cell(code), *(f"(\n{e}\n)" for e in (expressions or {}).values())])
-            except Exception:  # noqa: BLE001 - then everything may be reached
-                source = None
-            for names, why in PENDING.settle(source, self.shell.user_ns):
-                self.notice(f"skipped {', '.join(names)}: {why}", BROKEN)
+        settle_restored(self, code, expressions)
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
         await self.startup.wait()  # completes the restored names, not a namespace being filled
