@@ -17,6 +17,7 @@ import pytest
 
 from kernel.checkpoint.checkpointer import Checkpointer
 from kernel.checkpoint.manifest import Manifest
+from kernel.store.chunks import blob_name
 from kernel.checkpoint.names import is_user_name
 from kernel.checkpoint.pickling import CLOUDPICKLE_VERIFIED
 from kernel.checkpoint.scan import scan_cell
@@ -86,9 +87,10 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, pathlib
-        from kernel.store.embedded.blobs import FileBlobStore, digest_of
+        from kernel.store.chunks import blob_name
+        from kernel.store.embedded.blobs import FileBlobStore
         data = np.full(16_000_000, 7, dtype=np.float64)  # 128 MB
-        print(digest_of(memoryview(data).cast("B")), flush=True)
+        print(blob_name(data), flush=True)
         FileBlobStore(pathlib.Path({str(tmp_path / "blobs")!r})).open().put(memoryview(data))
         print("done", flush=True)
         """
@@ -102,11 +104,11 @@ def test_a_writer_killed_mid_blob_leaves_no_partial_blob(tmp_path: Path) -> None
     child.wait()
     store = FileBlobStore(tmp_path / "blobs").open()
     if store.has(digest):  # the write won the race: then the blob must be whole
-        assert digest_of(store.get(digest)) == digest
+        assert blob_name(store.get(digest)) == digest
     else:
         assert not list((tmp_path / "blobs").glob("??/*"))
     data = np.full(16_000_000, 7, dtype=np.float64)
-    assert store.put(memoryview(data)) == digest and digest_of(store.get(digest)) == digest
+    assert store.put(memoryview(data)) == digest and blob_name(store.get(digest)) == digest
 
 
 def test_blobstore_rewrites_a_truncated_blob_and_maps_buffers_privately(tmp_path: Path) -> None:

@@ -7,6 +7,13 @@ exclude`` apply to restores too: an excluded value is never unpickled, nor are
 the values pickled together with it), or a value whose loading killed an
 earlier start (:mod:`kernel.checkpoint.poison`). Whatever fails is skipped and
 named; the rest comes back.
+
+Large buffers are opened lazily (:class:`kernel.store.chunks.Filling`): a unit
+whose stream cannot read them while it is unpickled (numpy arrays) is bound at
+once and its buffers arrive in the background, every chunk verified before it
+is copied in (:mod:`kernel.checkpoint.lazy` says what waits for them); any
+other unit waits for its buffers, verified, before it is unpickled. The streams
+themselves are always read whole and verified first.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import pickle
 from collections.abc import Set
 from typing import Any
 
+from kernel.checkpoint.lazy import PENDING, reads_no_buffer
 from kernel.checkpoint.manifest import Manifest
 from kernel.checkpoint.pickling import restoring_into
 from kernel.checkpoint.poison import LoadGuard
 from kernel.core.errors import StoreError
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobStore
+from kernel.store.chunks import Filling
 
 
 @dataclasses.dataclass
@@ -72,7 +81,8 @@ def load_values(manifest: Manifest, namespace: dict, blobs: BlobStore, *, exclud
     # Newest pickle last: when several blobs carry one notebook class, the newest state wins.
     order = sorted(units, key=lambda key: manifest.entries[units[key][0]].pickled_at)
     wanted = [d for key in order for d in manifest.entries[units[key][0]].buffers]
-    opened = iter(blobs.open_buffers(wanted))
+    PENDING.forget(name for key in order for name in units[key])
+    opened = iter(blobs.open_buffers(wanted, lazy=True))
     loaded: list[list[str]] = []
     with restoring_into(namespace):
         for key in order:
@@ -84,6 +94,12 @@ def load_values(manifest: Manifest, namespace: dict, blobs: BlobStore, *, exclud
                     if isinstance(buf, Exception):
                         raise buf
                 stream = blobs.get(entry.blob)  # type: ignore[arg-type]
+                fillings = [b for b in buffers if isinstance(b, Filling)]
+                if fillings and not reads_no_buffer(stream):
+                    for filling in fillings:
+                        filling.wait()
+                    fillings = []
+                buffers = [b.buffer if isinstance(b, Filling) else b for b in buffers]
             except StoreError as exc:
                 for name in members:
                     skipped[name] = _blob_problem(exc)
@@ -101,6 +117,8 @@ def load_values(manifest: Manifest, namespace: dict, blobs: BlobStore, *, exclud
             for name, v in zip(key[1], values, strict=True):
                 if name in members:
                     namespace[name] = restored[name] = v
+            if fillings:
+                PENDING.add({name: restored[name] for name in members}, fillings)
             loaded.append(members)
     return Loaded(restored, skipped, loaded, sorted(excluded))
 

@@ -50,6 +50,7 @@ from typing import Any
 import cloudpickle
 
 from kernel.checkpoint import libraries
+from kernel.checkpoint.lazy import PENDING
 from kernel.checkpoint.scan import code_names
 
 #: The cloudpickle versions (``>=`` first, ``<`` second) whose private API this module was verified on.
@@ -255,6 +256,8 @@ class PickleContext:
             if raw.nbytes < OUT_OF_BAND_MIN:
                 return True
             if keep_buffers:
+                if PENDING:  # a restored array still arriving: its bytes are written only once all are in, verified
+                    PENDING.wait_for_buffer(raw)
                 buffers.append(raw)
             return False
 

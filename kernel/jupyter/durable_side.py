@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kernel.checkpoint.lazy import PENDING
 from kernel.core.ids import msg_id_of
 from kernel.core.models import CellOutcome, ExecutionParams
-from kernel.core.notices import NoticeBook, Notify
+from kernel.core.notices import BROKEN, NoticeBook, Notify
 from kernel.durable.cells import RanCell
 from kernel.core.interrupts import MAIN as INTERRUPTS
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
@@ -137,3 +138,17 @@ class JupyterCell:
         outputs = resolve(outputs, ds.history.checkpointer.blobs if ds is not None else None)
         publish(self.kernel.session, self.kernel.iopub_socket, self.parent, outputs, self.kernel._topic)
         return reply
+
+
+def settle_restored(kernel: Any, code: str | None, expressions: dict[str, Any] | None) -> None:
+    """Restored arrays still arriving (:mod:`kernel.checkpoint.lazy`): wait for those a request running
+    ``code`` may reach (None: all); name those whose data failed its check (taken out of the namespace)."""
+    if not PENDING:
+        return
+    try:
+        cell = None if code is None else kernel.shell.transform_cell(code)
+    except Exception:  # noqa: BLE001 - then anything may be reached
+        cell = None
+    source = None if cell is None else "\n".join([cell, *(f"(\n{e}\n)" for e in (expressions or {}).values())])
+    for names, why in PENDING.settle(source, kernel.shell.user_ns):
+        kernel.notice(f"skipped {', '.join(names)}: {why}", BROKEN)

@@ -294,6 +294,7 @@ class DurableKernel(IPythonKernel):
         cell_id: str | None = None,
     ) -> dict[str, Any]:
         await self.startup.wait()
+        self._settle_restored(code, user_expressions)
         run_code = functools.partial(
             super().do_execute, code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
@@ -356,12 +357,20 @@ class DurableKernel(IPythonKernel):
 
         return run_nested(self, execution_id, params)
 
+    def _settle_restored(self, code: str | None, expressions: dict[str, Any] | None = None) -> None:
+        """Restored arrays still arriving (kernel.checkpoint.lazy): wait for those this request may reach (None: all)."""
+        from kernel.jupyter.durable_side import settle_restored  # noqa: PLC0415 - imported by the start thread already
+
+        settle_restored(self, code, expressions)
+
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:  # type: ignore[override]
         await self.startup.wait()  # completes the restored names, not a namespace being filled
+        self._settle_restored(None)
         return super().do_complete(code, cursor_pos)  # type: ignore[no-any-return]
 
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()) -> dict[str, Any]:  # type: ignore[override]
         await self.startup.wait()
+        self._settle_restored(None)
         return super().do_inspect(code, cursor_pos, detail_level, omit_sections)  # type: ignore[no-any-return]
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:

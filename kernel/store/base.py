@@ -121,7 +121,9 @@ class BlobStore(Protocol):
 
     def open_buffer(self, digest: str) -> object: ...
 
-    def open_buffers(self, digests: Iterable[str]) -> list[object]: ...
+    def open_buffers(self, digests: Iterable[str], *, lazy: bool = False) -> list[object]:
+        """A private, writable buffer per digest (errors returned, not raised). ``lazy``: a large one may
+        come back as a :class:`kernel.store.chunks.Filling` whose verified chunks arrive in the background."""
 
     def stored(self) -> Iterable[StoredBlob]:
         """Every blob held, in no particular order (for garbage collection)."""

@@ -13,8 +13,9 @@ directory is fsynced before the blob is reported durable. A crash leaves at
 worst a stray temp file (swept on the next open), never a partial blob under a
 real name.
 
-How blobs are named (SHA-256) is :mod:`kernel.store.digests`; the errors are
-those of :class:`kernel.store.base.BlobStore`.
+How blobs are named is :mod:`kernel.store.digests` (SHA-256) and, for large
+ones, :mod:`kernel.store.chunks` (a list of chunk digests, kept after the
+blob's bytes in its file); the errors are those of :class:`kernel.store.base.BlobStore`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from pathlib import Path
 
 from kernel.core.errors import StoreError
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError, StoredBlob
-from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of, is_digest as _is_digest
+from kernel.store.chunks import CHUNK, CHUNKED_MIN, DIGEST_SIZE, FOOTER_SIZE, LIST_OVERHEAD, ChunkList, Filling, list_length
+from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
+from kernel.store.digests import is_digest as _is_digest
 from kernel.store.modes import PRIVATE, Modes
 
 _WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
@@ -61,6 +64,7 @@ class FileBlobStore:
         self._deferred: set[Path] | None = None
         self._deferred_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._fill_pool: ThreadPoolExecutor | None = None  # lazy restores' reads: never queued before a capture's writes
 
     def open(self) -> FileBlobStore:
         try:
@@ -81,9 +85,12 @@ class FileBlobStore:
         return self.path(digest).is_file()
 
     def size(self, digest: str) -> int:
+        """The blob's size in bytes (its chunk list, kept in the same file, not counted)."""
         path = self.path(digest)
         try:
-            return path.stat().st_size
+            with open(path, "rb", buffering=0) as f:
+                chunks = self._chunk_list(digest, f.fileno())
+                return chunks.size if chunks is not None else os.fstat(f.fileno()).st_size
         except FileNotFoundError:
             raise BlobMissingError(f"blob {digest} is missing ({path})") from None
 
@@ -91,10 +98,7 @@ class FileBlobStore:
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
         """Store ``data``; return its digest. A no-op (no write) if the blob already exists."""
-        view = byte_view(data)
-        digest = digest_of(view)
-        self._store(digest, view)
-        return digest
+        return self._put_counted(byte_view(data))[0]
 
     def put_many(self, buffers: Sequence[object]) -> list[tuple[str, int]]:
         """Store several buffers; return ``(digest, bytes written)`` for each, in order.
@@ -137,14 +141,17 @@ class FileBlobStore:
             _fsync_dir(directory)
 
     def _put_counted(self, view: memoryview) -> tuple[str, int]:
+        if view.nbytes >= CHUNKED_MIN:
+            chunks = ChunkList.of(view)
+            return chunks.name, self._store(chunks.name, view, chunks.trailer())
         digest = digest_of(view)
         return digest, self._store(digest, view)
 
-    def _store(self, digest: str, view: memoryview) -> int:
-        """Write ``view`` as blob ``digest`` unless a complete one exists; return bytes written."""
+    def _store(self, digest: str, view: memoryview, trailer: bytes = b"") -> int:
+        """Write ``view`` (then ``trailer``) as blob ``digest`` unless a complete one exists; return bytes written."""
         final = self.path(digest)
         try:
-            if final.stat().st_size == view.nbytes:
+            if final.stat().st_size == view.nbytes + len(trailer):
                 self._touch(final)
                 return 0
             # Same name, wrong size: a damaged copy. Replace it (the rename below is atomic).
@@ -159,7 +166,7 @@ class FileBlobStore:
             self._sync_later(self.root)
         temp = self._tmp / f"{digest[:16]}-{uuid.uuid4().hex}"
         try:
-            self._write(temp, view, self.fsync, self.modes.file)
+            self._write(temp, view, self.fsync, self.modes.file, trailer)
             os.replace(temp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -182,8 +189,8 @@ class FileBlobStore:
             pass  # another user's blob in a shared directory: its own time stands
 
     @staticmethod
-    def _write(temp: Path, view: memoryview, fsync: bool, mode: int) -> None:
-        """Write (and, if asked, fsync) ``view`` to a new file ``temp``, straight from the caller's memory."""
+    def _write(temp: Path, view: memoryview, fsync: bool, mode: int, trailer: bytes = b"") -> None:
+        """Write (and, if asked, fsync) ``view`` then ``trailer`` to a new file ``temp``, straight from the caller's memory."""
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             os.fchmod(fd, mode)  # whatever the umask
@@ -196,6 +203,9 @@ class FileBlobStore:
             offset = 0
             while offset < view.nbytes:
                 offset += os.write(fd, view[offset : offset + _WRITE_CHUNK])
+            offset = 0
+            while offset < len(trailer):
+                offset += os.write(fd, trailer[offset:])
             if fsync:
                 os.fsync(fd)
         except BaseException:
@@ -217,19 +227,18 @@ class FileBlobStore:
     # -- reading ---------------------------------------------------------------
 
     def get(self, digest: str) -> bytearray:
-        """The blob's bytes, verified against its digest."""
+        """The blob's bytes, verified against its digest (a chunked blob chunk by chunk, in parallel)."""
         path = self.path(digest)
         try:
             with open(path, "rb", buffering=0) as f:
+                chunks = self._chunk_list(digest, f.fileno())
+                if chunks is not None:
+                    filling = self._filling(digest, path, f.fileno(), chunks, self._executor())
+                    self._settle(digest, path, filling)
+                    return bytearray(filling.buffer)  # type: ignore[arg-type]
                 size = os.fstat(f.fileno()).st_size
                 data = bytearray(size)
-                view = memoryview(data)
-                got = 0
-                while got < size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
+                got = _read_into(f.fileno(), memoryview(data), 0)
         except FileNotFoundError:
             raise BlobMissingError(f"blob {digest} is missing ({path})") from None
         if got != size:
@@ -238,40 +247,106 @@ class FileBlobStore:
         return data
 
     def open_buffer(self, digest: str) -> object:
-        """A verified, private, writable buffer over the blob, for out-of-band pickle buffers.
+        """A verified, private, writable buffer with the blob's bytes, for out-of-band pickle buffers.
 
-        The file is memory-mapped copy-on-write: nothing is copied up front (the
-        pages come from the page cache as the hash reads them), writes by the
-        owner (``arr[0] = 1``) stay private to the process, and each call gives
-        an independent buffer even for equal content. This is what makes
-        restoring hundreds of MB of arrays cost little more than hashing them.
-        """
-        path = self.path(digest)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    buf: object = bytearray()
-                else:
-                    buf = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
-        except FileNotFoundError:
-            raise BlobMissingError(f"blob {digest} is missing ({path})") from None
-        self._verify(digest, path, buf)
-        return buf
+        Anonymous memory, not a mapping of the file: what the user's array holds
+        never changes with the file (a blob rewritten or truncated later would
+        show through a copy-on-write mapping's untouched pages, or fault)."""
+        filling = self.open_buffers([digest], lazy=True)[0]
+        if isinstance(filling, StoreError):
+            raise filling
+        if isinstance(filling, Filling):
+            self._settle(digest, self.path(digest), filling)
+            return filling.buffer
+        return filling
 
-    def open_buffers(self, digests: Iterable[str]) -> list[object]:
-        """:meth:`open_buffer` for each digest (hashed in parallel); errors are returned, not raised."""
+    def open_buffers(self, digests: Iterable[str], *, lazy: bool = False) -> list[object]:
+        """A buffer for each digest; errors are returned, not raised.
+
+        ``lazy``: a chunked blob comes back at once as a :class:`Filling`, its
+        chunks read and verified in the background (its list is verified now);
+        otherwise every buffer is whole and verified when this returns."""
         digests = list(digests)
 
         def one(digest: str) -> object:
+            path = self.path(digest)
             try:
-                return self.open_buffer(digest)
+                with open(path, "rb", buffering=0) as f:
+                    chunks = self._chunk_list(digest, f.fileno())
+                    if chunks is None:
+                        return self._flat_buffer(digest, path, f.fileno())
+                    filling = self._filling(digest, path, f.fileno(), chunks, self._fills())
+                if not lazy:
+                    self._settle(digest, path, filling)
+                    return filling.buffer
+                return filling
+            except FileNotFoundError:
+                return BlobMissingError(f"blob {digest} is missing ({path})")
             except StoreError as exc:
                 return exc
 
         if len(digests) < 2:
             return [one(d) for d in digests]
         return list(self._executor().map(one, digests))
+
+    def _flat_buffer(self, digest: str, path: Path, fd: int) -> object:
+        size = os.fstat(fd).st_size
+        buf: object = mmap.mmap(-1, size) if size else bytearray()
+        got = _read_into(fd, memoryview(buf), 0)  # type: ignore[arg-type]
+        if got != size:
+            self._corrupt(digest, path, f"short read ({got} of {size} bytes)")
+        self._verify(digest, path, buf)
+        return buf
+
+    def _chunk_list(self, digest: str, fd: int) -> ChunkList | None:
+        """The verified chunk list kept at the end of the file, if the blob is named by one."""
+        total = os.fstat(fd).st_size
+        if total < CHUNKED_MIN + FOOTER_SIZE:
+            return None
+        length = list_length(os.pread(fd, FOOTER_SIZE, total - FOOTER_SIZE))
+        if length is None or length > LIST_OVERHEAD + (total // CHUNK + 1) * DIGEST_SIZE:
+            return None
+        chunks = ChunkList.decode(os.pread(fd, length, total - FOOTER_SIZE - length), digest)
+        if chunks is None or chunks.size != total - FOOTER_SIZE - length:
+            return None  # not a list this name covers: checked as a flat blob, which it cannot pass either
+        return chunks
+
+    def _filling(self, digest: str, path: Path, fd: int, chunks: ChunkList, pool: ThreadPoolExecutor) -> Filling:
+        """Start reading the chunks on ``pool``, from a descriptor of their own (the file may be unlinked meanwhile)."""
+        filling = Filling(digest, chunks)
+        own = os.dup(fd)
+        left = [chunks.count]
+        moved = [False]
+        lock = threading.Lock()
+
+        def read_into(view: memoryview, offset: int) -> int:
+            return os.preadv(own, [view], offset)
+
+        def fill(index: int) -> None:
+            try:
+                filling.fill(index, read_into)
+            finally:
+                with lock:
+                    left[0] -= 1
+                    last = left[0] == 0
+                    move = isinstance(filling.error, BlobCorruptError) and not moved[0]
+                    moved[0] = moved[0] or move
+                if move:
+                    self._move_aside(digest, path)  # so the next capture writes it again
+                if last:
+                    os.close(own)
+
+        if not chunks.count:
+            os.close(own)
+        for index in range(chunks.count):
+            pool.submit(fill, index)
+        return filling
+
+    def _settle(self, digest: str, path: Path, filling: Filling) -> None:
+        try:
+            filling.wait()
+        except BlobCorruptError as exc:
+            self._corrupt(digest, path, str(exc).split(" is corrupt: ", 1)[-1])
 
     def _verify(self, digest: str, path: Path, data: object) -> None:
         actual = digest_of(data)  # type: ignore[arg-type]
@@ -280,13 +355,17 @@ class FileBlobStore:
 
     def _corrupt(self, digest: str, path: Path, why: str) -> None:
         """Move a corrupt blob aside (so the next put rewrites it) and raise."""
-        moved = ""
+        target = self._move_aside(digest, path)
+        moved = f"; moved to {target}" if target else ""
+        raise BlobCorruptError(f"blob {digest} at {path} is corrupt: {why}{moved}")
+
+    def _move_aside(self, digest: str, path: Path) -> Path | None:
         with contextlib.suppress(OSError):
             self.modes.make_dirs(self._quarantine)
             target = self._quarantine / f"{digest}.{int(time.time())}"
             os.replace(path, target)
-            moved = f"; moved to {target}"
-        raise BlobCorruptError(f"blob {digest} at {path} is corrupt: {why}{moved}")
+            return target
+        return None
 
     # -- garbage collection ----------------------------------------------------
 
@@ -340,10 +419,21 @@ class FileBlobStore:
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyrepl3-blobs")
         return self._pool
 
+    def _fills(self) -> ThreadPoolExecutor:
+        """Threads for lazy fills, a little nicer than the kernel's own (Linux niceness is per thread):
+        what the user waits for first is the first reply, not an array no cell has asked for yet."""
+        if self._fill_pool is None:
+            self._fill_pool = ThreadPoolExecutor(
+                max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="pyrepl3-fill", initializer=_nicer
+            )
+        return self._fill_pool
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._fill_pool is not None:  # restored arrays still arriving outlive the store they came from
+            self._fill_pool.shutdown(wait=False)
+        self._pool = self._fill_pool = None
 
     def _sweep_temps(self) -> None:
         """Remove temp files left by a crash mid-write (old ones only: another kernel may be writing)."""
@@ -353,6 +443,22 @@ class FileBlobStore:
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
+
+
+def _nicer() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; the bytes read (fewer at end of file)."""
+    got = 0
+    while got < view.nbytes:
+        n = os.preadv(fd, [view[got : got + _WRITE_CHUNK]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -9,8 +9,13 @@ kernels writing the same content does the work.
 
 Streaming both ways keeps a large value in memory once: writes ``COPY`` slices
 of the caller's buffer; reads stream the chunks (single-row mode) into one
-preallocated buffer, hashing as they arrive. The SHA-256 name is checked
-before anything is unpickled, as on disk.
+preallocated buffer, hashing as they arrive (each byte once). The name is
+checked before anything is unpickled, as on disk. A blob of
+:data:`~kernel.store.chunks.CHUNKED_MIN` bytes or more is named by its chunk
+list (:mod:`kernel.store.chunks`), kept as one more row after its data rows,
+and each chunk is checked as soon as its bytes are in. There is no file to map
+and one connection to share with the engine, so a restore reads a blob whole
+before it is used: lazily restored arrays are an embedded-store feature.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kernel.core.redaction import redact
 from kernel.core.errors import StoreError
 from kernel.core.clock import SYSTEM, Clock
 from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError, StoredBlob
+from kernel.store.chunks import CHUNKED_MIN, ChunkList
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
 from kernel.store.postgres.link import PgLink, unreachable
 
@@ -69,8 +75,9 @@ class PgBlobStore:
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
         view = byte_view(data)
-        digest = digest_of(view)
-        self._store(digest, view)
+        chunks = ChunkList.of(view) if view.nbytes >= CHUNKED_MIN else None
+        digest = chunks.name if chunks is not None else digest_of(view)
+        self._store(digest, view, chunks)
         return digest
 
     def put_many(self, buffers: Sequence[object]) -> list[tuple[str, int]]:
@@ -78,8 +85,9 @@ class PgBlobStore:
         with self.batch():
             for buf in buffers:
                 view = byte_view(buf)
-                digest = digest_of(view)
-                out.append((digest, self._store(digest, view)))
+                chunks = ChunkList.of(view) if view.nbytes >= CHUNKED_MIN else None
+                digest = chunks.name if chunks is not None else digest_of(view)
+                out.append((digest, self._store(digest, view, chunks)))
         return out
 
     @contextlib.contextmanager
@@ -106,17 +114,17 @@ class PgBlobStore:
             self._batch.enter_context(conn.transaction())
             self._batch.begun = True  # type: ignore[attr-defined]
 
-    def _store(self, digest: str, view: memoryview) -> int:
+    def _store(self, digest: str, view: memoryview, chunks: ChunkList | None = None) -> int:
         """Write ``view`` as blob ``digest`` unless it exists; return bytes written.
 
         Each blob is its own (sub)transaction -- a savepoint inside a batch -- so
         one that does not fit (disk full, a bytea/row limit) is rolled back alone."""
         try:
-            return self._store_one(digest, view)
+            return self._store_one(digest, view, chunks)
         except (psycopg.errors.DiskFull, psycopg.errors.ProgramLimitExceeded) as exc:
             raise BlobSpaceError(f"cannot write blob {digest} ({view.nbytes} bytes) to {self.where}: {exc}") from exc
 
-    def _store_one(self, digest: str, view: memoryview) -> int:
+    def _store_one(self, digest: str, view: memoryview, listed: ChunkList | None) -> int:
         self._begin_batch()
         with self._conn() as conn, conn.transaction():
             # Found again, its time is now: garbage collection leaves a blob a checkpoint in progress
@@ -142,6 +150,8 @@ class PgBlobStore:
                     for seq in range(chunks):
                         start = seq * self.chunk_size
                         copy.write_row((digest, seq, view[start : start + self.chunk_size]))
+                    if listed is not None:  # the chunk list, after the data rows
+                        copy.write_row((digest, chunks, listed.encode()))
         return size
 
     @staticmethod
@@ -152,30 +162,47 @@ class PgBlobStore:
     # -- reading ---------------------------------------------------------------
 
     def get(self, digest: str) -> bytearray:
-        """The blob's bytes, verified against its digest."""
+        """The blob's bytes, verified against its digest (a chunked one chunk by chunk, as they arrive)."""
         check_digest(digest)
         with self._conn() as conn:
-            row = conn.execute("SELECT size FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
+            row = conn.execute("SELECT size, chunks FROM pyrepl3.blobs WHERE digest = %s", (digest,)).fetchone()
             if row is None:
                 raise BlobMissingError(f"blob {digest} is missing (Postgres blob store at {self.where})")
-            size = int(row[0])
+            size, rows = int(row[0]), int(row[1])
+            listed = None
+            if size >= CHUNKED_MIN:
+                found = conn.execute(
+                    "SELECT data FROM pyrepl3.blob_chunks WHERE digest = %s AND seq = %s", (digest, rows)
+                ).fetchone()
+                listed = ChunkList.decode(bytes(found[0]), digest) if found is not None else None
+                if listed is not None and listed.size != size:
+                    listed = None
             data = bytearray(size)
             view = memoryview(data)
-            hasher = hashlib.new(HASH_NAME)
-            got = 0
+            hasher = hashlib.new(HASH_NAME) if listed is None else None
+            got = checked = 0
             problem = ""
             cursor = conn.cursor(binary=True)
-            for (chunk,) in cursor.stream("SELECT data FROM pyrepl3.blob_chunks WHERE digest = %s ORDER BY seq", (digest,)):
-                n = len(chunk)
-                if got + n > size:
-                    problem = f"its chunks hold more than {size} bytes"
-                    break
-                view[got : got + n] = chunk
-                hasher.update(chunk)
-                got += n
+            query = "SELECT data FROM pyrepl3.blob_chunks WHERE digest = %s" + (" AND seq < %s" if listed else "") + " ORDER BY seq"
+            try:
+                for (chunk,) in cursor.stream(query, (digest, rows) if listed else (digest,)):
+                    n = len(chunk)
+                    if got + n > size:
+                        problem = f"its chunks hold more than {size} bytes"
+                        break
+                    view[got : got + n] = chunk
+                    got += n
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    while listed is not None and checked < listed.count and listed.span(checked)[1] <= got:
+                        start, end = listed.span(checked)
+                        listed.check(checked, view[start:end], digest)
+                        checked += 1
+            except BlobCorruptError as exc:
+                problem = str(exc).split(" is corrupt: ", 1)[-1]
             if not problem and got != size:
                 problem = f"short read ({got} of {size} bytes)"
-            if not problem and hasher.hexdigest() != digest:
+            if not problem and hasher is not None and hasher.hexdigest() != digest:
                 problem = f"its content hashes to {hasher.hexdigest()}"
             if problem:
                 self._corrupt(conn, digest, problem)
@@ -185,7 +212,8 @@ class PgBlobStore:
         """A private, writable buffer with the blob's verified bytes (for out-of-band pickle buffers)."""
         return self.get(digest)
 
-    def open_buffers(self, digests: Iterable[str]) -> list[object]:
+    def open_buffers(self, digests: Iterable[str], *, lazy: bool = False) -> list[object]:
+        """Each blob read whole and verified (``lazy`` is not offered here: see the module docstring)."""
         out: list[object] = []
         for digest in digests:
             try:
