@@ -121,7 +121,6 @@ def one_engine(kernels: Kernels, work: Path, engine: str, store: dict[str, str],
     if after_sum != before_sum:
         raise BenchError(f"after gc and kill -9 the array came back as {after_sum!r}, not {before_sum!r}")
     ratio = after / live
-    verdict = "PASS" if ratio <= TARGET else f"MISS by {ratio - TARGET:.2f}x"
     [mine] = report["sessions"]
     [kept_default] = defaults["sessions"]
     store_row = alone(f"[{engine}] store after gc (keep 1)", "storage" if engine == "embedded" else None, [after / 1e6],

@@ -50,7 +50,7 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench_frames.py", ("frames",)),
     ("bench_checkpoint.py", ("neighbour500", "restore500")),
     ("bench_start.py", ("restore500",)),
-    ("bench_restore.py", ("restore500", "start2g")),
+    ("bench_restore.py", ("start2g",)),
     ("bench_steps.py", ("step", "ckpt1000")),
     ("bench_listings.py", ("start5000", "listing50")),
     ("bench_gc.py", ("storage",)),

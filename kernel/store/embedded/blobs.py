@@ -32,10 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernel.core.errors import StoreError
-from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError, StoredBlob
+from kernel.store.base import BlobCorruptError, BlobMissingError, BlobSpaceError
 from kernel.store.chunks import CHUNK, CHUNKED_MIN, DIGEST_SIZE, FOOTER_SIZE, LIST_OVERHEAD, ChunkList, Filling, list_length
 from kernel.store.digests import HASH_NAME, byte_view, check_digest, digest_of
-from kernel.store.digests import is_digest as _is_digest
+from kernel.store.embedded.collection import CollectableFiles, fsync_dir
 from kernel.store.modes import PRIVATE, Modes
 
 _WRITE_CHUNK = 8 << 20  # os.write of a whole 125 MB view is slower than 8 MB slices
@@ -45,7 +45,7 @@ _STALE_TEMP_SECONDS = 3600
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-class FileBlobStore:
+class FileBlobStore(CollectableFiles):
     """Immutable blobs under ``root`` (``<store home>/blobs``), named by their SHA-256.
 
     The constructor touches nothing; :meth:`open` creates the directories and
@@ -138,7 +138,7 @@ class FileBlobStore:
             with self._deferred_lock:
                 dirs, self._deferred = self._deferred, None
         for directory in sorted(dirs):
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def _put_counted(self, view: memoryview) -> tuple[str, int]:
         if view.nbytes >= CHUNKED_MIN:
@@ -222,7 +222,7 @@ class FileBlobStore:
             if self._deferred is not None:
                 self._deferred.add(directory)
                 return
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     # -- reading ---------------------------------------------------------------
 
@@ -367,50 +367,6 @@ class FileBlobStore:
             return target
         return None
 
-    # -- garbage collection ----------------------------------------------------
-
-    def stored(self) -> Iterator[StoredBlob]:
-        """Every blob under the root (the ``<aa>/`` shards; not temp or quarantined files)."""
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as shards:
-            for shard in shards:
-                if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
-                    continue
-                with contextlib.suppress(FileNotFoundError), os.scandir(shard.path) as entries:
-                    for entry in entries:
-                        digest = shard.name + entry.name
-                        if not _is_digest(digest):
-                            continue
-                        with contextlib.suppress(FileNotFoundError):
-                            st = entry.stat(follow_symlinks=False)
-                            yield StoredBlob(digest, st.st_size, st.st_mtime)
-
-    def delete(self, digests: Iterable[str], *, written_before: float) -> list[StoredBlob]:
-        """Delete blobs untouched since ``written_before``.
-
-        A ``put`` of the same content touches the file (:meth:`_touch`), so one a
-        checkpoint in progress just reused is young again. Each blob is first renamed
-        into ``tmp/`` (atomic; a ``put`` racing with it then writes the blob afresh),
-        then its time is looked at once more: touched in between, it is put back."""
-        freed: list[StoredBlob] = []
-        for digest in digests:
-            final = self.path(digest)
-            try:
-                if final.stat().st_mtime >= written_before:
-                    continue
-                trash = self._tmp / f"gc-{digest[:16]}-{uuid.uuid4().hex}"
-                os.rename(final, trash)
-            except FileNotFoundError:
-                continue
-            st = trash.stat()
-            if st.st_mtime >= written_before:
-                os.replace(trash, final)  # the same content, whoever wrote it last
-                continue
-            os.unlink(trash)
-            freed.append(StoredBlob(digest, st.st_size, st.st_mtime))
-        if freed and self.fsync:
-            _fsync_dir(self._tmp)
-        return freed
-
     # -- housekeeping ----------------------------------------------------------
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -459,14 +415,6 @@ def _read_into(fd: int, view: memoryview, offset: int) -> int:
             break
         got += n
     return got
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["HASH_NAME", "BlobCorruptError", "BlobMissingError", "BlobSpaceError", "FileBlobStore", "byte_view", "digest_of"]
