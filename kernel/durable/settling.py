@@ -97,6 +97,7 @@ class CellSettler:
                 try:
                     self.runtime.store_resolved([checkpoint])
                 except PyRepl3Error as exc:
+                    self.history.not_stored(checkpoint.id)  # the next one is written full
                     self.host.notice(f"the checkpoint after {eid} was not stored: {exc}", BROKEN)
             if not handed.done():
                 handed.set_result(outcome)
