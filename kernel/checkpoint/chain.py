@@ -24,8 +24,9 @@ keeping every record base..N (retention relies on exactly this).
 When a full one is written (:func:`wants_full`): the first capture of a
 process, after any restore but the newest checkpoint's, after a checkpoint
 that was not stored, after :data:`FULL_EVERY` deltas, or when the chain's
-deltas would together hold more entries than a full manifest (a cell that
-rewrote everything is stored full). So a restore reads at most
+deltas would together hold more entries than a full manifest (and more than
+:data:`FULL_EVERY`: a small full one costs little either way). A cell that
+rewrote everything is thus stored full. So a restore reads at most
 ``FULL_EVERY + 1`` records and at most about twice a full manifest's entries,
 and the store holds a full manifest per ``FULL_EVERY`` cells at most.
 """
@@ -60,7 +61,7 @@ def wants_full(chain: Chain | None, seq: int, manifest: Manifest, report: Captur
     """Whether record ``seq`` (holding ``manifest``, captured as ``report`` says) is written full."""
     if chain is None or chain.last != seq - 1 or seq - chain.base > FULL_EVERY:
         return True
-    return chain.weight + delta_weight(report) > len(manifest.entries) + len(manifest.skipped)
+    return chain.weight + delta_weight(report) > max(len(manifest.entries) + len(manifest.skipped), FULL_EVERY)
 
 
 def delta_weight(report: CaptureReport) -> int:
