@@ -390,6 +390,10 @@ class Checkpointer:
         index = SharedIndex()
         for members in loaded.units:
             values = tuple(restored[n] for n in members)
+            if len(values) == 1 and type(values[0]) in _LEAVES:  # shares nothing, uses no global: no pickle needed
+                index.add(group := Group(tuple(members), {}, frozenset()))
+                slots[members[0]] = _Slot(values[0], entry=manifest.entries[members[0]], group=group)
+                continue
             try:
                 pickled = ctx.pickle(values[0] if len(values) == 1 else values, keep_buffers=False)
                 # Pickled together, members may reach weak objects directly too: count all as direct.
@@ -403,6 +407,10 @@ class Checkpointer:
                 slots[name] = _Slot(restored[name], entry=manifest.entries[name], group=group)
         self._state = _State(manifest.id, slots, index)
         return RestoreReport(sorted(restored), loaded.skipped, time.perf_counter() - started, loaded.excluded)
+
+
+#: Types whose objects reach no other object (their pickle shares nothing, names no global).
+_LEAVES = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
 def _pickle_entry(
