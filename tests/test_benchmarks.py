@@ -55,3 +55,10 @@ def test_listings_benchmark_small() -> None:
     out = run_small("bench_listings.py")
     # The benchmark itself checks that each listing holds every execution.
     assert "executions (catalog), store holding 300 executions" in out and "sessions (catalog)" in out
+
+
+def test_history_benchmark_small() -> None:
+    out = run_small("bench_history.py")
+    # The benchmark itself checks every name after each restart (kill -9, then a new kernel).
+    assert "1+1 after 200 real cells in the same session" in out and "trivial cell with 10,000 variables" in out
+    assert "restart after kill -9, 200 cells adding a name" in out and "store after 200 cells adding a name" in out
