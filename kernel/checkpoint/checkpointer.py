@@ -125,6 +125,7 @@ class Checkpointer:
         full_reason = self._full_reason(scan, previous)
         walk = full_reason is not None or self._must_walk(state)
         moved: list[str] | None = None
+        gone: list[str] = []
         if walk:  # classify every name afresh
             candidates, outside = self._candidates(namespace)
             deleted = [n for n in state.slots if n not in candidates]
@@ -178,7 +179,8 @@ class Checkpointer:
             index.add(group)
         manifest = Manifest.model_construct(entries=dict(view.entries), skipped=dict(view.skipped), changed=changed, removed=removed)
         self._state = _State(
-            manifest.id, slots, index, Bindings(namespace), candidates, outside, view,
+            manifest.id, slots, index, Bindings(namespace) if walk else state.bindings.move_on(namespace, moved, gone),  # type: ignore[union-attr,arg-type]
+            candidates, outside, view,
             frozenset(self.exclude), len(self.secrets.ids), self.size_limit,
         )  # fmt: skip
         report = CaptureReport(
