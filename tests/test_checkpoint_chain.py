@@ -33,6 +33,7 @@ class Records:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.read = 0
+        self.clock = 0
 
     def __call__(self, limit: int | None = None) -> list[dict[str, Any]]:
         ids = sorted(self.rows)
@@ -42,7 +43,8 @@ class Records:
         return [json.loads(json.dumps(self.rows[i])) for i in ids]  # what the engine stores: JSON
 
     def store(self, promise: Any) -> None:
-        self.rows[promise.id] = {"id": promise.id, "state": "resolved", "value": promise.value}
+        self.clock += 100_000  # ms, the engine's clock: a cell every 100 s
+        self.rows[promise.id] = {"id": promise.id, "state": "resolved", "value": promise.value, "created_at": self.clock}
 
     def ids(self) -> list[str]:
         return sorted(self.rows)
@@ -69,7 +71,9 @@ class Session:
         code = textwrap.dedent(code)
         exec(compile(code, "<cell>", "exec"), self.ns)
         self.count += 1
-        promise, _report = self.history.capture(self.ns, code=code, execution_count=self.count, msg_id=f"m{self.count}")
+        promise, _report = self.history.capture(
+            self.ns, code=code, execution_count=self.count, msg_id=f"m{self.count}", outcome=f"outcome-{self.count}"
+        )
         self.records.store(promise)
         self.snapshots[self.count] = copy.deepcopy(user(self.ns))
 
@@ -198,6 +202,20 @@ def test_a_tampered_chain_is_refused(session: Session, tamper: str) -> None:
     restored, report = history.restore_latest(ns)
     assert restored.execution_count == expected and user(ns) == session.snapshots[expected], (tamper, user(ns))
     assert report.refused and all("refusing" in why for why in report.refused.values()), report.refused
+
+
+def test_finished_executions_are_found_without_reading_the_whole_history(session: Session) -> None:
+    for i in range(300):
+        session.run(f"x = {i}")
+    made = {"exec:m295": 295 * 100_000 - 500, "exec:lost": 299 * 100_000 + 500}  # the executions' promises, by the same clock
+    history = NamespaceCheckpoints(session.history.checkpointer, Signer(b"key"), SESSION, session.records,
+                                   lookup=lambda pid: {"id": pid, "created_at": made[pid]})  # fmt: skip
+    session.records.read = 0
+    assert history.finished({"m295", "lost"}) == {"m295": "outcome-295"}
+    assert session.records.read < 60, "stops at checkpoints made before the oldest execution"
+    session.records.read = 0
+    unbounded = NamespaceCheckpoints(session.history.checkpointer, Signer(b"key"), SESSION, session.records)
+    assert unbounded.finished({"m3", "lost"}) == {"m3": "outcome-3"}
 
 
 def test_bindings_see_only_what_changed() -> None:

@@ -34,7 +34,7 @@ from kernel.checkpoint.manifest import CaptureReport, Manifest, RestoreReport
 from kernel.checkpoint.signing import Sealer, SignatureError, Signer
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError
-from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
+from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, exec_id, session_key
 from kernel.core.models import ResolvedPromise
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RECENT = 8
 #: How many of the newest checkpoints ``%durable checkpoints`` lists.
 LISTED = 100
+#: How far an engine's clock may step back between an execution's promise and its checkpoint's.
+CLOCK_SLACK_MS = 60_000
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
@@ -94,6 +96,7 @@ class NamespaceCheckpoints:
         session: str,
         records: Callable[[int | None], list[dict[str, Any]]],
         *,
+        lookup: Callable[[str], dict[str, Any] | None] | None = None,
         clock: Clock = SYSTEM,
         state: SessionStateHooks | None = None,
     ) -> None:
@@ -107,6 +110,7 @@ class NamespaceCheckpoints:
         self._key = session_key(session)
         self.previous: Manifest | None = None
         self._chain: Chain | None = None  # the chain ``previous`` is the newest record of, if stored
+        self._lookup = lookup  # promise id -> its record (the catalog's ``promise``), to bound searches
         existing = records(1)
         #: The sequence number of the newest stored checkpoint (what follows the session's prefix in its id).
         self._seq = int(existing[-1]["id"].removeprefix(checkpoint_prefix(self._key))) if existing else 0
@@ -190,10 +194,15 @@ class NamespaceCheckpoints:
 
     def finished(self, msg_ids: set[str]) -> dict[str, str]:
         """Of the executions ``msg_ids``, those a (signed) checkpoint says finished:
-        msg_id -> the blob holding its outcome. The newest checkpoint of each counts."""
+        msg_id -> the blob holding its outcome. The newest checkpoint of each counts.
+
+        An execution's checkpoint is made after its promise, by the same engine's clock:
+        the search stops at records made before the oldest of those promises (less
+        :data:`CLOCK_SLACK_MS`), when ``lookup`` can tell when that was."""
         found: dict[str, str] = {}
+        since = self._oldest_created(msg_ids)
         for rec in self._newest_first():
-            if set(found) == msg_ids:
+            if set(found) == msg_ids or (since is not None and int(rec.get("created_at") or 0) < since):
                 break
             value = rec.get("value") or {}
             msg_id, outcome = value.get("msg_id"), value.get("outcome")
@@ -206,6 +215,21 @@ class NamespaceCheckpoints:
                 continue
             found[msg_id] = outcome
         return found
+
+    def _oldest_created(self, msg_ids: set[str]) -> int | None:
+        """When the oldest of these executions' promises was made (ms, less the slack); None if unknown."""
+        if self._lookup is None or not msg_ids:
+            return None
+        times = []
+        for msg_id in msg_ids:
+            try:
+                rec = self._lookup(exec_id(msg_id))
+            except Exception:  # noqa: BLE001 - unknown: search everything, as without lookup
+                return None
+            if rec is None or not isinstance(rec.get("created_at"), int):
+                return None
+            times.append(rec["created_at"])
+        return min(times) - CLOCK_SLACK_MS
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
         """The newest checkpoint that verifies (with every record of its chain), newest first.
