@@ -19,7 +19,7 @@ Timed: execute_request to execute_reply and iopub idle. Rows:
   then ``pass`` ``--repeats`` times each; the store's growth per such cell.
 * **2,000 cells each adding one name** (``n<i> = <i>``): per-cell medians of
   the first and the last 100, the store's size after them (every file under
-  PYREPL3_HOME, WAL included), then kill -9 and restart to the first
+  PYREPL3_HOME, WAL included, after a passive WAL checkpoint), then kill -9 and restart to the first
   execute_reply beside a new session's start, and an untimed cell checks that
   every name came back.
 
@@ -33,7 +33,9 @@ same run. Exit status 0 unless something failed (2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sqlite3
 import shutil
 import sys
 import tempfile
@@ -57,6 +59,11 @@ CHECK_NAMES = "assert all(globals()[f'n{{i}}'] == i for i in range({n})), 'a nam
 
 
 def store_bytes(home: Path) -> int:
+    """Every file under ``home``, after a passive WAL checkpoint (so that pages written before
+    are not counted again when SQLite copies them from the WAL into the file)."""
+    if (home / "store.sqlite3").exists():
+        with contextlib.closing(sqlite3.connect(home / "store.sqlite3", timeout=30)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     return sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
 
 
