@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from harness import KernelFactory, kernel_env, wait_for
+from harness import KernelFactory, Store, kernel_env, wait_for
+from test_fault_tamper import Rows
 
 #: Checkpoints work the same on every engine: each kernel test here runs on both,
 #: except those marked ``embedded_only`` (with the reason).
@@ -69,6 +70,38 @@ def test_namespace_survives(kernels: KernelFactory, how: str) -> None:
     assert run.stream("stderr") == "", "what was restored is no cell output: the cell looks as under ipykernel"
     notices = again.ok("%durable").stream("stdout")
     assert "namespace of execution 3 is back: restored 11 names" in notices, notices
+
+
+def test_kill9_restores_through_a_delta_chain(kernels: KernelFactory, home: Path, store: Store) -> None:
+    """Each record after the first holds only its cell's changes (a delta on the full record at its
+    ``base``); kill -9 and a start bring back the namespace the whole chain describes, and the chain
+    goes on after the restore."""
+    rows = Rows(home, store)
+    kernel = kernels.start(session="deltas")
+    kernel.ok(SETUP)
+    kernel.ok(MUTATE)
+    kernel.ok("extra = {'k': [1]}\nimport threading\nlk = threading.Lock()")
+    kernel.ok("extra['k'].append(2)\ndel lk")
+    kernel.kill9()
+    stored = store.session("deltas")
+    ids = wait_for(lambda: len(found := rows.checkpoints(stored)) == 4 and found, what="four checkpoints")
+    values = [rows.data(cid, "value") for cid in ids]
+    assert [v["base"] for v in values] == [int(ids[0][-10:])] * 4
+    assert {"arr", "conf", "count", "p", "shared"} <= set(values[1]["manifest"]["entries"]) and "name" not in values[1]["manifest"]["entries"]
+    assert values[1]["manifest"]["removed"] == ["doomed"] and list(values[2]["manifest"]["skipped"]) == ["lk"]
+    assert sorted(values[3]["manifest"]["entries"]) == ["extra"] and values[3]["manifest"]["removed"] == ["lk"]
+    again = kernels.start(session="deltas")
+    check = CHECK + "print(extra, 'lk' in dir(), 'threading' in dir())\n"
+    run = again.ok(check)
+    assert run.stream("stdout") == EXPECTED + "{'k': [1, 2]} False True\n", run.stream("stderr")
+    assert run.stream("stderr") == ""
+    again.ok("more = [count]")
+    again.kill9()
+    ids = wait_for(lambda: len(found := rows.checkpoints(stored)) == 6 and found, what="six checkpoints (the check's cell has one)")
+    newest = rows.data(ids[-1], "value")
+    assert newest["base"] == int(ids[0][-10:]) and sorted(newest["manifest"]["entries"]) == ["more"]
+    third = kernels.start(session="deltas")
+    assert third.ok(check + "print(more)").stream("stdout") == EXPECTED + "{'k': [1, 2]} False True\n[42]\n"
 
 
 def test_unpicklable_value_is_skipped_and_reported(kernels: KernelFactory) -> None:

@@ -377,3 +377,34 @@ def test_a_seal_verifies_only_where_it_was_made(change: str) -> None:
     with pytest.raises(SignatureError, match="refusing to load it") as refused:
         reader.unseal(pid, sealed, "a step")
     assert pid in str(refused.value) and "RES005" in str(refused.value)
+
+
+def test_a_tampered_or_copied_delta_is_refused(kernels: KernelFactory, home: Path, store: Store, tmp_path: Path) -> None:
+    """A checkpoint record holds only what its cell changed (a delta on the full record at its
+    ``base``): a delta edited (a planted blob) or copied to a higher sequence number makes every
+    checkpoint built on it refused; the newest one whose whole chain verifies is restored."""
+    rows = Rows(home, store)
+    marker = tmp_path / "marker"
+    token = uuid.uuid4().hex[:12]
+    kernel = kernels.start(session="delta-tamper")
+    for value in (1, 2, 3, 4):
+        kernel.ok(f"x{value} = {{'{token}-{value}'}}")
+    kernel.close()
+    stored = store.session("delta-tamper")
+    ids = wait_for(lambda: len(found := rows.checkpoints(stored)) == 4 and found, what="four checkpoints")
+    values = [rows.data(cid, "value") for cid in ids]
+    first = int(ids[0][-10:])
+    assert [v["base"] for v in values] == [first] * 4, "one full record, three deltas"
+    assert [sorted(v["manifest"]["entries"]) for v in values] == [["x1"], ["x2"], ["x3"], ["x4"]]
+    blob = pickle.dumps(_Planted(marker), protocol=5)
+    values[2]["manifest"]["entries"]["x3"].update(blob=rows.put_blob(blob), blob_size=len(blob))
+    rows.set_data(ids[2], "value", values[2])
+    rows.copy(ids[1], ids[1][:-10] + f"{first + 4:010d}", stored)  # as the newest, it would drop x3 and x4
+    fresh = kernels.start(session="delta-tamper")
+    run = fresh.ok("print(sorted(n for n in dir() if n.startswith('x')), x2 == {'%s-2'})" % token)
+    fresh.close()
+    assert not marker.exists(), "a planted pickle was loaded"
+    assert run.stream("stdout") == "['x1', 'x2'] True\n", (run.stream("stdout"), run.stream("stderr"))
+    notice = run.stream("stderr")
+    assert "refused newer checkpoints" in notice and "refusing to load it" in notice, notice
+    assert all(cid in notice for cid in ids[2:]), notice

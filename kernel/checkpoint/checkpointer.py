@@ -44,30 +44,14 @@ from kernel.checkpoint.pickling import PickleContext, Pickled, type_name, unpick
 from kernel.checkpoint.poison import LoadGuard, NoGuard
 from kernel.checkpoint.scan import CellScan, expand_touched, scan_cell
 from kernel.checkpoint.secrets import IS_SECRET, Secrets
+from kernel.checkpoint.tracking import Bindings, View, apply_changes, same_entry
+from kernel.checkpoint.tracking import Slot as _Slot
+from kernel.checkpoint.tracking import State as _State
 from kernel.checkpoint.writing import write_units
 from kernel.core.errors import StoreError
 from kernel.core.text import human_size
 from kernel.store.base import BlobStore
 from kernel.store.digests import HASH_NAME
-
-
-@dataclasses.dataclass(eq=False)
-class _Slot:
-    """What the last checkpoint knows about one name."""
-
-    value: Any  # held so that "same object" (``is``) is a sound test; freed at the next capture
-    entry: Entry | None = None
-    reason: str | None = None  # why skipped, if entry is None
-    group: Group | None = None
-    too_large: int | None = None  # pickled size, when skipped for the size limit
-    broken: bool = False  # skipped for a broken promise (no room in the store), not by choice
-
-
-@dataclasses.dataclass
-class _State:
-    manifest_id: str | None = None
-    slots: dict[str, _Slot] = dataclasses.field(default_factory=dict)
-    index: SharedIndex = dataclasses.field(default_factory=SharedIndex)  # shared object id -> its groups
 
 
 @dataclasses.dataclass
@@ -137,17 +121,33 @@ class Checkpointer:
         """
         started = time.perf_counter()
         state = self._state
-        candidates, skipped = self._candidates(namespace)
         scan = scan_cell(code) if code is not None else None
-        touched, full_reason = self._touched(candidates, namespace, scan, previous)
-        ctx = PickleContext(namespace, candidates.values())
-        outcomes, replaced = self._pickle_touched(touched, candidates, scan, ctx)
-        alone = {n: o for n, o in outcomes.items() if isinstance(o, Pickled)}
-        units, refused, written = write_units(self.blobs, pickle_units(alone, candidates, ctx), alone, self.secrets)
+        full_reason = self._full_reason(scan, previous)
+        walk = full_reason is not None or self._must_walk(state)
+        moved: list[str] | None = None
+        gone: list[str] = []
+        if walk:  # classify every name afresh
+            candidates, outside = self._candidates(namespace)
+            deleted = [n for n in state.slots if n not in candidates]
+        else:  # only the names bound or deleted since the last capture
+            moved, gone = state.bindings.since(namespace)  # type: ignore[union-attr]
+            candidates, outside = state.candidates, state.outside
+            self._reclassify(moved, gone, namespace, candidates, outside)
+            deleted = [n for n in (*moved, *gone) if n in state.slots and n not in candidates]
+        try:
+            touched, full_reason = self._touched(candidates, namespace, scan, full_reason, moved)
+            ctx = PickleContext(namespace, candidates.values()) if touched or deleted else None
+            outcomes, replaced = self._pickle_touched(touched, candidates, scan, ctx, deleted)  # type: ignore[arg-type]
+            alone = {n: o for n, o in outcomes.items() if isinstance(o, Pickled)}
+            units, refused, written = (
+                write_units(self.blobs, pickle_units(alone, candidates, ctx), alone, self.secrets) if alone else ([], {}, 0)  # type: ignore[arg-type]
+            )
+        except BaseException:
+            state.manifest_id = None  # the classification may have moved on: the next capture walks and re-pickles all
+            raise
 
         now = time.time()
-        entries: dict[str, Entry] = {}
-        slots: dict[str, _Slot] = {}
+        fresh: dict[str, _Slot] = {}
         new_groups: list[Group] = []
         for unit in units:
             names, pickled = unit.names, unit.pickled
@@ -155,42 +155,34 @@ class Checkpointer:
             new_groups.append(group)
             for name in names:
                 value = candidates[name]
-                entries[name] = _pickle_entry(value, alone[name].size, unit.blob, unit.buffers, pickled, names, now)
-                slots[name] = _Slot(value, entry=entries[name], group=group)
+                entry = _pickle_entry(value, alone[name].size, unit.blob, unit.buffers, pickled, names, now)
+                fresh[name] = _Slot(value, entry=entry, group=group)
         for name, refusal in refused.items():  # pickled, but not written (no room; a secret inside)
-            skipped[name] = refusal.reason
-            slots[name] = _Slot(candidates[name], reason=refusal.reason, broken=refusal.broken)
+            fresh[name] = _Slot(candidates[name], reason=refusal.reason, broken=refusal.broken)
         for name, outcome in outcomes.items():
             if isinstance(outcome, _Module):
-                entries[name] = outcome.entry
-                slots[name] = _Slot(candidates[name], entry=outcome.entry)
+                fresh[name] = _Slot(candidates[name], entry=outcome.entry)
             elif isinstance(outcome, _Skip):
-                skipped[name] = outcome.reason
-                slots[name] = _Slot(candidates[name], reason=outcome.reason, too_large=outcome.too_large)
-        for name in candidates.keys() - outcomes.keys():  # untouched: the previous entry stands
-            slot = slots[name] = state.slots[name]
-            if slot.entry is not None:
-                entries[name] = slot.entry
-            else:
-                skipped[name] = slot.reason or "skipped"
-
-        prev_entries = previous.entries if previous is not None else {}
-        changed = sorted(n for n, e in entries.items() if not _same_entry(prev_entries.get(n), e))
-        removed: list[str] = []
-        if previous is not None:
-            present = candidates.keys() | skipped.keys()
-            removed = sorted((previous.entries.keys() | previous.skipped.keys()) - present)
-        manifest = Manifest.model_construct(
-            entries=dict(sorted(entries.items())), skipped=dict(sorted(skipped.items())), changed=changed, removed=removed
-        )
+                fresh[name] = _Slot(candidates[name], reason=outcome.reason, too_large=outcome.too_large)
 
         # Everything is durable: only now does the incremental state move on.
+        if walk:
+            view, changed, removed, reskipped = self._rebuilt(state, candidates, outside, fresh, previous)
+            slots = {n: fresh.get(n) or state.slots[n] for n in candidates}
+        else:
+            view, slots = state.view, state.slots
+            changed, removed, reskipped = apply_changes(view, slots, fresh, outside, candidates, (*fresh, *moved, *gone))  # type: ignore[misc]
         index = state.index
         for group in replaced:
             index.remove(group)
         for group in new_groups:
             index.add(group)
-        self._state = _State(manifest.id, slots, index)
+        manifest = Manifest.model_construct(entries=dict(view.entries), skipped=dict(view.skipped), changed=changed, removed=removed)
+        self._state = _State(
+            manifest.id, slots, index, Bindings(namespace) if walk else state.bindings.move_on(namespace, moved, gone),  # type: ignore[union-attr,arg-type]
+            candidates, outside, view,
+            frozenset(self.exclude), len(self.secrets.ids), self.size_limit,
+        )  # fmt: skip
         report = CaptureReport(
             skipped=dict(manifest.skipped),
             changed=changed,
@@ -201,8 +193,60 @@ class Checkpointer:
             full=full_reason is not None,
             full_reason=full_reason,
             broken=sorted(n for n in manifest.skipped if n in slots and slots[n].broken),
+            reskipped=reskipped,
+            stored_size=view.total,
         )
         return manifest, report
+
+    def _must_walk(self, state: _State) -> bool:
+        """Whether the last capture's classification of names cannot be carried over."""
+        return (
+            state.bindings is None
+            or state.exclude != self.exclude
+            or state.secrets != len(self.secrets.ids)
+            or state.limit != self.size_limit
+        )
+
+    def _reclassify(self, moved: list[str], gone: list[str], namespace: dict, candidates: dict[str, Any], outside: dict[str, str]) -> None:
+        """Classify the names bound since the last capture (IPython's own among them: each once)."""
+        for name in gone:
+            candidates.pop(name, None)
+            outside.pop(name, None)
+        for name in moved:
+            candidates.pop(name, None)
+            outside.pop(name, None)
+            value = namespace[name]
+            if not self.is_user_name(name, value):
+                continue
+            if name in self.exclude:
+                outside[name] = "excluded"
+            elif id(value) in self.secrets.ids:
+                outside[name] = IS_SECRET
+            else:
+                candidates[name] = value
+
+    @staticmethod
+    def _rebuilt(
+        state: _State, candidates: dict[str, Any], outside: dict[str, str], fresh: dict[str, _Slot], previous: Manifest | None
+    ) -> tuple[View, list[str], list[str], list[str]]:
+        """The full view after a capture that walked every name, and what differs from ``previous``."""
+        entries: dict[str, Entry] = {}
+        skipped = dict(outside)
+        for name in candidates:
+            slot = fresh.get(name) or state.slots[name]  # untouched: the previous entry stands
+            if slot.entry is not None:
+                entries[name] = slot.entry
+            else:
+                skipped[name] = slot.reason or "skipped"
+        view = View.of(dict(sorted(entries.items())), dict(sorted(skipped.items())))
+        prev_entries = previous.entries if previous is not None else {}
+        prev_skipped = previous.skipped if previous is not None else {}
+        changed = sorted(n for n, e in view.entries.items() if not same_entry(prev_entries.get(n), e))
+        reskipped = sorted(n for n, why in view.skipped.items() if prev_skipped.get(n) != why)
+        removed: list[str] = []
+        if previous is not None:
+            removed = sorted((prev_entries.keys() | prev_skipped.keys()) - (view.entries.keys() | view.skipped.keys()))
+        return view, changed, removed, reskipped
 
     def _candidates(self, namespace: dict) -> tuple[dict[str, Any], dict[str, str]]:
         """The user's names to checkpoint, and the excluded ones (reported as skipped)."""
@@ -219,36 +263,46 @@ class Checkpointer:
                 candidates[name] = value
         return candidates, skipped
 
-    def _touched(
-        self, candidates: dict[str, Any], namespace: dict, scan: CellScan | None, previous: Manifest | None
-    ) -> tuple[set[str], str | None]:
-        """The names this cell could have changed (rules 1-3), or all of them and why."""
-        state, limit = self._state, self.size_limit
+    def _full_reason(self, scan: CellScan | None, previous: Manifest | None) -> str | None:
+        """Why every name must be re-pickled (rule 5, or no incremental state to build on), or None."""
         if scan is None:
-            full_reason: str | None = "no cell source given"
-        elif previous is None:
-            full_reason = "no previous checkpoint"
-        elif state.manifest_id != previous.id:
-            full_reason = "the previous checkpoint was not taken or restored by this checkpointer"
-        else:
-            full_reason = scan.doubt
+            return "no cell source given"
+        if previous is None:
+            return "no previous checkpoint"
+        if self._state.manifest_id != previous.id:
+            return "the previous checkpoint was not taken or restored by this checkpointer"
+        return scan.doubt
+
+    def _touched(
+        self, candidates: dict[str, Any], namespace: dict, scan: CellScan | None, full_reason: str | None, moved: list[str] | None
+    ) -> tuple[set[str], str | None]:
+        """The names this cell could have changed (rules 1-3), or all of them and why.
+
+        ``moved``: the names bound since the last capture, when known (else every
+        candidate is compared with its slot)."""
+        state, limit = self._state, self.size_limit
         if full_reason is not None:
             return set(candidates), full_reason
         touched = {n for n in scan.names if n in candidates}  # type: ignore[union-attr]
-        for name, value in candidates.items():
-            slot = state.slots.get(name)
-            if (
-                slot is None
-                or slot.value is not value
-                or (slot.too_large is not None and (limit is None or slot.too_large <= limit))
-                or (slot.entry is not None and limit is not None and slot.entry.size > limit)
-            ):
-                touched.add(name)
+        if moved is not None:
+            touched.update(n for n in moved if n in candidates)
+        else:
+            for name, value in candidates.items():
+                slot = state.slots.get(name)
+                if (
+                    slot is None
+                    or slot.value is not value
+                    or (slot.too_large is not None and (limit is None or slot.too_large <= limit))
+                    or (slot.entry is not None and limit is not None and slot.entry.size > limit)
+                ):
+                    touched.add(name)
+        if not touched:
+            return touched, None
         full_reason = expand_touched(touched, candidates, namespace, lambda name: _pickled_globals(state, name))
         return (set(candidates) if full_reason else touched), full_reason
 
     def _pickle_touched(
-        self, touched: set[str], candidates: dict[str, Any], scan: CellScan | None, ctx: PickleContext
+        self, touched: set[str], candidates: dict[str, Any], scan: CellScan | None, ctx: PickleContext, deleted: list[str]
     ) -> tuple[dict[str, Pickled | _Module | _Skip], list[Group]]:
         """Pickle each touched name alone, pulling in the names it shares objects with (rule 4).
 
@@ -259,7 +313,7 @@ class Checkpointer:
         seen: set[int] = set()
         replaced: list[Group] = []
         pending = set(touched)
-        for name in state.slots.keys() - candidates.keys():  # a deleted member re-forms its group
+        for name in deleted:  # a deleted member re-forms its group
             self._close_over_group(state.slots[name].group, candidates, touched, pending, seen, replaced)
         while pending:
             batch, pending = sorted(pending), set()
@@ -338,6 +392,10 @@ class Checkpointer:
         index = SharedIndex()
         for members in loaded.units:
             values = tuple(restored[n] for n in members)
+            if len(values) == 1 and type(values[0]) in _LEAVES:  # shares nothing, uses no global: no pickle needed
+                index.add(group := Group(tuple(members), {}, frozenset()))
+                slots[members[0]] = _Slot(values[0], entry=manifest.entries[members[0]], group=group)
+                continue
             try:
                 pickled = ctx.pickle(values[0] if len(values) == 1 else values, keep_buffers=False)
                 # Pickled together, members may reach weak objects directly too: count all as direct.
@@ -351,6 +409,10 @@ class Checkpointer:
                 slots[name] = _Slot(restored[name], entry=manifest.entries[name], group=group)
         self._state = _State(manifest.id, slots, index)
         return RestoreReport(sorted(restored), loaded.skipped, time.perf_counter() - started, loaded.excluded)
+
+
+#: Types whose objects reach no other object (their pickle shares nothing, names no global).
+_LEAVES = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
 def _pickle_entry(
@@ -369,12 +431,6 @@ def _pickle_entry(
         submodules=[],
         pickled_at=now,
     )
-
-
-def _same_entry(old: Entry | None, new: Entry) -> bool:
-    if old is None:
-        return False
-    return (old.kind, old.blob, old.buffers, old.module, old.group) == (new.kind, new.blob, new.buffers, new.module, new.group)
 
 
 def _pickled_globals(state: _State, name: str) -> frozenset[str]:

@@ -23,23 +23,29 @@ its fields without decoding anything else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from kernel.checkpoint.chain import Chain, ChainError, assemble, delta_body, delta_weight, wants_full
 from kernel.checkpoint.checkpointer import Checkpointer
 from kernel.checkpoint.manifest import CaptureReport, Manifest, RestoreReport
 from kernel.checkpoint.signing import Sealer, SignatureError, Signer
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError
-from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, session_key
+from kernel.core.ids import KIND_TAG, checkpoint_id, checkpoint_prefix, exec_id, session_key
 from kernel.core.models import ResolvedPromise
 
 log = logging.getLogger(__name__)
 
-#: How many of the newest checkpoint records a start reads (to restore, to find finished executions).
+#: How many of the newest checkpoint records a start reads first (to restore, to find finished
+#: executions), besides the records of the newest one's chain.
 RECENT = 8
+#: How many of the newest checkpoints ``%durable checkpoints`` lists.
+LISTED = 100
+#: How far an engine's clock may step back between an execution's promise and its checkpoint's.
+CLOCK_SLACK_MS = 60_000
 #: A checkpoint promise never times out on its own; its deadline is far enough away.
 CHECKPOINT_LIFETIME = timedelta(days=10 * 365)
 
@@ -90,6 +96,7 @@ class NamespaceCheckpoints:
         session: str,
         records: Callable[[int | None], list[dict[str, Any]]],
         *,
+        lookup: Callable[[str], dict[str, Any] | None] | None = None,
         clock: Clock = SYSTEM,
         state: SessionStateHooks | None = None,
     ) -> None:
@@ -102,6 +109,8 @@ class NamespaceCheckpoints:
         self._records = records
         self._key = session_key(session)
         self.previous: Manifest | None = None
+        self._chain: Chain | None = None  # the chain ``previous`` is the newest record of, if stored
+        self._lookup = lookup  # promise id -> its record (the catalog's ``promise``), to bound searches
         existing = records(1)
         #: The sequence number of the newest stored checkpoint (what follows the session's prefix in its id).
         self._seq = int(existing[-1]["id"].removeprefix(checkpoint_prefix(self._key))) if existing else 0
@@ -126,22 +135,35 @@ class NamespaceCheckpoints:
                 report.written_bytes, report.seconds * 1000, f" (all names: {report.full_reason})" if report.full else "",
             )  # fmt: skip
         manifest.state = self._captured_state()
-        body = manifest.model_dump(mode="json")
         self._seq += 1
-        pid = checkpoint_id(self._key, self._seq)
-        body_of_value = {"manifest": body, "execution_count": execution_count, "msg_id": msg_id, "size": manifest.total_size}
+        seq, previous, chain = self._seq, self.previous, self._chain
+        pid = checkpoint_id(self._key, seq)
+        if previous is None or wants_full(chain, seq, manifest, report):
+            body, chain = manifest.model_dump(mode="json"), Chain(seq, seq)
+            record: dict[str, Any] = {"manifest": body, "base": seq}
+        else:
+            assert chain is not None
+            body, chain = delta_body(manifest, report, previous), Chain(chain.base, seq, chain.weight + delta_weight(report))
+            record = {"manifest": body, "base": chain.base, "parent": previous.id}
+        record.update(execution_count=execution_count, msg_id=msg_id, size=report.stored_size)
         if outcome is not None:
-            body_of_value["outcome"] = outcome  # the blob of the execution's outcome, signed with the rest
-        value = self.sealer.seal(pid, body_of_value)
+            record["outcome"] = outcome  # the blob of the execution's outcome, signed with the rest
+        value = self.sealer.seal(pid, record)
         promise = ResolvedPromise(
             id=pid,
             timeout_at_ms=self.clock.ms_after(CHECKPOINT_LIFETIME),
-            param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id},
+            param={"kind": "checkpoint", "execution_count": execution_count, "msg_id": msg_id, "base": chain.base},
             tags={KIND_TAG: "checkpoint"},
             value=value,
         )
-        self.previous = manifest
+        self.previous, self._chain = manifest, chain
         return promise, report
+
+    def not_stored(self, promise_id: str) -> None:
+        """The caller could not store ``promise_id`` (:meth:`capture`'s): the next record is
+        written full, since no delta may build on a record that may not exist."""
+        if self._chain is not None and checkpoint_id(self._key, self._chain.last) == promise_id:
+            self._chain = None
 
     def _captured_state(self) -> dict[str, Any]:
         if self.state is None:
@@ -154,82 +176,116 @@ class NamespaceCheckpoints:
 
     # -- reading ---------------------------------------------------------------
 
-    def list(self) -> list[StoredCheckpoint]:
-        return [_summary(rec) for rec in self._records(None)]
+    def list(self, limit: int | None = LISTED) -> list[StoredCheckpoint]:
+        """The newest ``limit`` checkpoints (every one when None), oldest first, from their records' summaries."""
+        return [_summary(rec) for rec in self._records(limit)]
 
-    def _verified(self, rec: dict[str, Any]) -> Manifest:
-        """The manifest of ``rec``, verified against the id and session it was read under."""
-        value = rec.get("value") or {}
-        if not isinstance(value.get("manifest"), dict):
-            raise CheckpointNotFoundError(f"checkpoint {rec['id']} holds no manifest")
-        body = self.sealer.unseal(rec["id"], value, "checkpoint")
-        return Manifest.model_validate(body["manifest"])
+    def _newest_first(self, first: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+        """This session's records, newest first, read in pages that grow fourfold: a search
+        that stops early never reads the whole history. ``first``: the newest page, already read."""
+        page = first if first is not None else self._records(RECENT)
+        limit, done = max(len(page), RECENT), 0
+        while True:
+            yield from reversed(page[: len(page) - done])
+            if len(page) < limit:
+                return
+            done, limit = len(page), limit * 4
+            page = self._records(limit)
 
     def finished(self, msg_ids: set[str]) -> dict[str, str]:
         """Of the executions ``msg_ids``, those a (signed) checkpoint says finished:
-        msg_id -> the blob holding its outcome. The newest checkpoint of each counts."""
-        found: dict[str, str] = {}
-        recent = self._records(RECENT)
-        self._finished_in(recent, msg_ids, found)
-        if len(recent) == RECENT and set(found) != msg_ids:  # older ones may answer for the rest
-            self._finished_in(self._records(None)[: -len(recent)], msg_ids, found)
-        return found
+        msg_id -> the blob holding its outcome. The newest checkpoint of each counts.
 
-    def _finished_in(self, records: list[dict[str, Any]], msg_ids: set[str], found: dict[str, str]) -> None:
-        """:meth:`finished` over ``records``, newest first, adding to ``found``."""
-        for rec in reversed(records):
+        An execution's checkpoint is made after its promise, by the same engine's clock:
+        the search stops at records made before the oldest of those promises (less
+        :data:`CLOCK_SLACK_MS`), when ``lookup`` can tell when that was."""
+        found: dict[str, str] = {}
+        since = self._oldest_created(msg_ids)
+        for rec in self._newest_first():
+            if set(found) == msg_ids or (since is not None and int(rec.get("created_at") or 0) < since):
+                break
             value = rec.get("value") or {}
             msg_id, outcome = value.get("msg_id"), value.get("outcome")
             if msg_id not in msg_ids or msg_id in found or not isinstance(outcome, str):
                 continue
             try:
-                self._verified(rec)
+                self._unsealed(rec)
             except Exception:  # noqa: BLE001 - an unverifiable checkpoint proves nothing
                 log.warning("checkpoint %s is not verifiable; execution %s is not taken as finished", rec.get("id"), msg_id)
                 continue
             found[msg_id] = outcome
+        return found
+
+    def _oldest_created(self, msg_ids: set[str]) -> int | None:
+        """When the oldest of these executions' promises was made (ms, less the slack); None if unknown."""
+        if self._lookup is None or not msg_ids:
+            return None
+        times = []
+        for msg_id in msg_ids:
+            try:
+                rec = self._lookup(exec_id(msg_id))
+            except Exception:  # noqa: BLE001 - unknown: search everything, as without lookup
+                return None
+            if rec is None or not isinstance(rec.get("created_at"), int):
+                return None
+            times.append(rec["created_at"])
+        return min(times) - CLOCK_SLACK_MS
 
     def restore_latest(self, namespace: dict) -> tuple[StoredCheckpoint, RestoreReport] | None:
-        """The newest checkpoint that verifies, looked for among the :data:`RECENT` newest first."""
+        """The newest checkpoint that verifies (with every record of its chain), newest first.
+
+        Reads the newest :data:`RECENT` records and those of the newest one's chain
+        (its full record and the deltas after it); older ones only when none of those verifies."""
         records = self._records(RECENT)
         if not records:
             return None
-        try:
-            return self._restore_newest_genuine(records, namespace)
-        except SignatureError:
-            if len(records) < RECENT:
-                raise
-        # Every recent one was refused (nothing was restored): an older one may verify.
-        return self._restore_newest_genuine(self._records(None), namespace)
+        reader = _Reader(self)
+        return self._restore_newest_genuine(reader, self._newest_first(records), namespace)
 
     def restore_execution(self, execution_count: int, namespace: dict, *, clear: bool) -> tuple[StoredCheckpoint, RestoreReport]:
-        """Bring back the namespace as it was after execution ``execution_count``."""
-        matches = [r for r in self._records(None) if (r.get("value") or {}).get("execution_count") == execution_count]
-        if not matches:
+        """Bring back the namespace as it was after execution ``execution_count``
+        (records are searched newest first, page by page)."""
+        matches = (r for r in self._newest_first() if (r.get("value") or {}).get("execution_count") == execution_count)
+        restored = self._restore_newest_genuine(_Reader(self), matches, namespace, clear=clear)
+        if restored is None:
             raise CheckpointNotFoundError(
                 f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"
             )
-        return self._restore_newest_genuine(matches, namespace, clear=clear)
+        return restored
 
-    def _restore_newest_genuine(self, records: list[dict[str, Any]], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
-        """Restore the newest of ``records`` whose signature verifies. A newer one that
-        does not (forged, copied from another session or sequence number) is never
-        loaded: it is named in the report's ``refused``; when none verifies, the
-        newest one's refusal is raised."""
+    def _restore_newest_genuine(
+        self, reader: _Reader, records: Iterator[dict[str, Any]], namespace: dict, *, clear: bool = False
+    ) -> tuple[StoredCheckpoint, RestoreReport] | None:
+        """Restore the first of ``records`` (newest first) whose chain verifies. A newer one
+        that does not (forged, copied from another session or sequence number, a record of
+        its chain missing or out of place) is never loaded: it is named in the report's
+        ``refused``; when none verifies, the newest one's refusal is raised (None: no records)."""
         refused: dict[str, SignatureError] = {}
-        for rec in reversed(records):
+        for rec in records:
             try:
-                self._verified(rec)
+                chain = reader.chain_of(rec)
             except SignatureError as exc:
                 refused[rec["id"]] = exc
                 continue
-            summary, report = self._restore(rec, namespace, clear=clear)
+            summary, report = self._restore(chain, namespace, clear=clear)
             report.refused = {cid: str(exc) for cid, exc in refused.items()}
             return summary, report
-        raise next(iter(refused.values()))
+        if refused:
+            raise next(iter(refused.values()))
+        return None
 
-    def _restore(self, rec: dict[str, Any], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
-        manifest = self._verified(rec)
+    def _unsealed(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The body of ``rec``, verified against the id and session it was read under."""
+        value = rec.get("value") or {}
+        if not isinstance(value.get("manifest"), dict):
+            raise CheckpointNotFoundError(f"checkpoint {rec['id']} holds no manifest")
+        return self.sealer.unseal(rec["id"], value, "checkpoint")
+
+    def seq_of(self, promise_id: str) -> int:
+        return int(promise_id.removeprefix(checkpoint_prefix(self._key)))
+
+    def _restore(self, chain: list[tuple[str, dict[str, Any]]], namespace: dict, *, clear: bool = False) -> tuple[StoredCheckpoint, RestoreReport]:
+        manifest = assemble(chain)
         if self.state is not None and manifest.state:  # {}: a checkpoint older than session state
             try:
                 self.state.restore(manifest.state)
@@ -240,7 +296,14 @@ class NamespaceCheckpoints:
                 del namespace[name]
         report = self.checkpointer.restore(manifest, namespace)
         self.previous = manifest
-        return _summary(rec), report
+        newest_id, newest = chain[-1]
+        base, last = self.seq_of(chain[0][0]), self.seq_of(newest_id)
+        weight = sum(len(b["manifest"].get(k) or ()) for _pid, b in chain[1:] for k in ("entries", "skipped", "removed"))
+        # Deltas may follow only the newest stored record (a restore of an older one starts a new full).
+        self._chain = Chain(base, last, weight) if last == self._seq else None
+        summary = _summary({"id": newest_id, "value": newest})
+        summary.skipped = dict(manifest.skipped)
+        return summary, report
 
     def _travel_may_delete(self, name: str, namespace: dict) -> bool:
         """Whether time travel may delete ``name``: the user's (not the shell's), not excluded.
@@ -250,6 +313,54 @@ class NamespaceCheckpoints:
         """
         cp = self.checkpointer
         return not name.startswith("_") and name not in cp.exclude and cp.is_user_name(name, namespace.get(name))
+
+
+class _Reader:
+    """One search's records and verified bodies, by sequence number (each verified once)."""
+
+    def __init__(self, history: NamespaceCheckpoints) -> None:
+        self.history = history
+        self.records: dict[int, dict[str, Any]] = {}
+        self.bodies: dict[int, dict[str, Any] | SignatureError] = {}
+
+    def body(self, seq: int, rec: dict[str, Any]) -> dict[str, Any]:
+        if seq not in self.bodies:
+            try:
+                self.bodies[seq] = self.history._unsealed(rec)
+            except CheckpointNotFoundError as exc:
+                self.bodies[seq] = ChainError(str(exc))
+            except SignatureError as exc:
+                self.bodies[seq] = exc
+        body = self.bodies[seq]
+        if isinstance(body, SignatureError):
+            raise body
+        return body
+
+    def chain_of(self, rec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The verified records base..N of record ``rec`` (N), full one first."""
+        history = self.history
+        seq = history.seq_of(rec["id"])
+        self.records.setdefault(seq, rec)
+        body = self.body(seq, rec)
+        base = body.get("base", seq)
+        if base == seq:
+            return [(rec["id"], body)]
+        if not isinstance(base, int) or not 0 < base < seq:
+            raise ChainError(f"checkpoint {rec['id']} names an impossible base {base!r}; refusing it")
+        if min(self.records) > base:  # one read: every record from the base on (the newest ones)
+            for r in history._records(max(history._seq, seq) - base + 1):
+                self.records.setdefault(history.seq_of(r["id"]), r)
+        chain = []
+        for s in range(base, seq):
+            r = self.records.get(s)
+            if r is None:
+                raise ChainError(f"checkpoint {rec['id']} builds on checkpoint {s}, which is missing; refusing it")
+            b = self.body(s, r)
+            if b.get("base", s) != base:
+                raise ChainError(f"checkpoint {r['id']} is not in the chain of {rec['id']} (base {base}); refusing it")
+            chain.append((r["id"], b))
+        chain.append((rec["id"], body))
+        return chain
 
 
 def _summary(rec: dict[str, Any]) -> StoredCheckpoint:

@@ -19,7 +19,8 @@ from kernel.core.models import Model
 from kernel.store.digests import HASH_NAME
 
 #: Bumped when a manifest written by this code could not be read by older code.
-FORMAT = 1
+#: 2: a checkpoint record may hold a delta manifest (:mod:`kernel.checkpoint.chain`).
+FORMAT = 2
 
 
 class Entry(Model, kw_only=True):
@@ -99,6 +100,10 @@ class CaptureReport:
     full_reason: str | None = None
     #: Skipped names whose promise broke (their blob did not fit in the store), not by choice.
     broken: list[str] = dataclasses.field(default_factory=list)
+    #: Names newly skipped, or skipped for another reason than before (with ``changed`` and
+    #: ``removed``: all a delta manifest holds, :mod:`kernel.checkpoint.chain`).
+    reskipped: list[str] = dataclasses.field(default_factory=list)
+    stored_size: int = 0  # bytes of blob data the whole checkpoint refers to (shared blobs counted once)
 
 
 @dataclasses.dataclass

@@ -127,7 +127,10 @@ class DurableSession:
                 size_limit=settings.checkpoint_max_bytes or None, hidden=namespace_hidden,
                 guard=RestoreGuard(resolve_home(settings) / "restoring", session_key(session)),
             )
-            history = NamespaceCheckpoints(checkpointer, signer, session, lambda limit=None: catalog.checkpoints(session, limit), clock=clock, state=session_state)
+            history = NamespaceCheckpoints(
+                checkpointer, signer, session, lambda limit=None: catalog.checkpoints(session, limit),
+                lookup=catalog.promise, clock=clock, state=session_state,
+            )  # fmt: skip
         except BaseException:
             if runtime is not None:
                 runtime.stop()

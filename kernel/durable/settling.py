@@ -106,6 +106,7 @@ class CellSettler:
                 try:
                     self.runtime.store_resolved([checkpoint])
                 except PyRepl3Error as exc:
+                    self.history.not_stored(checkpoint.id)  # the next one is written full
                     self.host.notice(f"the checkpoint after {eid} was not stored: {exc}", BROKEN)
                 else:
                     if self.after_store is not None:

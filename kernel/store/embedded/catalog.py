@@ -16,7 +16,7 @@ from resonate.codec import Codec, NoopEncryptor
 from resonate.types import PromiseRecord as WireRecord
 
 from kernel.core.errors import StoreCorruptError
-from kernel.core.ids import kind_of
+from kernel.core.ids import checkpoint_prefix, kind_of, session_key
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.embedded.database import connect, decode_promise, store_error
 from kernel.store.records import execution_summary, matching, summary_row
@@ -178,8 +178,14 @@ class EmbeddedCatalog:
         """This session's resolved checkpoint records, oldest first (the newest ``limit``)."""
         if self._db is None:
             return []
-        sql = "SELECT record FROM promises WHERE session = ? AND kind = 'checkpoint' AND state = 'resolved' ORDER BY id DESC"
-        args: list[Any] = [session]
+        # The primary key's range of this session's checkpoint ids, newest first: reads ``limit``
+        # rows, not all of the session's (``+`` keeps SQLite off the by-session index, which sorts all).
+        prefix = checkpoint_prefix(session_key(session))
+        sql = (
+            "SELECT record FROM promises WHERE id > ? AND id < ? AND +session = ? AND +kind = 'checkpoint'"
+            " AND state = 'resolved' ORDER BY id DESC"
+        )
+        args: list[Any] = [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), session]
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)

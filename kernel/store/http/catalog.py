@@ -59,9 +59,15 @@ class RemoteCatalog:
         return None if p is None else record(p, self.index.session_of(promise_id))
 
     def checkpoints(self, session: str, limit: int | None = None) -> list[PromiseRecord]:
-        recs = self._records(self.index.rows(session, "checkpoint"))
-        resolved = sorted((r for r in recs if r["state"] == "resolved"), key=lambda r: r["id"])
-        return resolved if limit is None else resolved[-limit:] if limit > 0 else []
+        rows = sorted(self.index.rows(session, "checkpoint"), key=lambda row: row[0])
+        if limit is None:
+            return [r for r in self._records(rows) if r["state"] == "resolved"]
+        newest: list[PromiseRecord] = []  # fetched newest first, one request each: only the ``limit`` wanted
+        for row in reversed(rows):
+            if len(newest) >= limit:
+                break
+            newest.extend(r for r in self._records([row]) if r["state"] == "resolved")
+        return newest[::-1]
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]:
         recs = self._records(self.index.rows(session, kind, open_only=True))
