@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import BenchError, Kernels, run_cell  # noqa: E402
+from bench_core import Kernels, run_cell  # noqa: E402
 from bench_frames import Series  # noqa: E402
-from bench_start import IPYKERNEL, PYREPL3, interleaved, load  # noqa: E402
+from _report import Report, alone, guard, load, versus  # noqa: E402
+from bench_start import IPYKERNEL, PYREPL3, interleaved  # noqa: E402
 
 SESSION = "bench-history"
 VARIABLES = 10_000
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed trivial cells of each kernel per row (default 30; 6 with --small)")
     parser.add_argument("--restarts", type=int, default=None, help="kill -9 + restarts per session (default 3; 1 with --small)")
     parser.add_argument("--small", action="store_true", help="CI size")
+    parser.add_argument("--json", action="store_true", help="one JSON document (benchmarks/_report.py)")
     args = parser.parse_args(argv)
     history = args.history or (200 if args.small else 5_520)
     adding = args.adding or (200 if args.small else 2_000)
@@ -175,38 +177,34 @@ def main(argv: list[str] | None = None) -> int:
             kernels.stop(km)
     finally:
         kernels.stop_all()
-    load_after = load()
-
-    def row(label: str, a: Series | None, b: Series, target: str) -> str:
-        delta = f"{b.median - a.median:+7.1f} ms {b.median / a.median:5.2f}x" if a is not None and a.median else "-"
-        return f"{label:<52}| {a.cell() if a else '-':>34} | {b.cell():>34} | {delta:>18} | {target}"
 
     ours_growth = last[PYREPL3].median / first[PYREPL3].median
     restart_limit = fresh.median + RESTART_SLACK_MS
-    print(f"bench_history: {'small' if args.small else 'full'}: {history} cells of history, {adding} cells adding a name, "
-          f"{repeats} timed trivial cells of each kernel per row, {restarts} restart(s) per session")  # fmt: skip
-    print(f"load before: {load_before}")
-    print(f"{'cell (execute_request -> reply + idle)':<52}| {'ipykernel: median, p90 [min-max]':>34} | {'pyrepl3':>34} | {'delta, ratio':>18} | target")
-    print("-" * 52 + "+" + "-" * 36 + "+" + "-" * 36 + "+" + "-" * 20 + "+" + "-" * 30)
-    print(row("1+1 after 10 real cells in the same session", early[IPYKERNEL], early[PYREPL3], "-"))
-    print(row(f"1+1 after {history} real cells in the same session", late[IPYKERNEL], late[PYREPL3], "close to ipykernel"))
-    print(row(f"trivial cell with {VARIABLES:,} variables", many[IPYKERNEL], many[PYREPL3], "close to ipykernel"))
-    print(row(f"{adding} cells adding one name: first {window}", first[IPYKERNEL], first[PYREPL3], "-"))
-    print(row(f"{adding} cells adding one name: last {window}", last[IPYKERNEL], last[PYREPL3],
-              f"last/first {ours_growth:.2f} (<= {GROWTH_LIMIT:.2f})"))  # fmt: skip
-    print(row("new session: start -> first execute_reply", None, fresh, "-"))
-    print(row(f"restart after kill -9, {history} cells of history", None, restart_h, f"<= new + {RESTART_SLACK_MS:g} ms = {restart_limit:.0f} ms"))
-    print(row(f"restart after kill -9, {adding} cells adding a name", None, restart_a, f"<= new + {RESTART_SLACK_MS:g} ms = {restart_limit:.0f} ms"))
-    print(f"store after {adding} cells adding a name: {adding_mb:.1f} MB (target <= {STORE_LIMIT_MB:g} MB); "
-          f"store growth per trivial cell with {VARIABLES:,} variables: {many_growth / 1024:.1f} KB")  # fmt: skip
-    print(f"load after:  {load_after}")
+    flat = early[PYREPL3].median * GROWTH_LIMIT  # "flat": as a trivial cell after 10 cells, within 10 %
+    names_met = ours_growth <= GROWTH_LIMIT and adding_mb <= STORE_LIMIT_MB and restart_a.median <= restart_limit
+    rows = [
+        versus("1+1 after 10 real cells in the same session", None, early[IPYKERNEL].values, early[PYREPL3].values),
+        versus(f"1+1 after {history} real cells in the same session", "history", late[IPYKERNEL].values, late[PYREPL3].values,
+               target=f"<= {GROWTH_LIMIT:.2f}x PyREPL3 after 10 cells ({flat:.1f} ms)", met=late[PYREPL3].median <= flat),
+        versus(f"trivial cell with {VARIABLES:,} variables", "vars10k", many[IPYKERNEL].values, many[PYREPL3].values,
+               target=f"<= {GROWTH_LIMIT:.2f}x PyREPL3 with 10 variables ({flat:.1f} ms)", met=many[PYREPL3].median <= flat,
+               note=f"store growth per cell {many_growth / 1024:.1f} KB"),
+        versus(f"{adding} cells adding one name: first {window}", None, first[IPYKERNEL].values, first[PYREPL3].values),
+        versus(f"{adding} cells adding one name: last {window}", "names2000", last[IPYKERNEL].values, last[PYREPL3].values,
+               target=f"last/first <= {GROWTH_LIMIT:.2f}; store <= {STORE_LIMIT_MB:g} MB; restart <= new + {RESTART_SLACK_MS:g} ms",
+               met=names_met,
+               note=f"last/first {ours_growth:.2f}; store {adding_mb:.1f} MB; restart {restart_a.median:.0f} ms vs new {fresh.median:.0f} ms"),
+        alone("new session: start -> first execute_reply", None, fresh.values),
+        alone(f"restart after kill -9, {history} cells of history", None, restart_h.values, at_most=restart_limit,
+              target=f"<= new + {RESTART_SLACK_MS:g} ms"),
+        alone(f"restart after kill -9, {adding} cells adding a name", None, restart_a.values, at_most=restart_limit,
+              target=f"<= new + {RESTART_SLACK_MS:g} ms"),
+    ]
+    header = (f"{history} cells of history, {adding} cells adding a name, {repeats} timed trivial cells of each kernel "
+              f"per row, {restarts} restart(s) per session")
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return Report("bench_history", args.small, header, load_before, rows).emit(json_out=args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_history failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    guard(main, "bench_history")

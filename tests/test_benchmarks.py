@@ -27,6 +27,7 @@ FILLS = {
     "bench_listings.py": {"start5000", "listing50"},
     "bench_gc.py": {"storage"},
     "bench_restore.py": set(),
+    "bench_history.py": {"history", "vars10k", "names2000"},
 }
 
 
