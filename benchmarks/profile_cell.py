@@ -122,30 +122,42 @@ def analyse(kind: str, client: dict[str, tuple[float, float]], timings: Path) ->
         put("do_execute end -> client has reply+idle", t1 - m["do_execute:end"])
         put("  IPython do_execute (super)", m["ipython:end"] - m["ipython:start"])
         if kind == "pyrepl3":
-            put("  start -> submit (ExecutionParams, expect)", m["main: DurableRuntime.submit:start"] - m["do_execute:start"])
-            put("  runtime.submit", m["main: DurableRuntime.submit:end"] - m["main: DurableRuntime.submit:start"])
-            put("  ticket.result (wait for hand-off)", m["main: OutputRecorder.begin:start"] - m["main: DurableRuntime.submit:end"])
-            put("  recorder.begin -> IPython start", m["ipython:start"] - m["main: OutputRecorder.begin:start"])
-            put("  IPython end -> wait_settled (flush x2, recorder.end, _outcome, set_result)",
-                m["main: DurableRuntime.wait_settled:start"] - m["ipython:end"])
-            put("  runtime.wait_settled", m["main: DurableRuntime.wait_settled:end"] - m["main: DurableRuntime.wait_settled:start"])
-            put("  wait_settled -> do_execute end", m["do_execute:end"] - m["main: DurableRuntime.wait_settled:end"])
-            sub0, sub1 = m["rt: DurableRuntime._submit (coroutine):start"], m["rt: DurableRuntime._submit (coroutine):end"]
-            put("    submit: main call -> coroutine starts on runtime loop", sub0 - m["main: DurableRuntime.submit:start"])
-            put("    submit: coroutine (promises.create -> store)", sub1 - sub0)
-            put("    submit: coroutine end -> main thread resumes", m["main: DurableRuntime.submit:end"] - sub1)
-            d0 = m["rt: CellDispatcher.dispatch:start"]
-            put("    hand-off: submit returned -> dispatch runs (task msg, task.acquire, durable_execute)", d0 - m["main: DurableRuntime.submit:end"])
-            put("    hand-off: dispatch -> main thread resumes", m["main: OutputRecorder.begin:start"] - d0)
-            w0, w1 = m["rt: DurableRuntime._wait_settled (coroutine):start"], m["rt: DurableRuntime._wait_settled (coroutine):end"]
-            put("    wait_settled: main call -> coroutine starts", w0 - m["main: DurableRuntime.wait_settled:start"])
-            put("    wait_settled: coroutine (settle via task.fulfill, promise.get)", w1 - w0)
-            put("    wait_settled: coroutine end -> main thread resumes", m["main: DurableRuntime.wait_settled:end"] - w1)
+            stages(m, put)
         for name, total in spans.items():
             put(f"[span] {name}", total)
         for name, (_, count) in cell["spans"].items():
             out.setdefault(f"[count] {name}", []).append(count)
     return out
+
+
+#: PyREPL3's stages: (label, from mark, to mark). A stage whose marks the kernel did not
+#: record (the code no longer has that method, or took another path) is left out.
+STAGES = (
+    ("  do_execute start -> submit (ExecutionParams, expect)", "do_execute:start", "main: DurableRuntime.submit:start"),
+    ("  runtime.submit (create exec:)", "main: DurableRuntime.submit:start", "main: DurableRuntime.submit:end"),
+    ("    submit: main call -> coroutine starts on runtime loop", "main: DurableRuntime.submit:start", "rt: DurableRuntime._submit (coroutine):start"),
+    ("    submit: coroutine (promises.create -> store)", "rt: DurableRuntime._submit (coroutine):start", "rt: DurableRuntime._submit (coroutine):end"),
+    ("    submit: coroutine end -> main thread resumes", "rt: DurableRuntime._submit (coroutine):end", "main: DurableRuntime.submit:end"),
+    ("  dispatcher.take (hand-off and its record)", "main: CellDispatcher.take:start", "main: CellDispatcher.take:end"),
+    ("    hand-off: take -> dispatch runs (task msg, task.acquire, durable_execute)", "main: CellDispatcher.take:start", "rt: CellDispatcher.dispatch:start"),
+    ("    started record (coroutine on the loop)", "rt: DurableRuntime._record_start (coroutine):start", "rt: DurableRuntime._record_start (coroutine):end"),
+    ("    started record -> main thread resumes", "rt: DurableRuntime._record_start (coroutine):end", "main: CellDispatcher.take:end"),
+    ("    runtime.record_start (main thread)", "main: DurableRuntime.record_start:start", "main: DurableRuntime.record_start:end"),
+    ("  take end -> IPython start (recorder.begin)", "main: CellDispatcher.take:end", "ipython:start"),
+    ("  IPython end -> settle (flush, recorder.end, outcome)", "ipython:end", "main: CellSettler.settle:start"),
+    ("  settler.settle (checkpoint and outcome)", "main: CellSettler.settle:start", "main: CellSettler.settle:end"),
+    ("    capture (outcome blob, namespace, ckpt promise)", "main: CellSettler._checkpoint:start", "main: CellSettler._checkpoint:end"),
+    ("    runtime.store_resolved (ckpt: create + resolve)", "main: DurableRuntime.store_resolved:start", "main: DurableRuntime.store_resolved:end"),
+    ("    runtime.settle_cell (ckpt: and exec: as one unit)", "main: DurableRuntime.settle_cell:start", "main: DurableRuntime.settle_cell:end"),
+    ("    runtime.confirm_settled (wait for the task's fulfill)", "main: DurableRuntime.confirm_settled:start", "main: DurableRuntime.confirm_settled:end"),
+    ("  settle end -> do_execute end", "main: CellSettler.settle:end", "do_execute:end"),
+)
+
+
+def stages(marks: dict[str, float], put: Any) -> None:
+    for label, a, b in STAGES:
+        if a in marks and b in marks:
+            put(label, marks[b] - marks[a])
 
 
 def _wait(kc: Any, msg_id: str, timeout: float = 30.0) -> None:
