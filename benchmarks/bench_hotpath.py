@@ -9,7 +9,9 @@ Kernels started by jupyter_client, each with a fresh PYREPL3_HOME:
 * ``pass`` round trip (execute_request -> execute_reply and iopub idle) on
   ipykernel, PyREPL3 (embedded) and PyREPL3 on Postgres, in blocks of 20 cells
   per kernel in turn (so drift in load hits all alike): median, p90, p99, and
-  PyREPL3 minus ipykernel;
+  PyREPL3 minus ipykernel; and each kernel process's CPU time per cell (all its
+  threads, from /proc), which a loaded machine inflates far less than the
+  round trip;
 * ``x = 1`` in kernels holding 500 MB of numpy arrays (ipykernel and PyREPL3,
   interleaved the same way): a small cell must not pay for the large names;
 * inside one PyREPL3 cell, timed with ``time.perf_counter``: ``durable.run`` of
@@ -40,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import BenchError, Kernels, p90, run_cell  # noqa: E402
-from bench_start import IPYKERNEL, PYREPL3, load  # noqa: E402
+from bench_start import IPYKERNEL, PYREPL3, cpu_seconds, load  # noqa: E402
 from bench_steps import cell_output, result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +75,12 @@ def figures(values: list[float]) -> str:
     return f"{statistics.median(values):7.3f} / {p90(values):7.3f} / {p99(values):7.3f} ms"
 
 
-def interleave(clients: dict[str, Any], code: str, n: int) -> dict[str, list[float]]:
-    """``n`` round trips of ``code`` per kernel, in blocks of BLOCK, the kernels in turn."""
+def interleave(clients: dict[str, Any], pids: dict[str, int], code: str, n: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """``n`` round trips of ``code`` per kernel, in blocks of BLOCK, the kernels in turn;
+    and each kernel process's CPU milliseconds (all its threads) per cell, which a loaded
+    machine inflates far less than the round trip."""
     times: dict[str, list[float]] = {label: [] for label in clients}
+    cpu = dict.fromkeys(clients, 0.0)
     for label, kc in clients.items():  # warm-up
         for _ in range(10):
             run_cell(kc, code)
@@ -83,9 +88,11 @@ def interleave(clients: dict[str, Any], code: str, n: int) -> dict[str, list[flo
     while done < n:
         k = min(BLOCK, n - done)
         for label, kc in clients.items():
+            before = cpu_seconds(pids[label])
             times[label] += [run_cell(kc, code) * 1000 for _ in range(k)]
+            cpu[label] += cpu_seconds(pids[label]) - before
         done += k
-    return times
+    return times, {label: total * 1000 / n for label, total in cpu.items()}
 
 
 def postgres_dsn(work: Path) -> tuple[str | None, str]:
@@ -133,13 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         dsn, source = (None, "--no-postgres") if args.no_postgres else postgres_dsn(work)
         started_pg = dsn is not None and source.startswith("a throwaway")
         homes = {"embedded": {}, **({"postgres": {"PYREPL3_STORE": dsn}} if dsn else {})}
-        clients: dict[str, Any] = {"ipykernel": kernels.start(IPYKERNEL)[1]}
-        for engine, extra in homes.items():
-            env = {"PYREPL3_HOME": str(work / f"home-{engine}"), "PYREPL3_SESSION": f"bench-hot-{os.getpid()}-{engine}", **extra}
-            clients[f"pyrepl3 {engine}"] = kernels.start(PYREPL3, env)[1]
-        trivial = interleave(clients, "pass", n)
+        clients: dict[str, Any] = {}
+        pids: dict[str, int] = {}
+        for label, name, env in [("ipykernel", IPYKERNEL, {}), *(
+            (f"pyrepl3 {engine}", PYREPL3, {"PYREPL3_HOME": str(work / f"home-{engine}"), "PYREPL3_SESSION": f"bench-hot-{os.getpid()}-{engine}", **extra})
+            for engine, extra in homes.items()
+        )]:
+            km, clients[label], _ = kernels.start(name, env)
+            pids[label] = km.provisioner.process.pid
+        trivial, cpu = interleave(clients, pids, "pass", n)
         base = trivial["ipykernel"]
         rows.append(("trivial cell `pass`: ipykernel", figures(base), "-"))
+        rows += [(f"kernel CPU per trivial cell: {label}", f"{ms:7.3f} ms", "-" if label == "ipykernel" else f"+{ms - cpu['ipykernel']:.3f} ms")
+                 for label, ms in cpu.items()]
         for label in clients:
             if label == "ipykernel":
                 continue
@@ -171,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         big = {k: clients[k] for k in ("ipykernel", "pyrepl3 embedded")}
         for kc in big.values():
             run_cell(kc, ARRAYS.format(n=mb * 1024 * 1024 // 8 // 4), timeout=600)
-        small = interleave(big, "x = 1", max(n // 2, 20))
+        small, small_cpu = interleave(big, {k: pids[k] for k in big}, "x = 1", max(n // 2, 20))
         dmed = statistics.median(small["pyrepl3 embedded"]) - statistics.median(small["ipykernel"])
         rows.append((f"`x = 1` next to {mb} MB of arrays: ipykernel", figures(small["ipykernel"]), "-"))
         rows.append((f"`x = 1` next to {mb} MB of arrays: pyrepl3 embedded", figures(small["pyrepl3 embedded"]),
                      f"+{dmed:.2f} median (<= +1.5: {'PASS' if dmed <= 1.5 else 'MISS'})"))
+        rows += [(f"kernel CPU per `x = 1` next to {mb} MB: {label}", f"{ms:7.3f} ms", "-" if label == "ipykernel" else f"+{ms - small_cpu['ipykernel']:.3f} ms")
+                 for label, ms in small_cpu.items()]
     finally:
         kernels.stop_all()
         if started_pg:

@@ -47,7 +47,8 @@ from resonate_base.error import ConnectorError
 
 from kernel.core.errors import StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
-from kernel.store.embedded.requests import FulfilledLater, referenced_ids
+from kernel.store.batches import FulfilledLater
+from kernel.store.embedded.requests import referenced_ids
 from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, LISTED_SQL, listed_row, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class EmbeddedStore:
             self.state.set_t_timeout(t.id, 1, now + (t.ttl or 60_000))
 
     def _page_in(self, ids: Iterable[str]) -> None:
-        for pid in ids:
+        for pid in dict.fromkeys(ids):  # a batch's create and settle name one id: looked up once
             if pid in self.state.promises:
                 continue
             row = self._db.execute("SELECT record FROM promises WHERE id = ?", (pid,)).fetchone()
