@@ -1,7 +1,7 @@
 """The hot path: a trivial cell, a small cell next to large arrays, a step, a step value, Postgres.
 
     .venv/bin/python benchmarks/bench_hotpath.py            # 600 cells per kernel, 500 MB of arrays, 1,000 versions
-    .venv/bin/python benchmarks/bench_hotpath.py --small    # CI: 60 cells, 20 MB, 100 versions
+    .venv/bin/python benchmarks/bench_hotpath.py --small    # CI: 40 cells, 20 MB, 100 versions
     PYREPL3_TEST_PG_DSN=postgresql://... .venv/bin/python benchmarks/bench_hotpath.py   # that server for the Postgres row
 
 Kernels started by jupyter_client, each with a fresh PYREPL3_HOME:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", type=int, default=None, help="versions of one step value (default 1000; 100 with --small)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the Postgres row")
     args = parser.parse_args(argv)
-    n = args.n or (60 if args.small else 600)
+    n = args.n or (40 if args.small else 600)
     mb = args.mb or (20 if args.small else 500)
     versions = args.versions or (100 if args.small else 1000)
     steps, names = (200, 50) if args.small else (2000, 200)

@@ -9,9 +9,12 @@ prints the median (and mean) milliseconds per cell of:
 
 * the client round trip and its parts: client send -> do_execute start,
   do_execute, do_execute end -> iopub idle seen by the client;
-* for PyREPL3, the stages of ``DurableKernel.do_execute`` (kernel/kernel.py):
-  expect, ``runtime.submit``, waiting for the engine's hand-off (ticket.result),
-  the IPython execution, the stream flushes and outcome, ``wait_settled``;
+* for PyREPL3, the stages of a cell (``STAGES``: the submit, the hand-off and
+  its started record, the IPython execution, the end of the cell: capture and
+  the one write of checkpoint and settle, or on an engine without batches the
+  checkpoint's write and the wait for the task's fulfill), by timing marks the
+  kernel process records; a stage whose methods the code no longer has is left
+  out, not a ``KeyError``;
 * the runtime thread's work per cell: event-loop busy time, store requests by
   kind (``EmbeddedStore.apply``), SQLite statements, ServerState.apply.
 

@@ -55,3 +55,13 @@ def test_listings_benchmark_small() -> None:
     out = run_small("bench_listings.py")
     # The benchmark itself checks that each listing holds every execution.
     assert "executions (catalog), store holding 300 executions" in out and "sessions (catalog)" in out
+
+
+def test_hotpath_benchmark_small() -> None:
+    out = run_small("bench_hotpath.py")
+    # The benchmark's cell checks that get_checkpoint returns the newest of the versions it wrote.
+    assert "trivial cell `pass`: pyrepl3 embedded" in out and "kernel CPU per trivial cell: pyrepl3 embedded" in out
+    assert "durable.run step, trivial fn" in out and "durable.checkpoint, a new name each call" in out
+    assert "`x = 1` next to 20 MB of arrays: pyrepl3 embedded" in out
+    # The Postgres row is there, or says why not.
+    assert "trivial cell `pass`: pyrepl3 postgres" in out or "Postgres row skipped: " in out
