@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_hotpath.py            # 600 cells per kernel, 500 MB of arrays, 1,000 versions
     .venv/bin/python benchmarks/bench_hotpath.py --small    # CI: 40 cells, 20 MB, 100 versions
     PYREPL3_TEST_PG_DSN=postgresql://... .venv/bin/python benchmarks/bench_hotpath.py   # that server for the Postgres row
+    .venv/bin/python benchmarks/bench_hotpath.py --before ../old   # also the kernel/ of another checkout, interleaved
 
 Kernels started by jupyter_client, each with a fresh PYREPL3_HOME:
 
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=int, default=None, help="MB of arrays beside the small cell (default 500; 20 with --small)")
     parser.add_argument("--versions", type=int, default=None, help="versions of one step value (default 1000; 100 with --small)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the Postgres row")
+    parser.add_argument("--before", metavar="DIR", default="",
+                        help="also run PyREPL3 from another checkout's kernel/ (e.g. a `git worktree` of the commit before), "
+                             "interleaved with this one, with this venv: before and after in one run")
     args = parser.parse_args(argv)
     n = args.n or (40 if args.small else 600)
     mb = args.mb or (20 if args.small else 500)
@@ -140,14 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         dsn, source = (None, "--no-postgres") if args.no_postgres else postgres_dsn(work)
         started_pg = dsn is not None and source.startswith("a throwaway")
         homes = {"embedded": {}, **({"postgres": {"PYREPL3_STORE": dsn}} if dsn else {})}
+        if args.before:
+            # That checkout's kernel package first (and not the working directory's: PYTHONSAFEPATH).
+            baseline = {"PYTHONPATH": str(Path(args.before).resolve()), "PYTHONSAFEPATH": "1"}
+            homes = {**homes, "embedded, before": baseline, **({"postgres, before": {"PYREPL3_STORE": dsn, **baseline}} if dsn else {})}
         clients: dict[str, Any] = {}
         pids: dict[str, int] = {}
         for label, name, env in [("ipykernel", IPYKERNEL, {}), *(
-            (f"pyrepl3 {engine}", PYREPL3, {"PYREPL3_HOME": str(work / f"home-{engine}"), "PYREPL3_SESSION": f"bench-hot-{os.getpid()}-{engine}", **extra})
+            (f"pyrepl3 {engine}", PYREPL3, {"PYREPL3_HOME": str(work / f"home-{engine}"), "PYREPL3_SESSION": f"bench-hot-{os.getpid()}-{engine.replace(', ', '-')}", **extra})
             for engine, extra in homes.items()
         )]:
             km, clients[label], _ = kernels.start(name, env)
             pids[label] = km.provisioner.process.pid
+        for label, kc in clients.items():  # which kernel/ each PyREPL3 kernel runs
+            if label != "ipykernel":
+                notes.append(f"{label}: kernel/ from {cell_output(kc, 'import kernel as _k; print(_k.__file__)').strip()}")
         trivial, cpu = interleave(clients, pids, "pass", n)
         base = trivial["ipykernel"]
         rows.append(("trivial cell `pass`: ipykernel", figures(base), "-"))
@@ -160,35 +171,40 @@ def main(argv: list[str] | None = None) -> int:
             dmed, dp99 = statistics.median(v) - statistics.median(base), p99(v) - p99(base)
             target = (f"+{dmed:.2f} median (<= +1: {'PASS' if dmed <= 1 else 'MISS'}), "
                       f"+{dp99:.2f} p99 (<= +2: {'PASS' if dp99 <= 2 else 'MISS'})")
-            if label == "pyrepl3 postgres":
-                ratio = statistics.median(v) / statistics.median(trivial["pyrepl3 embedded"])
+            if label.startswith("pyrepl3 postgres"):
+                ratio = statistics.median(v) / statistics.median(trivial[label.replace("postgres", "embedded")])
                 target = f"{ratio:.2f}x embedded (<= 2x: {'PASS' if ratio <= 2 else 'MISS'}); " + target
             rows.append((f"trivial cell `pass`: {label}", figures(v), target))
         if dsn is None:
             notes.append(f"Postgres row skipped: {source}")
 
         # In-cell figures (embedded), before the arrays are made.
-        timed = result(cell_output(clients["pyrepl3 embedded"], IN_CELL.format(steps=steps, names=names, versions=versions)))
-        step_med = statistics.median(timed["step"])
-        rows.append((f"durable.run step, trivial fn ({steps})", figures(timed["step"]),
-                     f"<= 0.2 ms: {'PASS' if step_med <= 0.2 else f'MISS by {step_med - 0.2:.3f} ms'}"))
-        rows.append((f"durable.checkpoint, a new name each call ({names})", figures(timed["new"]), "version 1 of its name"))
-        first, last = timed["ver"][:50], timed["ver"][-50:]
-        growth = statistics.median(last) - statistics.median(first)
-        flat = growth <= max(0.05, 0.10 * statistics.median(first))
-        rows.append((f"durable.checkpoint, one name: versions 1-50", figures(first), "-"))
-        rows.append((f"durable.checkpoint, one name: versions {versions - 49}-{versions}", figures(last),
-                     f"{growth:+.3f} ms vs first 50: {'PASS (flat)' if flat else 'MISS (grows)'}"))
+        for label in [k for k in clients if k.startswith("pyrepl3 embedded")]:
+            tag = label.removeprefix("pyrepl3 embedded").strip(", ")
+            tag = f" [{tag}]" if tag else ""
+            timed = result(cell_output(clients[label], IN_CELL.format(steps=steps, names=names, versions=versions)))
+            step_med = statistics.median(timed["step"])
+            rows.append((f"durable.run step, trivial fn ({steps}){tag}", figures(timed["step"]),
+                         f"<= 0.2 ms: {'PASS' if step_med <= 0.2 else f'MISS by {step_med - 0.2:.3f} ms'}"))
+            rows.append((f"durable.checkpoint, a new name each call ({names}){tag}", figures(timed["new"]), "version 1 of its name"))
+            first, last = timed["ver"][:50], timed["ver"][-50:]
+            growth = statistics.median(last) - statistics.median(first)
+            flat = growth <= max(0.05, 0.10 * statistics.median(first))
+            rows.append((f"durable.checkpoint, one name: versions 1-50{tag}", figures(first), "-"))
+            rows.append((f"durable.checkpoint, one name: versions {versions - 49}-{versions}{tag}", figures(last),
+                         f"{growth:+.3f} ms vs first 50: {'PASS (flat)' if flat else 'MISS (grows)'}"))
 
         # A small cell next to large arrays: ipykernel and PyREPL3 embedded only.
-        big = {k: clients[k] for k in ("ipykernel", "pyrepl3 embedded")}
+        big = {k: clients[k] for k in clients if k == "ipykernel" or k.startswith("pyrepl3 embedded")}
         for kc in big.values():
             run_cell(kc, ARRAYS.format(n=mb * 1024 * 1024 // 8 // 4), timeout=600)
         small, small_cpu = interleave(big, {k: pids[k] for k in big}, "x = 1", max(n // 2, 20))
-        dmed = statistics.median(small["pyrepl3 embedded"]) - statistics.median(small["ipykernel"])
         rows.append((f"`x = 1` next to {mb} MB of arrays: ipykernel", figures(small["ipykernel"]), "-"))
-        rows.append((f"`x = 1` next to {mb} MB of arrays: pyrepl3 embedded", figures(small["pyrepl3 embedded"]),
-                     f"+{dmed:.2f} median (<= +1.5: {'PASS' if dmed <= 1.5 else 'MISS'})"))
+        for label in big:
+            if label != "ipykernel":
+                dmed = statistics.median(small[label]) - statistics.median(small["ipykernel"])
+                rows.append((f"`x = 1` next to {mb} MB of arrays: {label}", figures(small[label]),
+                             f"+{dmed:.2f} median (<= +1.5: {'PASS' if dmed <= 1.5 else 'MISS'})"))
         rows += [(f"kernel CPU per `x = 1` next to {mb} MB: {label}", f"{ms:7.3f} ms", "-" if label == "ipykernel" else f"+{ms - small_cpu['ipykernel']:.3f} ms")
                  for label, ms in small_cpu.items()]
     finally:
