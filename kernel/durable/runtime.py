@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
@@ -43,6 +44,8 @@ T = TypeVar("T")
 
 #: How long an execution promise may stay pending before the engine times it out.
 EXECUTION_TIMEOUT = timedelta(days=7)
+#: Seconds after the end of a cell (stored) before its task's own end runs (:meth:`DurableRuntime.hand_later`).
+TASK_END_DELAY = 0.005
 
 
 class CellFailed(Exception):
@@ -397,6 +400,18 @@ class DurableRuntime:
             await promises.reject(execution_id, Value(data=CellFailed(outcome)))
         else:
             await promises.resolve(execution_id, Value(data=outcome.model_dump(mode="json")))
+
+    def hand_later(self, fut: cf.Future[T], value: T, delay: float = TASK_END_DELAY) -> None:
+        """Complete ``fut`` (an execution's outcome, already stored) on the loop ``delay``
+        seconds from now: the SDK's end of that task then does not take the GIL from the
+        main thread while it sends the reply."""
+
+        def complete() -> None:
+            with contextlib.suppress(cf.InvalidStateError):
+                if not fut.done():
+                    fut.set_result(value)
+
+        self._loop.call_soon_threadsafe(self._loop.call_later, delay, complete)
 
     def watch(self, promise_id: str) -> cf.Future[PromiseRecord]:
         """A future that completes with the record once the promise is settled,

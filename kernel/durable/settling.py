@@ -118,14 +118,18 @@ class CellSettler:
 
     def _settle_as_one(self, eid: str, checkpoint: ResolvedPromise | None, handed: cf.Future[CellOutcome], outcome: CellOutcome) -> None:
         """The checkpoint and the settle of the execution in one transaction; ``durable_execute``
-        gets the outcome after it, for the SDK to finish the task with (nothing waits for that)."""
+        gets the outcome after it, for the SDK to finish the task with (nothing waits for that,
+        so it gets it a moment later, once the reply is on its way: :meth:`DurableRuntime.hand_later`)."""
         try:
             self.runtime.settle_cell(checkpoint, eid, outcome)
-        except PyRepl3Error as exc:
-            self.host.notice(f"{eid} and the checkpoint after it were not stored: {exc}", BROKEN)
-        finally:
+        except BaseException as exc:
             if not handed.done():
-                handed.set_result(outcome)
+                handed.set_result(outcome)  # now: a session that reconnects stores it (outcome_of)
+            if not isinstance(exc, PyRepl3Error):
+                raise
+            self.host.notice(f"{eid} and the checkpoint after it were not stored: {exc}", BROKEN)
+            return
+        self.runtime.hand_later(handed, outcome)
 
     def _checkpoint(self, code: str, params: ExecutionParams, outcome: CellOutcome, *, blob: bool = True) -> ResolvedPromise | None:
         """Capture the namespace (the outcome's blob first, with ``blob``: for an engine that
