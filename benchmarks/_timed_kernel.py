@@ -167,21 +167,20 @@ def install(kind: str) -> type:
 
     DurableKernel.do_execute = do_execute  # type: ignore[method-assign]
 
-    wrap(CellDispatcher, "expect", "main: CellDispatcher.expect", marks=True)
-    wrap(DurableRuntime, "submit", "main: DurableRuntime.submit", marks=True)
-    wrap(DurableRuntime, "wait_settled", "main: DurableRuntime.wait_settled", marks=True)
-    # The end of a cell (kernel/durable/settling.py): checkpoint, store it, hand the outcome over, confirm.
     from kernel.durable.settling import CellSettler
 
-    wrap(CellSettler, "settle", "main: CellSettler.settle", marks=True)
-    wrap(CellSettler, "_checkpoint", "main: CellSettler._checkpoint (capture)", marks=True)
-    wrap(DurableRuntime, "store_resolved", "main: DurableRuntime.store_resolved (checkpoint)", marks=True)
-    wrap(DurableRuntime, "confirm_settled", "main: DurableRuntime.confirm_settled", marks=True)
-    wrap(OutputRecorder, "begin", "main: OutputRecorder.begin", marks=True)
-    wrap(OutputRecorder, "end", "main: OutputRecorder.end", marks=True)
+    # Main-thread stages of one cell (a method the code no longer has is left out).
+    for cls, meth in (
+        (CellDispatcher, "expect"), (DurableRuntime, "submit"), (CellDispatcher, "take"),
+        (DurableRuntime, "wait_settled"), (OutputRecorder, "begin"), (OutputRecorder, "end"),
+        (CellSettler, "settle"), (CellSettler, "_checkpoint"), (DurableRuntime, "store_resolved"),
+        (DurableRuntime, "confirm_settled"), (DurableRuntime, "record_start"), (DurableRuntime, "settle_cell"),
+    ):
+        if hasattr(cls, meth):
+            wrap(cls, meth, f"main: {cls.__name__}.{meth}", marks=True)
 
     wrap(OutputRecorder, "_record", "main: OutputRecorder._record (nbformat output_from_msg)")
-    import kernel.jupyter.durable_side as kk  # where the cell's outcome is made from the reply
+    import kernel.jupyter.durable_side as kk  # where the kernel calls it
 
     orig_outcome = kk.outcome_of_reply
 
@@ -194,8 +193,11 @@ def install(kind: str) -> type:
 
     kk.outcome_of_reply = outcome
 
-    for meth, label in (("_submit", "rt: DurableRuntime._submit (coroutine)"), ("_wait_settled", "rt: DurableRuntime._wait_settled (coroutine)")):
-        orig_coro = getattr(DurableRuntime, meth)
+    for meth, label in (("_submit", "rt: DurableRuntime._submit (coroutine)"), ("_wait_settled", "rt: DurableRuntime._wait_settled (coroutine)"),
+                        ("_record_start", "rt: DurableRuntime._record_start (coroutine)")):
+        orig_coro = getattr(DurableRuntime, meth, None)
+        if orig_coro is None:
+            continue
 
         def make(orig_coro: Any, label: str) -> Any:
             @functools.wraps(orig_coro)
@@ -252,6 +254,8 @@ def install(kind: str) -> type:
             _add(f"rt: EmbeddedStore.apply [{kind_}]", dt)
 
     EmbeddedStore.apply = apply  # type: ignore[method-assign]
+    if hasattr(EmbeddedStore, "apply_batch"):
+        wrap(EmbeddedStore, "apply_batch", "EmbeddedStore.apply_batch (caller's thread)")
     wrap(EmbeddedStore, "_page_in", "rt: EmbeddedStore._page_in")
     wrap(EmbeddedStore, "_flush", "rt: EmbeddedStore._flush")
     wrap(EmbeddedStore, "_evict", "rt: EmbeddedStore._evict")

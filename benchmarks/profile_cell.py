@@ -9,11 +9,12 @@ prints the median (and mean) milliseconds per cell of:
 
 * the client round trip and its parts: client send -> do_execute start,
   do_execute, do_execute end -> iopub idle seen by the client;
-* for PyREPL3, the stages of ``DurableKernel.do_execute``: expect,
-  ``runtime.submit``, waiting for the engine's hand-off (ticket.result), the
-  IPython execution, the end of the cell (``CellSettler.settle``: checkpoint
-  capture, storing it, ``confirm_settled``); a stage whose marks a cell did not
-  pass is left out rather than failing;
+* for PyREPL3, the stages of a cell (``STAGES``: the submit, the hand-off and
+  its started record, the IPython execution, the end of the cell: capture and
+  the one write of checkpoint and settle, or on an engine without batches the
+  checkpoint's write and the wait for the task's fulfill), by timing marks the
+  kernel process records; a stage whose methods the code no longer has is left
+  out, not a ``KeyError``;
 * the runtime thread's work per cell: event-loop busy time, store requests by
   kind (``EmbeddedStore.apply``), SQLite statements, ServerState.apply.
 
@@ -119,43 +120,47 @@ def analyse(kind: str, client: dict[str, tuple[float, float]], timings: Path) ->
         m = cell["marks"]
         spans = {k: v[0] for k, v in cell["spans"].items()}
         put("client round trip", t1 - t0)
-
-        def stage(name: str, start: str, end: str) -> None:
-            """A stage between two marks; left out for a cell that did not pass both (a replay, a change in kernel/)."""
-            if start in m and end in m:
-                put(name, m[end] - m[start])
-
-        m = {**m, "client:send": t0}
-        stage("client send -> do_execute start", "client:send", "do_execute:start")
-        stage("do_execute (whole)", "do_execute:start", "do_execute:end")
+        put("client send -> do_execute start", m["do_execute:start"] - t0)
+        put("do_execute (whole)", m["do_execute:end"] - m["do_execute:start"])
         put("do_execute end -> client has reply+idle", t1 - m["do_execute:end"])
-        stage("  IPython do_execute (super)", "ipython:start", "ipython:end")
+        put("  IPython do_execute (super)", m["ipython:end"] - m["ipython:start"])
         if kind == "pyrepl3":
-            stage("  start -> submit (ExecutionParams, expect)", "do_execute:start", "main: DurableRuntime.submit:start")
-            stage("  runtime.submit", "main: DurableRuntime.submit:start", "main: DurableRuntime.submit:end")
-            stage("  ticket.result (wait for hand-off)", "main: DurableRuntime.submit:end", "main: OutputRecorder.begin:start")
-            stage("  recorder.begin -> IPython start", "main: OutputRecorder.begin:start", "ipython:start")
-            stage("  IPython end -> settle (flush, recorder.end, outcome)", "ipython:end", "main: CellSettler.settle:start")
-            stage("  settle: checkpoint capture", "main: CellSettler._checkpoint (capture):start", "main: CellSettler._checkpoint (capture):end")
-            stage("  settle: store the checkpoint", "main: DurableRuntime.store_resolved (checkpoint):start",
-                  "main: DurableRuntime.store_resolved (checkpoint):end")
-            stage("  settle: confirm_settled", "main: DurableRuntime.confirm_settled:start", "main: DurableRuntime.confirm_settled:end")
-            stage("  settle (whole)", "main: CellSettler.settle:start", "main: CellSettler.settle:end")
-            stage("  settle -> do_execute end", "main: CellSettler.settle:end", "do_execute:end")
-            stage("    submit: main call -> coroutine starts on runtime loop", "main: DurableRuntime.submit:start",
-                  "rt: DurableRuntime._submit (coroutine):start")
-            stage("    submit: coroutine (promises.create -> store)", "rt: DurableRuntime._submit (coroutine):start",
-                  "rt: DurableRuntime._submit (coroutine):end")
-            stage("    submit: coroutine end -> main thread resumes", "rt: DurableRuntime._submit (coroutine):end",
-                  "main: DurableRuntime.submit:end")
-            stage("    hand-off: submit returned -> dispatch runs (task msg, task.acquire, durable_execute)",
-                  "main: DurableRuntime.submit:end", "rt: CellDispatcher.dispatch:start")
-            stage("    hand-off: dispatch -> main thread resumes", "rt: CellDispatcher.dispatch:start", "main: OutputRecorder.begin:start")
+            stages(m, put)
         for name, total in spans.items():
             put(f"[span] {name}", total)
         for name, (_, count) in cell["spans"].items():
             out.setdefault(f"[count] {name}", []).append(count)
     return out
+
+
+#: PyREPL3's stages: (label, from mark, to mark). A stage whose marks the kernel did not
+#: record (the code no longer has that method, or took another path) is left out.
+STAGES = (
+    ("  do_execute start -> submit (ExecutionParams, expect)", "do_execute:start", "main: DurableRuntime.submit:start"),
+    ("  runtime.submit (create exec:)", "main: DurableRuntime.submit:start", "main: DurableRuntime.submit:end"),
+    ("    submit: main call -> coroutine starts on runtime loop", "main: DurableRuntime.submit:start", "rt: DurableRuntime._submit (coroutine):start"),
+    ("    submit: coroutine (promises.create -> store)", "rt: DurableRuntime._submit (coroutine):start", "rt: DurableRuntime._submit (coroutine):end"),
+    ("    submit: coroutine end -> main thread resumes", "rt: DurableRuntime._submit (coroutine):end", "main: DurableRuntime.submit:end"),
+    ("  dispatcher.take (hand-off and its record)", "main: CellDispatcher.take:start", "main: CellDispatcher.take:end"),
+    ("    hand-off: take -> dispatch runs (task msg, task.acquire, durable_execute)", "main: CellDispatcher.take:start", "rt: CellDispatcher.dispatch:start"),
+    ("    started record (coroutine on the loop)", "rt: DurableRuntime._record_start (coroutine):start", "rt: DurableRuntime._record_start (coroutine):end"),
+    ("    started record -> main thread resumes", "rt: DurableRuntime._record_start (coroutine):end", "main: CellDispatcher.take:end"),
+    ("    runtime.record_start (main thread)", "main: DurableRuntime.record_start:start", "main: DurableRuntime.record_start:end"),
+    ("  take end -> IPython start (recorder.begin)", "main: CellDispatcher.take:end", "ipython:start"),
+    ("  IPython end -> settle (flush, recorder.end, outcome)", "ipython:end", "main: CellSettler.settle:start"),
+    ("  settler.settle (checkpoint and outcome)", "main: CellSettler.settle:start", "main: CellSettler.settle:end"),
+    ("    capture (outcome blob, namespace, ckpt promise)", "main: CellSettler._checkpoint:start", "main: CellSettler._checkpoint:end"),
+    ("    runtime.store_resolved (ckpt: create + resolve)", "main: DurableRuntime.store_resolved:start", "main: DurableRuntime.store_resolved:end"),
+    ("    runtime.settle_cell (ckpt: and exec: as one unit)", "main: DurableRuntime.settle_cell:start", "main: DurableRuntime.settle_cell:end"),
+    ("    runtime.confirm_settled (wait for the task's fulfill)", "main: DurableRuntime.confirm_settled:start", "main: DurableRuntime.confirm_settled:end"),
+    ("  settle end -> do_execute end", "main: CellSettler.settle:end", "do_execute:end"),
+)
+
+
+def stages(marks: dict[str, float], put: Any) -> None:
+    for label, a, b in STAGES:
+        if a in marks and b in marks:
+            put(label, marks[b] - marks[a])
 
 
 def _wait(kc: Any, msg_id: str, timeout: float = 30.0) -> None:

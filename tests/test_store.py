@@ -239,3 +239,46 @@ def test_planted_pickle_in_a_rejection_is_never_unpickled(tmp_path: Path) -> Non
     finally:
         runtime.stop()
         store.close()
+
+
+@pytest.mark.parametrize("code", ["print('batched')", "raise batched"])
+def test_a_cell_settled_with_its_checkpoint_in_one_batch_stores_what_its_task_would(
+    tmp_path: Path, engines: list[Engine], code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end of a cell as one transaction (kernel.durable.inline): the checkpoint and
+    the execution's settle together, with the value the SDK's own fulfill stores; the
+    SDK's fulfill afterwards is answered as done (no 409, no release, nothing logged)."""
+    from kernel.core.models import ResolvedPromise
+
+    path = tmp_path / "store.sqlite3"
+    engine = open_engine(engines, path)
+    assert engine.runtime.atomic
+    by_task = engine.run(params("by-task", code, 1))  # the SDK settles it through its task
+    handoff = engine.start(params("by-batch", code, 2))
+    checkpoint = ResolvedPromise(id="ckpt:s:1", timeout_at_ms=int(time.time() * 1000) + 60_000, param={"k": 1}, tags={}, value={"v": 1})
+    outcome = outcome_of(handoff.params)
+    with caplog.at_level("DEBUG"):
+        engine.runtime.settle_cell(checkpoint, "exec:by-batch", outcome)
+        # Both are on disk now, before durable_execute has its outcome.
+        cat = EmbeddedCatalog(path).open()
+        try:
+            assert cat.promise("exec:by-batch")["state"] == by_task.state  # type: ignore[index]
+            assert cat.promise("ckpt:s:1")["state"] == "resolved"  # type: ignore[index]
+        finally:
+            cat.close()
+        handoff.outcome.set_result(outcome)
+        by_batch = engine.runtime.wait_settled("exec:by-batch", timeout=WAIT)
+        wait_until = time.monotonic() + WAIT
+        while engine.store.state.tasks.get("exec:by-batch") is not None and time.monotonic() < wait_until:
+            time.sleep(0.01)  # the SDK's fulfill, then the task's eviction
+        engine.runtime.create("exec:after", int(time.time() * 1000) + 60_000, None, {})  # one more request: the heartbeat stopped
+    assert by_batch.state == by_task.state
+    strip = lambda data: {k: v for k, v in data.items() if k not in ("execution_id", "execution_count", "timings", "message")}  # noqa: E731
+    if by_task.state == "resolved":
+        assert strip(by_batch.value.data) == strip(by_task.value.data)
+    else:
+        assert by_batch.value.data["message"].replace("by-batch", "by-task").replace('"execution_count":2', '"execution_count":1') == by_task.value.data["message"]
+    logged = [r for r in caplog.records if r.levelno >= 30 or "releasing task" in r.getMessage() or "409" in r.getMessage()]
+    assert logged == [], [r.getMessage() for r in logged]
+    task = engine.store._db.execute("SELECT state FROM tasks WHERE id = 'exec:by-batch'").fetchone()
+    assert task == ("fulfilled",)

@@ -15,7 +15,9 @@ abandoning are one atomic choice on the ticket (a future that is either given
 its hand-off or cancelled, never both), so an execution is either handed to the
 main thread or settled with the abandoning error when it arrives -- however
 late. The hand-off is the one moment that is known to this process only, so it
-is put on record (``on_handoff``: the runtime stores ``exec:<msg_id>:started``);
+is put on record: ``exec:<msg_id>:started``, stored by the main thread once it has
+the hand-off where it writes to the engine directly, else on the loop
+(``on_handoff``) before the hand-off's ``recorded`` is done;
 see :mod:`kernel.durable.resume` for why that, and not a deadline, decides
 whether a pending execution may be resumed.
 
@@ -180,8 +182,11 @@ class CellDispatcher:
             return await asyncio.wrap_future(orphan.outcome)
         outcome: cf.Future[CellOutcome] = cf.Future()
         self._remember(execution_id, outcome)
+        handoff = Handoff(params, outcome)
+        if self.on_handoff is None:  # the main thread records it itself (DurableRuntime.record_start)
+            handoff.recorded.set_result(None)
         try:
-            ticket.set_result(Handoff(params, outcome))
+            ticket.set_result(handoff)
         except cf.InvalidStateError:  # abandoned a moment ago
             with self._lock:
                 error = self._abandoned.pop(execution_id, None)
@@ -189,14 +194,13 @@ class CellDispatcher:
                 self._remember(execution_id, _done(error))
                 return error
             raise
-        handoff = ticket.result()
-        try:
-            if self.on_handoff is not None:
+        if self.on_handoff is not None:
+            try:
                 await self.on_handoff(execution_id)
-        except Exception:  # noqa: BLE001 - without the record it is not resumed: at most once
-            log.warning("could not record that %s started; it will not be resumed if this kernel dies", execution_id, exc_info=True)
-        finally:
-            handoff.recorded.set_result(None)
+            except Exception:  # noqa: BLE001 - without the record it is not resumed: at most once
+                log.warning("could not record that %s started; it will not be resumed if this kernel dies", execution_id, exc_info=True)
+            finally:
+                handoff.recorded.set_result(None)
         return await asyncio.wrap_future(outcome)
 
     #: How many recent outcomes :meth:`outcome_of` remembers.

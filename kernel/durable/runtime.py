@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar, runtime_checkable
-
-import msgspec
+from typing import Any, TypeVar
 
 from resonate.context import Context
 from resonate.connections.sse import resolve_target as poll_target
 from resonate.resonate import Resonate
 from resonate.error import ServerError
 from resonate.retry import Never
-from resonate.types import PromiseCreateReq, PromiseRecord, PromiseSettleReq, TaskData, Value
+from resonate.types import PromiseRecord, TaskData, Value
 from resonate_base.connections import Network, Source
 from resonate_base.error import ConnectorError
 
@@ -37,6 +36,7 @@ from kernel.core.ids import SESSION_TAG, exec_id, started_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams, ResolvedPromise
 from kernel.durable.codec import NoPickledErrors
 from kernel.durable.dispatcher import CellDispatcher
+from kernel.durable.inline import AppliesBatch, AppliesInline, Batch, checked, record_of
 from kernel.core.interrupts import MAIN, Interrupts
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,8 @@ T = TypeVar("T")
 
 #: How long an execution promise may stay pending before the engine times it out.
 EXECUTION_TIMEOUT = timedelta(days=7)
-
-
-@runtime_checkable
-class AppliesInline(Protocol):
-    """An engine that applies flat protocol requests from any thread, as one unit
-    (the embedded store): a durable step is written without a trip to the loop."""
-
-    def apply_batch(self, flats: list[Any]) -> list[dict[str, Any]]: ...
+#: Seconds after the end of a cell (stored) before its task's own end runs (:meth:`DurableRuntime.hand_later`).
+TASK_END_DELAY = 0.005
 
 
 class CellFailed(Exception):
@@ -141,12 +135,15 @@ class DurableRuntime:
         self.call_timeout = call_timeout
         self._clock = clock
         self._interrupts = interrupts
+        #: An engine this thread writes to directly (embedded), or in one trip (Postgres): see :mod:`kernel.durable.inline`.
         self._inline = network if isinstance(network, AppliesInline) else None
+        self._batched = network if isinstance(network, AppliesBatch) else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pyrepl3-runtime", daemon=True)
         self.resonate: Resonate | None = None
         self.target = ""
-        dispatcher.on_handoff = self._record_start
+        # The main thread records its hand-off itself where it writes directly (record_start).
+        dispatcher.on_handoff = None if self._inline is not None else self._record_start
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -204,33 +201,106 @@ class DurableRuntime:
     # -- executions -----------------------------------------------------------
 
     def submit(self, params: ExecutionParams, timeout: float | None = None) -> PromiseRecord:
-        """Create ``exec:<msg_id>`` as a task for ``durable_execute`` (idempotent)."""
+        """Create ``exec:<msg_id>`` as a task for ``durable_execute`` (idempotent); written
+        on this thread where the engine allows it, the task's delivery still on the loop."""
+        if self._inline is not None:
+            eid = exec_id(params.msg_id)
+            batch = self.batch().create(eid, self._clock.ms_after(EXECUTION_TIMEOUT), self._task_of(params), self._task_tags(eid))
+            return record_of(self._codec, self.apply(batch, what=f"the submit of {eid}")[0])
         return self.call(self._submit(params), timeout=timeout)
+
+    @staticmethod
+    def _task_of(params: ExecutionParams) -> TaskData:
+        return TaskData(func="durable_execute", args=(params.model_dump(mode="json"),))
+
+    def _task_tags(self, eid: str) -> dict[str, str]:
+        return {
+            "resonate:scope": "global",
+            "resonate:target": self.target,
+            "resonate:origin": eid,
+            "resonate:branch": eid,
+            "resonate:parent": eid,
+            SESSION_TAG: self.session,
+        }
 
     async def _submit(self, params: ExecutionParams) -> PromiseRecord:
         assert self.resonate is not None
         eid = exec_id(params.msg_id)
         return await self.resonate.promises.create(
-            eid,
-            self._clock.ms_after(EXECUTION_TIMEOUT),
-            Value(data=TaskData(func="durable_execute", args=(params.model_dump(mode="json"),))),
-            {
-                "resonate:scope": "global",
-                "resonate:target": self.target,
-                "resonate:origin": eid,
-                "resonate:branch": eid,
-                "resonate:parent": eid,
-                SESSION_TAG: self.session,
-            },
+            eid, self._clock.ms_after(EXECUTION_TIMEOUT), Value(data=self._task_of(params)), self._task_tags(eid)
         )
 
+    def _started(self, execution_id: str) -> Batch:
+        pid = started_id(execution_id)
+        return self.batch().create(pid, self._clock.ms_after(EXECUTION_TIMEOUT), None, {}).settle(pid, "resolved", {"at": self._clock.wall()})
+
+    def record_start(self, execution_id: str) -> None:
+        """Store ``exec:<msg_id>:started`` from the main thread, which has the hand-off,
+        where it writes directly (elsewhere the loop does, :meth:`_record_start`, before the
+        hand-off's ``recorded`` is done). Only a started execution is ever resumed
+        (:mod:`kernel.durable.resume`); without the record it is not: at most once."""
+        if self._inline is None:
+            return
+        try:
+            self.apply(self._started(execution_id), what=f"the record that {execution_id} started")
+        except Exception:  # noqa: BLE001 - as the loop's record: the cell runs, it is just not resumable
+            log.warning("could not record that %s started; it will not be resumed if this kernel dies", execution_id, exc_info=True)
+
     async def _record_start(self, execution_id: str) -> None:
-        """Store ``exec:<msg_id>:started``: the main thread has this execution and runs it
-        now. Only a started execution is ever resumed (:mod:`kernel.durable.resume`)."""
+        """Store ``exec:<msg_id>:started`` (on the loop, once the main thread has this
+        execution): in one request where the engine takes batches."""
         assert self.resonate is not None
+        if self._batched is not None:
+            batch = self._started(execution_id)
+            checked(await self._batched.send_batch(batch.flats))
+            return
         pid = started_id(execution_id)
         await self.resonate.promises.create(pid, self._clock.ms_after(EXECUTION_TIMEOUT), Value(data=None), {SESSION_TAG: self.session})
         await self.resonate.promises.resolve(pid, Value(data={"at": self._clock.wall()}))
+
+    # -- batches: several writes as one unit ---------------------------------------
+
+    @property
+    def _codec(self) -> Any:
+        assert self.resonate is not None
+        return self.resonate.promises.codec
+
+    @property
+    def atomic(self) -> bool:
+        """The engine stores a batch of requests as one unit (one transaction)."""
+        return self._inline is not None or self._batched is not None
+
+    def batch(self) -> Batch:
+        return Batch(self._codec, {SESSION_TAG: self.session})
+
+    def apply(self, batch: Batch, *, what: str) -> list[dict[str, Any]]:
+        """Store ``batch`` as one unit: on this thread where the engine allows it (interrupts
+        held: the write is one unit), else in one trip to the loop. Raises like the SDK's
+        requests: ``ServerError`` for a refused one, RES004 for an unreachable engine."""
+        if self._inline is not None:
+            with self._interrupts.deferred(redeliver=True, what=what):
+                try:
+                    return checked(self._inline.apply_batch(batch.flats, fulfilled_later=batch.fulfilled_later))
+                except StoreUnavailableError as exc:
+                    raise _unreachable(exc) from None
+        if self._batched is None:
+            raise TypeError(f"the engine {type(self.network).__name__} does not take batches")
+        engine = self._batched
+        return checked(self.call(engine.send_batch(batch.flats, fulfilled_later=batch.fulfilled_later)))
+
+    def settle_cell(self, checkpoint: ResolvedPromise | None, execution_id: str, outcome: CellOutcome) -> None:
+        """Store ``checkpoint`` and settle ``execution_id`` with ``outcome`` as one unit (one
+        transaction, :attr:`atomic` engines only), with the value ``durable_execute`` would
+        settle it with; the SDK's fulfill of its task, later, is answered as done."""
+        batch = self.batch()
+        if checkpoint is not None:
+            batch.create(checkpoint.id, checkpoint.timeout_at_ms, checkpoint.param, checkpoint.tags)
+            batch.settle(checkpoint.id, "resolved", checkpoint.value)
+        if isinstance(outcome, CellError):
+            batch.settle(execution_id, "rejected", CellFailed(outcome), task=True)
+        else:
+            batch.settle(execution_id, "resolved", outcome.model_dump(mode="json"), task=True)
+        self.apply(batch, what=f"the end of {execution_id}")
 
     def wait_settled(self, promise_id: str, timeout: float | None = None) -> PromiseRecord:
         """Block until the promise is settled; return its (decoded) record."""
@@ -273,36 +343,14 @@ class DurableRuntime:
         return self.call(op(promise_id, Value(data=data)))
 
     def create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> None:
-        """Create a promise and settle it in one trip to the runtime thread (a finished
-        durable step); an existing one keeps what it holds (both requests are idempotent).
-        Nothing is read back: the caller has the value."""
-        if self._inline is not None:
-            self._create_settled_inline(self._inline, promise_id, timeout_at_ms, param, tags, state, value)
+        """Create a promise and settle it as one unit (a finished durable step): on this
+        thread where the engine allows it, else in one trip to the runtime thread; an
+        existing one keeps what it holds (both requests are idempotent). Nothing is read
+        back: the caller has the value."""
+        if self.atomic:
+            self.apply(self.batch().create(promise_id, timeout_at_ms, param, tags).settle(promise_id, state, value), what="a durable step's write")
         else:
             self.call(self._create_settled(promise_id, timeout_at_ms, param, tags, state, value))
-
-    def _create_settled_inline(
-        self, engine: AppliesInline, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any
-    ) -> None:
-        """The same two requests the SDK would send, encoded by its codec, applied by the
-        engine in one transaction on this thread (interrupts held: the write is one unit)."""
-        assert self.resonate is not None
-        codec = self.resonate.promises.codec
-        create = PromiseCreateReq(id=promise_id, timeout_at=timeout_at_ms, param=codec.encode(param), tags={**tags, SESSION_TAG: self.session})
-        settle = PromiseSettleReq(id=promise_id, state=state, value=codec.encode(value))  # type: ignore[arg-type]
-        flats = [
-            {**msgspec.to_builtins(create), "kind": "promise.create", "corrId": promise_id},
-            {**msgspec.to_builtins(settle), "kind": "promise.settle", "corrId": promise_id},
-        ]
-        with self._interrupts.deferred(redeliver=True, what="a durable step's write"):
-            try:
-                responses = engine.apply_batch(flats)
-            except StoreUnavailableError as exc:
-                raise _unreachable(exc) from None
-        for response in responses:
-            status = int(response.get("status", 200))
-            if status >= 400:
-                raise ServerError(status, str(response.get("data") or response.get("error") or f"server error (status {status})"))
 
     async def _create_settled(self, promise_id: str, timeout_at_ms: int, param: Any, tags: dict[str, str], state: str, value: Any) -> None:
         assert self.resonate is not None
@@ -352,6 +400,18 @@ class DurableRuntime:
             await promises.reject(execution_id, Value(data=CellFailed(outcome)))
         else:
             await promises.resolve(execution_id, Value(data=outcome.model_dump(mode="json")))
+
+    def hand_later(self, fut: cf.Future[T], value: T, delay: float = TASK_END_DELAY) -> None:
+        """Complete ``fut`` (an execution's outcome, already stored) on the loop ``delay``
+        seconds from now: the SDK's end of that task then does not take the GIL from the
+        main thread while it sends the reply."""
+
+        def complete() -> None:
+            with contextlib.suppress(cf.InvalidStateError):
+                if not fut.done():
+                    fut.set_result(value)
+
+        self._loop.call_soon_threadsafe(self._loop.call_later, delay, complete)
 
     def watch(self, promise_id: str) -> cf.Future[PromiseRecord]:
         """A future that completes with the record once the promise is settled,

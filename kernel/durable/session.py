@@ -233,6 +233,7 @@ class DurableSession:
             self.resume.reject_interrupted()
         cell.show_notices()
         if (handoff := self.dispatcher.take(ticket, max(0.0, deadline - self.clock.monotonic()), gave_up)) is not None:
+            self.runtime.record_start(eid)  # (a no-op where the loop recorded it before the hand-off was done)
             return handoff
         self.host.notice(f"the durable engine did not start {eid} within {self.start_timeout:g}s "
                          "(PYREPL3_START_TIMEOUT); the cell ran without durability", BROKEN)
@@ -256,7 +257,8 @@ class DurableSession:
         """
         eid, params, outcome = started.execution_id, started.params, started.outcome
         try:
-            with self.prompts.executing(eid), self.steps.executing(eid):
+            # A hand-off is a new execution: no step of it can be journaled yet.
+            with self.prompts.executing(eid), self.steps.executing(eid, fresh=isinstance(started, Handoff)):
                 ran = await cell.run(eid)
         except BaseException as exc:
             self.settler.ran_uncaptured()

@@ -1,10 +1,18 @@
 """The end of a cell: its effects and its outcome stored as one unit.
 
 A reply, or a settled ``exec:<msg_id>``, must mean the cell's effects are
-stored. The engines cannot settle an execution and create its checkpoint in
-one transaction (the execution is settled by the SDK, through its task; the
-checkpoint is a promise of its own), so the unit is made by order and by what
-a restart reads:
+stored. Where the engine stores a batch of requests as one transaction (embedded,
+Postgres: :attr:`~kernel.durable.runtime.DurableRuntime.atomic`), the unit is
+that transaction: ``ckpt:<key>:<seq>`` is created and resolved and
+``exec:<msg_id>`` settled, with the value ``durable_execute`` would settle it
+with, in one write after the namespace is captured (every blob durable); the
+SDK's later fulfill of the task is answered as done
+(:mod:`kernel.durable.inline`). A crash leaves both or neither. The reply
+follows that write, nothing else.
+
+An engine that cannot (a Resonate server over HTTP: the execution is settled
+by the SDK, through its task; the checkpoint is a promise of its own) gets the
+unit by order and by what a restart reads:
 
 1. the cell's outcome goes into a blob (content-addressed, durable on return);
 2. the namespace is captured (every blob durable) and ``ckpt:<key>:<seq>`` is
@@ -101,6 +109,9 @@ class CellSettler:
         eid = exec_id(params.msg_id)
         with self.interrupts.deferred(redeliver=False, what=f"the end of {eid}"):
             outcome = self._kept_once(eid, outcome)
+            if self.runtime.atomic:
+                self._settle_as_one(eid, self._checkpoint(code, params, outcome, blob=False), handed, outcome)
+                return
             checkpoint = self._checkpoint(code, params, outcome)
             if checkpoint is not None:
                 try:
@@ -137,8 +148,28 @@ class CellSettler:
         kept.outputs = outputs
         return kept
 
-    def _checkpoint(self, code: str, params: ExecutionParams, outcome: CellOutcome) -> ResolvedPromise | None:
-        """Capture the namespace (the outcome's blob first); the promise that makes it
+    def _settle_as_one(self, eid: str, checkpoint: ResolvedPromise | None, handed: cf.Future[CellOutcome], outcome: CellOutcome) -> None:
+        """The checkpoint and the settle of the execution in one transaction; ``durable_execute``
+        gets the outcome after it, for the SDK to finish the task with (nothing waits for that,
+        so it gets it a moment later, once the reply is on its way: :meth:`DurableRuntime.hand_later`)."""
+        try:
+            self.runtime.settle_cell(checkpoint, eid, outcome)
+        except BaseException as exc:
+            if not handed.done():
+                handed.set_result(outcome)  # now: a session that reconnects stores it (outcome_of)
+            if checkpoint is not None:
+                self.history.not_stored(checkpoint.id)  # the next one is written full
+            if not isinstance(exc, PyRepl3Error):
+                raise
+            self.host.notice(f"{eid} and the checkpoint after it were not stored: {exc}", BROKEN)
+            return
+        self.runtime.hand_later(handed, outcome)
+        if checkpoint is not None and self.after_store is not None:
+            self.after_store()  # garbage collection, now and then, on its own thread
+
+    def _checkpoint(self, code: str, params: ExecutionParams, outcome: CellOutcome, *, blob: bool = True) -> ResolvedPromise | None:
+        """Capture the namespace (the outcome's blob first, with ``blob``: for an engine that
+        cannot store the checkpoint and the settle as one unit); the promise that makes it
         the latest checkpoint, for the caller to store. Newly skipped names are reported once."""
         try:
             transformed = None if self.uncaptured else self.host.transformed(code)
@@ -146,7 +177,7 @@ class CellSettler:
             transformed = None
         count = params.execution_count
         try:
-            digest = self.history.checkpointer.blobs.put(encode_outcome(outcome))
+            digest = self.history.checkpointer.blobs.put(encode_outcome(outcome)) if blob else None
             promise, report = self.history.capture(
                 self.host.namespace(), code=transformed, execution_count=count, msg_id=params.msg_id, outcome=digest
             )

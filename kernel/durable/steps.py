@@ -11,16 +11,15 @@ Like Resonate's ``ctx.run``, a step interrupted half way runs again
 Step values (``durable.checkpoint(name, value)`` to users: a value the cell
 saves as it goes, nothing to do with namespace checkpoints) are versioned
 promises ``exec:<msg_id>:ckpt:<name>:<v>``. The newest version of a name is
-found once per run of the execution, with a galloping search over ids (no
-search API needed from the engine: an earlier run, before a crash, may have
-written some), and counted in memory after that, so a call costs the same
-after 10 or 10,000 versions.
+counted in memory, so a call costs the same after 10 or 10,000 versions. A new
+execution starts every name at 0; only a resumed one (an earlier run, before a
+crash, may have written some) finds it once, with a galloping search over ids
+(no search API needed from the engine).
 
 A step costs one write: it is stored created and settled
-at once when its function returns. Only until the first step that is not
-journaled yet does the run look a step up first (a resumed run replays the
-steps an earlier run finished; steps are made in order, so none after a
-missing one exists).
+at once when its function returns. Only a resumed run looks its steps up first,
+until the first that is not journaled yet (it replays the steps an earlier run
+finished; steps are made in order, so none after a missing one exists).
 
 Every result and step value is sealed (:class:`kernel.checkpoint.signing.Sealer`):
 signed with the session key and bound to the session and its promise id, and
@@ -88,18 +87,22 @@ class StepJournal(ChildNumbering):
         self._replaying = True
         #: name -> newest version of that step value in this run (found once, then counted).
         self._versions: dict[str, int] = {}
+        #: Whether the running execution was created for this run (nothing journaled before it).
+        self._fresh = False
 
     @contextlib.contextmanager
-    def executing(self, execution_id: str) -> Iterator[None]:
+    def executing(self, execution_id: str, *, fresh: bool = False) -> Iterator[None]:
         """As :meth:`ChildNumbering.executing`, with this run's replay state and version
-        counts (a resumed execution nested in ``%durable resume`` has its own)."""
-        saved = (self._replaying, self._versions)
-        self._replaying, self._versions = True, {}
+        counts (a resumed execution nested in ``%durable resume`` has its own).
+        ``fresh``: the execution was created for this run, so it has no steps or step
+        values yet: none is looked up (every version is counted from 0)."""
+        saved = (self._replaying, self._versions, self._fresh)
+        self._replaying, self._versions, self._fresh = not fresh, {}, fresh
         try:
             with super().executing(execution_id):
                 yield
         finally:
-            self._replaying, self._versions = saved
+            self._replaying, self._versions, self._fresh = saved
 
     def _next_id(self) -> str:
         return self.next_child(step_id, "durable steps")
@@ -184,7 +187,7 @@ class StepJournal(ChildNumbering):
         journal of an earlier run may hold some), then counted here."""
         version = self._versions.get(name)
         if version is None:
-            version = self._versions[name] = self._latest(name)[0]
+            version = self._versions[name] = 0 if self._fresh else self._latest(name)[0]
         return version
 
     def save_value(self, name: str, value: Any) -> None:

@@ -8,6 +8,7 @@ in order, without touching IPython's display machinery.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -105,10 +106,28 @@ class OutputRecorder:
 
 
 def flush_std() -> None:
-    """Push buffered stdout/stderr to iopub now (ipykernel's streams buffer)."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
+    """Push buffered stdout/stderr to iopub now (ipykernel's streams buffer).
+
+    Both of ipykernel's streams flush on its IO thread: their flushes are queued
+    there together and waited for once (one hop to that thread, not one per
+    stream; ``OutStream.flush`` does the same for one), so on return both
+    streams' messages have been sent, in order."""
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    pub = getattr(streams[0], "pub_thread", None) if streams else None
+    thread = getattr(pub, "thread", None)
+    if (
+        thread is not None and thread.is_alive() and thread.ident != threading.get_ident()
+        and all(getattr(s, "pub_thread", None) is pub and callable(getattr(s, "_flush", None)) for s in streams)
+    ):
+        for stream in streams:
+            pub.schedule(stream._flush)
+        done = threading.Event()
+        pub.schedule(done.set)
+        if not done.wait(getattr(streams[0], "flush_timeout", 10.0)):
+            print("IOStream.flush timed out", file=sys.__stderr__)
+        return
+    for stream in streams:
+        stream.flush()
 
 
 def publish(session: Any, socket: Any, parent: dict[str, Any], outputs: list[dict[str, Any]], topic: Callable[[str], bytes]) -> None:

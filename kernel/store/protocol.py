@@ -47,6 +47,13 @@ def index_entry(req: str) -> dict[str, str] | None:
     return {"id": pid, "session": session, "kind": kind_of(pid)}
 
 
+def flat_response(envelope: dict[str, Any]) -> dict[str, Any]:
+    """A response envelope as the flat dict the SDK's in-process state machine answers with."""
+    head = envelope.get("head") or {}
+    data = envelope.get("data")
+    return {**(data if isinstance(data, dict) else {"data": data}), "kind": envelope.get("kind"), "corrId": head.get("corrId"), "status": head.get("status", 200)}
+
+
 def acquired_by_other(status: int, data: Any, pid: str) -> dict[str, Any] | None:
     """The task of a ``task.get`` answer if another process holds its lease (so it can be released)."""
     task = (data or {}).get("task") if status == 200 and isinstance(data, dict) else None
@@ -61,4 +68,4 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-__all__ = ["acquired_by_other", "encode_value", "envelope", "index_entry", "one_line"]
+__all__ = ["acquired_by_other", "encode_value", "envelope", "flat_response", "index_entry", "one_line"]

@@ -35,61 +35,26 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from resonate.connections.local import (
-    DurablePromise,
-    ServerState,
-    Task,
-    extract_action_data,
-    unwrap_request_envelope,
-    wrap_response_envelope,
-)
+from resonate.connections.local import DurablePromise, ServerState, Task, unwrap_request_envelope, wrap_response_envelope
 from resonate.timing import now_ms
 
 from resonate_base.error import ConnectorError
 
 from kernel.core.errors import StoreError, StoreUnavailableError
 from kernel.core.ids import kind_of
+from kernel.store.batches import FulfilledLater
+from kernel.store.embedded.requests import referenced_ids
 from kernel.store.embedded.database import checkpoint_and_close, connect, decode_promise, store_error, decode_task, LISTED_SQL, listed_row, promise_row, promise_sig, task_row, task_sig
 
 log = logging.getLogger(__name__)
 
 SCHEME = "pyrepl3"
 PENDING_RETRY_MS = 30_000
-
-
-def _referenced_ids(req: Any) -> list[str]:
-    """The promise/task ids a flat request touches, so they can be paged in."""
-    if not isinstance(req, dict):
-        return []
-    kind = req.get("kind")
-    ids: list[str] = []
-
-    def add(v: Any) -> None:
-        if isinstance(v, str) and v:
-            ids.append(v)
-
-    if kind == "promise.register_listener":
-        add(req.get("awaited"))
-    else:
-        add(req.get("id"))
-    action = req.get("action")
-    if action is not None:
-        add((extract_action_data(action) or {}).get("id"))
-    actions = req.get("actions")
-    if isinstance(actions, list):
-        for a in actions:
-            add((extract_action_data(a) or {}).get("awaited"))
-    tasks = req.get("tasks")
-    if isinstance(tasks, list):
-        for t in tasks:
-            if isinstance(t, dict):
-                add(t.get("id"))
-    return ids
 
 
 class EmbeddedStore:
@@ -134,6 +99,8 @@ class EmbeddedStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests left in the inbox before this start are applied too.
         self._inbox_seq = 0
+        #: Executions a batch settled whose task the SDK fulfills afterwards.
+        self._fulfilled_later = FulfilledLater()
 
     def open(self) -> EmbeddedStore:
         """Open the database (:class:`StoreCorruptError` if it is not one of ours) and load the live session."""
@@ -198,20 +165,24 @@ class EmbeddedStore:
 
         Raises :class:`StoreUnavailableError` when the file cannot be written (and from then on)."""
         with self._lock, self._writing():
-            self._page_in(_referenced_ids(flat))
+            if (done := self._fulfilled_later.reply(flat)) is not None:
+                return done, []
+            self._page_in(referenced_ids(flat))
             self.state.outgoing = []
             response = self.state.apply(self._clock(), flat)
             outgoing, self.state.outgoing = self.state.outgoing, []
             self._flush()
             return response, outgoing
 
-    def apply_batch(self, flats: list[Any]) -> list[dict[str, Any]]:
+    def apply_batch(self, flats: list[Any], *, fulfilled_later: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Apply flat requests as one unit, from any thread: one lock, one transaction
         (a durable step is created and settled in one write, without a trip to the
-        runtime's loop). Push messages, if any, go out on the loop as usual."""
+        runtime's loop). Push messages, if any, go out on the loop as usual.
+        ``fulfilled_later``: executions settled here whose task the SDK still holds; its
+        fulfill of that task is answered as done (:mod:`kernel.durable.inline`)."""
         outgoing: list[Any] = []
         with self._lock, self._writing():
-            self._page_in([pid for flat in flats for pid in _referenced_ids(flat)])
+            self._page_in([pid for flat in flats for pid in referenced_ids(flat)])
             responses = []
             for flat in flats:
                 self.state.outgoing = []
@@ -219,6 +190,7 @@ class EmbeddedStore:
                 outgoing.extend(self.state.outgoing)
             self.state.outgoing = []
             self._flush()
+            self._fulfilled_later.add(fulfilled_later, responses)
         if outgoing and self._loop is not None:
             self._loop.call_soon_threadsafe(self._dispatch, outgoing)
         return responses
@@ -292,7 +264,7 @@ class EmbeddedStore:
             self.state.set_t_timeout(t.id, 1, now + (t.ttl or 60_000))
 
     def _page_in(self, ids: Iterable[str]) -> None:
-        for pid in ids:
+        for pid in dict.fromkeys(ids):  # a batch's create and settle name one id: looked up once
             if pid in self.state.promises:
                 continue
             row = self._db.execute("SELECT record FROM promises WHERE id = ?", (pid,)).fetchone()

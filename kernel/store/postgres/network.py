@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from resonate_base.error import ConnectorError
@@ -16,7 +18,8 @@ from resonate_pg import PostgresConnection
 
 from kernel.core.errors import EngineConnectionError
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, RPC_SQL, unreachable
-from kernel.store.protocol import index_entry
+from kernel.store.batches import FulfilledLater
+from kernel.store.protocol import flat_response, index_entry
 
 #: Seconds a pooled connection may sit idle before it is checked on checkout.
 CHECK_AFTER_IDLE = 2.0
@@ -31,6 +34,23 @@ ins AS (
     ON CONFLICT (id) DO NOTHING
 )
 SELECT r::text FROM res
+"""
+
+#: Several requests in one statement (one round trip, one transaction), in order, with the
+#: index rows of the creates among them; their responses in the same order.
+BATCH_SQL = """
+WITH res AS MATERIALIZED (
+    SELECT n, resonate.resonate_rpc(req::jsonb) AS r FROM unnest(%(reqs)s::text[]) WITH ORDINALITY AS t(req, n)
+),
+ins AS (
+    INSERT INTO pyrepl3.promises (id, session, kind, created_at)
+    SELECT e.id, e.session, e.kind,
+           COALESCE((res.r #>> '{data,promise,createdAt}')::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+    FROM res JOIN jsonb_to_recordset(%(entries)s::jsonb) AS e(n bigint, id text, session text, kind text) ON e.n = res.n
+    WHERE (res.r #>> '{head,status}') = '200'
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT r::text FROM res ORDER BY n
 """
 
 
@@ -99,6 +119,8 @@ class PgNetwork(PostgresConnection):
         super().__init__(sessions=PgPool(dsn, timeout=timeout), pid=pid, group=group, drive_timers=drive_timers)
         self._dsn = dsn
         self._timers_at = 0.0
+        #: Executions a batch settled whose task the SDK fulfills afterwards.
+        self._fulfilled_later = FulfilledLater()
 
     async def _fire_timers(self) -> None:
         """Pump resonate-pg's timers once per tick, not on every wake-up: a cell's
@@ -111,6 +133,8 @@ class PgNetwork(PostgresConnection):
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         if self._stopped:
             raise ConnectorError(EngineConnectionError("the engine connection has been stopped"))
+        if (done := self._fulfilled_later.reply_envelope(req)) is not None:
+            return done
         entry = index_entry(req)
         try:
             async with self._sessions.session() as conn:
@@ -124,6 +148,30 @@ class PgNetwork(PostgresConnection):
         if row is None or row[0] is None:
             raise ConnectorError(EngineConnectionError("resonate.resonate_rpc returned no row"))
         return str(row[0])
+
+    async def send_batch(self, flats: list[Any], *, fulfilled_later: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Apply flat requests as one unit: one statement, one round trip, one transaction
+        (:mod:`kernel.durable.inline`); their flat responses, in order."""
+        if self._stopped:
+            raise ConnectorError(EngineConnectionError("the engine connection has been stopped"))
+        reqs, entries = [], []
+        for n, flat in enumerate(flats, 1):
+            data = {k: v for k, v in flat.items() if k not in ("kind", "corrId")}
+            req = msgspec.json.encode({"kind": flat["kind"], "head": {"corrId": flat["corrId"], "version": "1"}, "data": data}).decode()
+            reqs.append(req)
+            if (entry := index_entry(req)) is not None:
+                entries.append({"n": n, **entry})
+        try:
+            async with self._sessions.session() as conn:
+                cursor = await conn.execute(BATCH_SQL, {"reqs": reqs, "entries": msgspec.json.encode(entries).decode()})
+                rows = await cursor.fetchall()
+        except Exception as exc:  # noqa: BLE001 - every substrate failure is a ConnectorError
+            raise ConnectorError(unreachable(self._dsn, exc)) from None
+        if len(rows) != len(flats):
+            raise ConnectorError(EngineConnectionError("resonate.resonate_rpc returned no row"))
+        responses = [flat_response(msgspec.json.decode(row[0])) for row in rows]
+        self._fulfilled_later.add(fulfilled_later, responses)
+        return responses
 
 
 __all__ = ["PgNetwork", "PgPool"]
