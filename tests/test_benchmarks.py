@@ -28,6 +28,7 @@ FILLS = {
     "bench_gc.py": {"storage"},
     "bench_restore.py": set(),
     "bench_history.py": {"history", "vars10k", "names2000"},
+    "bench_hotpath.py": {"trivial", "step", "ckpt1000"},
 }
 
 
@@ -90,6 +91,9 @@ def test_run_all_small() -> None:
     frames = next(r for r in doc["rows"] if r["key"] == "frames")
     assert frames["row"].startswith("a cell changing one of 20 DataFrames")
     assert frames["note"].endswith("checkpoint of the changing cell pickled: [df7]"), frames
+    # The hot path's own rows (its cell checks that get_checkpoint returns the newest version it wrote).
+    assert "kernel CPU per trivial cell: pyrepl3 embedded" in labels and "`x = 1` next to 20 MB of arrays: pyrepl3 embedded" in labels
+    assert any(k.startswith("durable.checkpoint, a new name each call") for k in labels)
     trivial = next(r for r in doc["rows"] if r["key"] == "trivial" and r["source"] == "bench_core")
     assert trivial["ipykernel_ms"] > 0 and trivial["n"] == 40
 
