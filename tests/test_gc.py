@@ -18,7 +18,7 @@ import pytest
 import harness
 from harness import PYREPL3_CLI, SCRUBBED, TIMEOUT, KernelFactory, kernel_env, wait_for
 
-from kernel.checkpoint.retention import CheckpointRef, Retention, closure, digests_in, ref_of
+from kernel.checkpoint.retention import CheckpointRef, Retention, closure, digests_in, live_digests, ref_of
 from kernel.core.ids import checkpoint_id, session_key
 
 DAY = 86400.0
@@ -71,6 +71,23 @@ def test_digests_anywhere_in_a_record_are_found() -> None:
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     value = {"manifest": {"entries": {"x": {"blob": a, "buffers": [b]}}, "id": "f" * 32}, "outcome": c, "size": 3}
     assert set(digests_in(value)) == {a, b, c}
+
+
+def test_a_kept_chain_keeps_only_the_values_its_chosen_checkpoints_see() -> None:
+    """A full (a, b) and deltas rewriting ``a`` twice, then removing ``b``: keeping only the newest
+    keeps its effective manifest (the last ``a``) and every link's outcome, not the replaced values."""
+    d = {k: h * 64 for k, h in zip("abcdefgh", "abcdef01")}  # blob names are hex
+    entry = lambda blob: {"blob": blob, "buffers": []}  # noqa: E731
+    values = {
+        1: {"manifest": {"entries": {"a": entry(d["a"]), "b": entry(d["b"])}}, "base": 1, "outcome": d["f"]},
+        2: {"manifest": {"entries": {"a": entry(d["c"])}}, "base": 1, "outcome": d["g"]},
+        3: {"manifest": {"entries": {"a": entry(d["d"])}, "removed": ["b"]}, "base": 1, "outcome": d["h"]},
+    }
+    refs = [CheckpointRef(f"c{n}", n, NOW, n, 1) for n in values]
+    kept = closure(refs, {3})
+    assert kept == {1, 2, 3}
+    assert live_digests(values, refs, {3}, kept) == {d["d"], d["f"], d["g"], d["h"]}
+    assert live_digests(values, refs, {2, 3}, kept) == {d["b"], d["c"], d["d"], d["f"], d["g"], d["h"]}, "2 sees b and its a"
 
 
 def test_a_put_of_existing_content_makes_a_blob_young_again(tmp_path: Path) -> None:

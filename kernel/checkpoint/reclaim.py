@@ -4,12 +4,14 @@ Mark and sweep over the whole store, because blobs are content-addressed and sha
 every session in it:
 
 1. For every session with checkpoints, read its records. In the sessions being collected
-   (one, or all), :class:`~kernel.checkpoint.retention.Retention` picks what stays (closed
-   over delta bases); the rest are deleted whole (they are sealed, never edited), each noted
-   as reclaimed so ``%durable restore N`` can say so. Records of other sessions all stay.
-2. The live set is every blob name in a record that stays (manifest entries, their
-   out-of-band buffers, the execution's outcome; :func:`~kernel.checkpoint.retention.digests_in`
-   looks at the whole value, so a field a later format adds is covered), every blob holding
+   (one, or all), :class:`~kernel.checkpoint.retention.Retention` picks what stays; the
+   records a kept one builds on (its delta chain from ``base``) stay as links, noted as
+   reclaimed themselves; the rest are deleted whole (they are sealed, never edited), each
+   noted as reclaimed so ``%durable restore N`` can say so. Records of other sessions all stay.
+2. The live set is every blob of a kept checkpoint's effective manifest (its chain applied:
+   :func:`~kernel.checkpoint.retention.live_digests`), every blob name outside the entries of
+   a record that stays (the execution's outcome; the whole value is looked at, so a field a
+   later format adds is covered), every blob holding
    a large output (:mod:`kernel.store.large_outputs`; executions are never deleted), plus what
    the caller adds (a kernel: the blobs of the manifest its next capture builds on).
 3. Every other blob goes, unless it was written (or found again by a ``put``) within the
@@ -29,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.checkpoint.retention import Retention, digests_in, ref_of
+from kernel.checkpoint.retention import Retention, closure, digests_in, live_digests, ref_of
 from kernel.core.clock import SYSTEM, Clock
 from kernel.store.base import BlobStore, Catalog, Reclaimer
 
@@ -47,7 +49,9 @@ class SessionReport:
     kept: int = 0
     pinned: int = 0
     deleted: list[str] = field(default_factory=list)  # checkpoint ids
-    deleted_counts: list[int] = field(default_factory=list)  # their execution counts
+    deleted_counts: list[int] = field(default_factory=list)  # the execution counts no longer restorable
+    #: Records kept only as links of a kept checkpoint's delta chain (not restorable themselves).
+    chained: int = 0
 
 
 @dataclass
@@ -67,7 +71,8 @@ class GcReport:
 
     @property
     def deleted_checkpoints(self) -> int:
-        return sum(len(s.deleted) for s in self.sessions)
+        """Checkpoints no longer restorable: records deleted, and chain links whose values went."""
+        return sum(len(s.deleted) + s.chained for s in self.sessions)
 
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
@@ -157,22 +162,33 @@ class Collector:
             except ValueError:  # not one of ours (a foreign id under the prefix): left alone, and live
                 live.update(digests_in(rec.get("value")))
         pins = self.reclaimer.pins(session)
-        keep = self.policy.retained(list(refs.values()), pins, now)
+        chosen = self.policy.chosen(refs.values(), pins, now)
+        keep = closure(list(refs.values()), chosen)
         gone: list[tuple[str, int | None]] = []
+        links: list[tuple[str, int | None]] = []
+        values: dict[int, Any] = {}
         for rec in records:
             ref = refs.get(rec["id"])
             if ref is None:
                 continue
             if ref.seq in keep:
-                out.kept += 1
-                out.pinned += ref.seq in pins
-                live.update(digests_in(rec.get("value")))
+                values[ref.seq] = rec.get("value") or {}
+                if ref.seq in chosen:
+                    out.kept += 1
+                    out.pinned += ref.seq in pins
+                else:  # a link of a kept chain: its record stays, the values later records replaced may go
+                    links.append((ref.id, ref.execution_count))
             else:
                 gone.append((ref.id, ref.execution_count))
+        live.update(live_digests(values, refs.values(), chosen, keep))
+        out.chained = len(links)
         out.deleted = [pid for pid, _ in gone]
-        out.deleted_counts = [c for _, c in gone if c is not None]
-        if gone and not dry_run:
-            self.reclaimer.delete_checkpoints(session, gone, now)
+        out.deleted_counts = [c for _, c in gone + links if c is not None]
+        if not dry_run:
+            if gone:
+                self.reclaimer.delete_checkpoints(session, gone, now)
+            if links:
+                self.reclaimer.note_reclaimed(session, links, now)  # no longer restorable: say so, as for the deleted
         return out
 
 

@@ -101,6 +101,41 @@ def closure(refs: list[CheckpointRef], keep: set[int]) -> set[int]:
     return need
 
 
+def live_digests(records: Mapping[int, Mapping[str, Any]], refs: Iterable[CheckpointRef], chosen: set[int], kept: set[int]) -> set[str]:
+    """The blobs the kept records need, by sequence number (``records``: seq -> record value).
+
+    A chosen checkpoint needs the blobs of its effective manifest: its chain from ``base``,
+    a later record's entry for a name replacing an earlier one's, removed and skipped names
+    dropped. A record kept only as a link of a chain (in ``kept``, not ``chosen``) keeps
+    what lies outside its entries (the outcome, say), not the values a later record of the
+    chain replaced: rewriting one array 50 times leaves one array live, not fifty."""
+    by_seq = {r.seq: r for r in refs if r.seq in records}
+    live: set[str] = set()
+    for seq in kept & set(by_seq):
+        value = records[seq]
+        manifest = value.get("manifest") if isinstance(value, Mapping) else None
+        if isinstance(manifest, Mapping):
+            live.update(digests_in({k: v for k, v in value.items() if k != "manifest"}))
+            live.update(digests_in({k: v for k, v in manifest.items() if k != "entries"}))
+        else:  # not a manifest record we know: everything in it stays
+            live.update(digests_in(value))
+    chains: dict[int, list[int]] = {}
+    for seq in chosen & set(by_seq):
+        chains.setdefault(by_seq[seq].base, []).append(seq)
+    seqs = sorted(by_seq)
+    for base, wanted in chains.items():
+        entries: dict[str, Any] = {}
+        last = max(wanted)
+        for seq in seqs[bisect.bisect_left(seqs, base) : bisect.bisect_right(seqs, last)]:
+            manifest = (records[seq] or {}).get("manifest") or {}
+            for name in [*(manifest.get("removed") or ()), *(manifest.get("skipped") or {})]:
+                entries.pop(name, None)
+            entries.update(manifest.get("entries") or {})
+            if seq in wanted:
+                live.update(digests_in(entries))
+    return live
+
+
 def digests_in(value: Any) -> Iterator[str]:
     """Every blob name a record's value holds, wherever it is (manifest entries, out-of-band
     buffers, the outcome, whatever a later format adds): garbage collection keeps them all.
@@ -117,4 +152,4 @@ def digests_in(value: Any) -> Iterator[str]:
             stack.extend(item)
 
 
-__all__ = ["KEEP_HOURS", "KEEP_LAST", "CheckpointRef", "Retention", "closure", "digests_in", "ref_of"]
+__all__ = ["KEEP_HOURS", "KEEP_LAST", "CheckpointRef", "Retention", "closure", "digests_in", "live_digests", "ref_of"]

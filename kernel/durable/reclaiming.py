@@ -114,7 +114,7 @@ class SessionReclaim:
     def _newest_after(self, execution_count: int) -> CheckpointRef:
         refs = [ref_of(r, self.session) for r in self.history._records(None)]
         matches = [r for r in refs if r.execution_count == execution_count]
-        if not matches:
+        if not matches or self.reclaimed_at(execution_count) is not None:
             raise CheckpointNotFoundError(self.missing(execution_count))
         return max(matches, key=lambda r: r.seq)
 
@@ -141,14 +141,26 @@ class SessionReclaim:
 
     # -- what is gone --------------------------------------------------------------
 
-    def missing(self, execution_count: int) -> str:
-        """Why there is no checkpoint after ``execution_count``: reclaimed (when), or never made."""
-        at = None
+    def reclaimed_at(self, execution_count: int) -> float | None:
+        """When the checkpoint after ``execution_count`` was reclaimed (its record deleted, or
+        kept only as a link of a delta chain whose replaced values went), if it was."""
         try:
             with closing(self.engine.reclaimer()) as reclaimer:
-                at = reclaimer.reclaimed(self.session, execution_count)
+                return reclaimer.reclaimed(self.session, execution_count)
         except PyRepl3Error:
-            pass
+            return None
+
+    def reclaimed_among(self, execution_counts: set[int]) -> set[int]:
+        """Those of ``execution_counts`` whose checkpoint was reclaimed (see :meth:`reclaimed_at`)."""
+        try:
+            with closing(self.engine.reclaimer()) as reclaimer:
+                return {n for n in execution_counts if reclaimer.reclaimed(self.session, n) is not None}
+        except PyRepl3Error:
+            return set()
+
+    def missing(self, execution_count: int) -> str:
+        """Why there is no checkpoint after ``execution_count``: reclaimed (when), or never made."""
+        at = self.reclaimed_at(execution_count)
         if at is not None:
             return (
                 f"the checkpoint after execution {execution_count} was reclaimed by garbage collection on "

@@ -382,10 +382,17 @@ class DurableSession:
         return checkpoint
 
     def checkpoints(self) -> list[StoredCheckpoint]:
-        return self.history.list()
+        """The restorable checkpoints (a delta chain's links whose values were reclaimed are not)."""
+        listed = self.history.list()
+        if self.reclaim is None:
+            return listed
+        gone = self.reclaim.reclaimed_among({c.execution_count for c in listed if c.execution_count is not None})
+        return [c for c in listed if c.execution_count not in gone]
 
     def restore(self, execution_count: int) -> tuple[StoredCheckpoint, RestoreReport]:
         """The namespace as it was after execution ``execution_count`` (names made since are removed)."""
+        if self.reclaim is not None and self.reclaim.reclaimed_at(execution_count) is not None:
+            raise CheckpointNotFoundError(self.reclaim.missing(execution_count))  # a chain link only, its values gone
         try:
             return self.history.restore_execution(execution_count, self.host.namespace(), clear=True)
         except CheckpointNotFoundError:

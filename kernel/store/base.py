@@ -163,6 +163,11 @@ class Reclaimer(Protocol):
         note each as reclaimed at ``at``, in one transaction; how many were deleted."""
         ...
 
+    def note_reclaimed(self, session: str, noted: Sequence[tuple[str, int | None]], at: float) -> None:
+        """Note these checkpoints (promise id, execution count) of ``session`` as reclaimed at
+        ``at`` without deleting their records (links of a kept delta chain)."""
+        ...
+
     def reclaimed(self, session: str, execution_count: int) -> float | None:
         """When a checkpoint after ``execution_count`` was reclaimed, if one was."""
         ...

@@ -98,6 +98,10 @@ class EmbeddedReclaimer:
                 db.execute("INSERT OR REPLACE INTO reclaimed VALUES (?, ?, ?, ?)", (session, pid, count, at))
             return gone
 
+    def note_reclaimed(self, session: str, noted: Sequence[tuple[str, int | None]], at: float) -> None:
+        with self._sql(write=True) as db:
+            db.executemany("INSERT OR REPLACE INTO reclaimed VALUES (?, ?, ?, ?)", [(session, pid, count, at) for pid, count in noted])
+
     def reclaimed(self, session: str, execution_count: int) -> float | None:
         if not self._has("reclaimed"):
             return None

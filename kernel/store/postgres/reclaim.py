@@ -72,6 +72,13 @@ class PgReclaimer:
                 )
         return len(mine)
 
+    def note_reclaimed(self, session: str, noted: Sequence[tuple[str, int | None]], at: float) -> None:
+        with self._conn(write=True) as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO pyrepl3.reclaimed VALUES (%s, %s, %s, %s) ON CONFLICT (session, id) DO UPDATE SET at = excluded.at",
+                [(session, pid, count, at) for pid, count in noted],
+            )
+
     def reclaimed(self, session: str, execution_count: int) -> float | None:
         with self._conn() as conn:
             row = conn.execute(
