@@ -425,14 +425,19 @@ def test_the_cli_on_a_damaged_page_says_unreadable_or_corrupt(
     eid = f"exec:{kernel.ok('y = 1').msg_id}"
     shutdown(kernel)
     original = (home / STORE).read_bytes()
+    # The first trial damages a whole page every listing reads: the root page of the
+    # executions' summaries (a page in the middle of the file may be one no command reads).
+    with contextlib.closing(sqlite3.connect(f"file:{home / STORE}?mode=ro", uri=True)) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        [root] = db.execute("SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = 'listed'").fetchone()
     detected, problems = 0, []
     for trial in range(fault_trials):
         copy = tmp_path / f"damaged-{trial}"
         copy.mkdir()
         data = bytearray(original)
-        # A whole page in the middle for the first trial, random spans after it.
-        start = len(data) // 2 // 4096 * 4096 if trial == 0 else fault_rng.randrange(len(data) // 4, 3 * len(data) // 4)
-        length = 4096 if trial == 0 else fault_rng.choice([16, 256, 4096])
+        # A whole page for the first trial, random spans in the middle of the file after it.
+        start = (root - 1) * page_size if trial == 0 else fault_rng.randrange(len(data) // 4, 3 * len(data) // 4)
+        length = page_size if trial == 0 else fault_rng.choice([16, 256, 4096])
         data[start : start + length] = fault_rng.randbytes(len(data[start : start + length]))
         (copy / STORE).write_bytes(bytes(data))
         for args in (["executions"], ["sessions"], ["show", eid]):
