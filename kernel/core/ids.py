@@ -6,10 +6,13 @@
 ``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named step value (``durable.checkpoint``) in it
 ``exec:<msg_id>:resume:<k>``       the k-th resume attempt of an interrupted execution
 ``exec:<msg_id>:started``          the kernel took the execution and began running it
+``exec:<msg_id>:rpc:<n>``          the n-th remote call (``durable.rpc``/``durable.map``) in it, a worker group's task
+``<step or rpc id>:attempt:<k>``   the k-th failed attempt of a step or remote call that retries
 ``ckpt:<session-key>:<count>``     a namespace checkpoint manifest
 
 Tags: :data:`SESSION_TAG` (which session a promise belongs to) and
-:data:`KIND_TAG` (input / step), set on every promise PyREPL3 creates.
+:data:`KIND_TAG` (input / step / rpc), set on every promise PyREPL3 creates;
+:data:`GROUP_TAG`, the worker group a remote call was sent to.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ CKPT_PREFIX = "ckpt:"
 SESSION_TAG = "pyrepl3:session"
 KIND_TAG = "pyrepl3:kind"
 EXTERNAL_TAG = "resonate:external"
+GROUP_TAG = "pyrepl3:group"
+#: The function name under which workers run remote calls (a task's ``TaskData.func``).
+REMOTE_CALL_FUNC = "pyrepl3_call"
 
 
 def session_key(session: str) -> str:
@@ -45,6 +51,15 @@ def input_id(execution_id: str, n: int) -> str:
 
 def step_id(execution_id: str, n: int) -> str:
     return f"{execution_id}:step:{n}"
+
+
+def rpc_id(execution_id: str, n: int) -> str:
+    return f"{execution_id}:rpc:{n}"
+
+
+def attempt_id(promise_id: str, attempt: int) -> str:
+    """The record of failed attempt ``attempt`` (1 = the first run) of a step or remote call."""
+    return f"{promise_id}:attempt:{attempt}"
 
 
 def step_value_id(execution_id: str, name: str, version: int) -> str:
@@ -70,13 +85,15 @@ def checkpoint_id(session_key: str, seq: int) -> str:
 
 
 def kind_of(promise_id: str) -> str:
-    """Classify a promise id: exec, input, step, checkpoint or other."""
+    """Classify a promise id: exec, input, step, rpc, attempt, checkpoint or other."""
     if promise_id.startswith(EXEC_PREFIX):
         rest = promise_id[len(EXEC_PREFIX) :].split(":")
         if len(rest) == 1:
             return "exec"
-        if len(rest) == 3 and rest[1] in ("input", "step"):
+        if len(rest) == 3 and rest[1] in ("input", "step", "rpc"):
             return rest[1]
+        if len(rest) == 5 and rest[1] in ("step", "rpc") and rest[3] == "attempt":
+            return "attempt"
         if len(rest) == 4 and rest[1] == "ckpt":
             return "step"
         return "other"
