@@ -191,3 +191,12 @@ def test_an_attempt_on_the_main_thread_is_stopped_at_the_deadline():
     attempts = Attempts(Never(), what="durable.run(hang)", timeout=0.2)
     with pytest.raises(TimeoutError, match="timeout of 0.2 s"):
         attempts.run(lambda: time.sleep(30), NoJournal())
+
+
+def test_worker_groups():
+    from kernel.core.ids import worker_group
+
+    assert worker_group("gpu") == "gpu" and worker_group("batch.v2_a-1") == "batch.v2_a-1"
+    for bad in ("", "-x", "a b", "a:b", "x" * 65, "pyrepl3-abc", None):
+        with pytest.raises(ConfigurationError, match="worker group"):
+            worker_group(bad)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 
 EXEC_PREFIX = "exec:"
@@ -51,6 +52,22 @@ def input_id(execution_id: str, n: int) -> str:
 
 def step_id(execution_id: str, n: int) -> str:
     return f"{execution_id}:step:{n}"
+
+
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Kernels route their own executions to ``pyrepl3-<session key>`` groups: no worker group may look like one.
+KERNEL_GROUP_PREFIX = "pyrepl3-"
+
+
+def worker_group(name: str) -> str:
+    """``name`` as a worker group, or :class:`ConfigurationError` naming it."""
+    from kernel.core.errors import ConfigurationError
+
+    if not isinstance(name, str) or not _GROUP.match(name):
+        raise ConfigurationError(f"worker group {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if name.startswith(KERNEL_GROUP_PREFIX):
+        raise ConfigurationError(f"worker group {name!r}: names starting with {KERNEL_GROUP_PREFIX!r} are the kernels' own")
+    return name
 
 
 def rpc_id(execution_id: str, n: int) -> str:

@@ -218,6 +218,12 @@ class Engine(Protocol):
         """The SDK's ``Network`` and ``Source``\\ s for ``Resonate`` (None: the network is its own source)."""
         ...
 
+    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+        """The ``Network`` and ``Source``\\ s of a ``pyrepl3 worker`` in ``group``: it gets the
+        remote calls any session sends that group. Raises :class:`ConfigurationError`
+        (naming ``PYREPL3_STORE``) where workers cannot share the store (embedded)."""
+        ...
+
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
         """``exec:`` promises a dead kernel of ``session`` left pending, oldest first.
 

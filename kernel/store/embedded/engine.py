@@ -53,6 +53,14 @@ class EmbeddedEngine:
         self._store = EmbeddedStore(self.path, session, pid=pid, fsync=self.fsync, setting=self.setting).open()
         return self._store, None
 
+    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+        # The embedded store is one kernel's SQLite file and in-process state machine:
+        # no other process can take tasks from it.
+        raise ConfigurationError(
+            f"remote workers need a store every machine can share, and {self.spec.setting} is the embedded store "
+            f"at {self.path}; set {self.spec.setting}=postgresql://... (or a Resonate server's URL) for the kernel and its workers"
+        )
+
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
         # The store released the dead owner's leases when it loaded the session.
         return self._store.interrupted_executions() if self._store is not None else []

@@ -94,6 +94,10 @@ class HttpEngine:
         network = IndexingNetwork(HttpConnection(self.url, auth=self.token), self.index, self.url)
         return network, [SSEConnection(self.url, pid=pid, group=group, auth=self.token)]  # type: ignore[list-item]
 
+    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+        network = IndexingNetwork(HttpConnection(self.url, auth=self.token), self.index, self.url)
+        return network, [SSEConnection(self.url, pid=pid, group=group, auth=self.token)]  # type: ignore[list-item]
+
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
         pending = [r["id"] for r in self.catalog().pending(session, "exec")]
         for eid in pending:

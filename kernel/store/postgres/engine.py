@@ -56,6 +56,9 @@ class PostgresEngine:
         self._network = PgNetwork(self.dsn, pid=pid, group=self.group(session), timeout=self.timeout)
         return self._network, None
 
+    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+        return PgNetwork(self.dsn, pid=pid, group=group, timeout=self.timeout), None
+
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
         pending = interrupted_executions(self.link, session)
         release_dead_leases(self.link, pending, pid)
