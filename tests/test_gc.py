@@ -225,3 +225,40 @@ def test_a_large_output_is_kept_once_and_outlives_gc(kernels: KernelFactory, hom
     replayed = again.execute(f"print({text!r})", msg_id=first.msg_id)
     assert replayed.stream("stdout") == text + "\n", "a re-sent msg_id replays the whole output after gc"
     assert again.ok("%durable outputs 1").stream("stdout") == text + "\n"
+
+
+def _effective_live(values, refs, chosen):
+    """The definition: for each chosen checkpoint, every blob of its effective manifest."""
+    by_seq = {r.seq: r for r in refs}
+    live = set()
+    for seq in chosen:
+        entries = {}
+        for s in sorted(x for x in by_seq if by_seq[seq].base <= x <= seq):
+            manifest = values[s]["manifest"]
+            for name in [*manifest.get("removed", ()), *manifest.get("skipped", {})]:
+                entries.pop(name, None)
+            entries.update(manifest.get("entries", {}))
+        live.update(digests_in(entries))
+    return live
+
+
+def test_live_digests_of_chains_agree_with_their_definition() -> None:
+    import hashlib
+    import random
+
+    rng = random.Random(1234)
+    for trial in range(40):
+        values, refs, base = {}, [], 0
+        for seq in range(rng.randint(1, 60)):
+            if seq == 0 or rng.random() < 0.1:
+                base = seq
+            names = [f"n{rng.randint(0, 8)}" for _ in range(rng.randint(0, 3))]
+            entries = {n: {"blob": hashlib.sha256(f"{trial}-{seq}-{n}".encode()).hexdigest()} for n in names}
+            removed = [f"n{rng.randint(0, 8)}" for _ in range(rng.randint(0, 2))]
+            removed = [n for n in removed if n not in entries]
+            values[seq] = {"manifest": {"entries": entries, "removed": removed, "base": base}}
+            refs.append(CheckpointRef(id=str(seq), seq=seq, created_at=0, execution_count=seq, base=base))
+        chosen = {r.seq for r in refs if rng.random() < 0.4} or {refs[-1].seq}
+        kept = closure(refs, chosen)
+        inside = live_digests({s: v for s, v in values.items() if s in kept}, refs, chosen, kept)
+        assert inside == _effective_live(values, refs, chosen), f"trial {trial}"

@@ -125,14 +125,22 @@ def live_digests(records: Mapping[int, Mapping[str, Any]], refs: Iterable[Checkp
     seqs = sorted(by_seq)
     for base, wanted in chains.items():
         entries: dict[str, Any] = {}
+        # Names set since the last wanted checkpoint of this chain: only those can add blobs
+        # there (the rest were live at the previous one already), so a chain costs what its
+        # records hold, not (checkpoints x names) -- a day of cells keeps every checkpoint.
+        changed: set[str] = set()
         last = max(wanted)
         for seq in seqs[bisect.bisect_left(seqs, base) : bisect.bisect_right(seqs, last)]:
             manifest = (records[seq] or {}).get("manifest") or {}
             for name in [*(manifest.get("removed") or ()), *(manifest.get("skipped") or {})]:
                 entries.pop(name, None)
-            entries.update(manifest.get("entries") or {})
+                changed.discard(name)
+            new = manifest.get("entries") or {}
+            entries.update(new)
+            changed.update(new)
             if seq in wanted:
-                live.update(digests_in(entries))
+                live.update(digests_in([entries[name] for name in changed]))
+                changed.clear()
     return live
 
 
