@@ -9,12 +9,21 @@ before the next one starts (:class:`AttemptJournal`: a settled promise
 kernel or worker that dies between attempts is followed by one that goes on
 with the next attempt, the rest of its delay and the same deadline -- it does
 not start the count again. The error that ends the call is the last
-attempt's own exception, with a note naming the attempt count.
+attempt's own exception, with a note naming the attempt count. The last
+failure is journaled too (one record per failed attempt), so a process that
+dies before it reports the end finds the call exhausted instead of running it
+once more.
 
 A deadline is enforced between attempts everywhere; on the main thread (a
 cell's ``durable.run``) an attempt still running when it passes is also
 stopped, by ``SIGALRM`` raising :class:`TimeoutError` in it, unless the cell
-armed a timer of its own (then it is left alone).
+armed a timer of its own (then it is left alone). The timer is armed only
+around the attempt and its handler put back after it; SIGINT is never touched,
+so an interrupt still stops the attempt or the delay before the next one
+(``KeyboardInterrupt`` is not an attempt's failure: nothing runs after it). An
+expiry that finds the thread inside a wait on the durable engine (the attempt
+calling ``durable.checkpoint``, say: see :mod:`kernel.core.interrupts`) is put
+off until the wait is over.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 from resonate.retry import RetryPolicy
 
 from kernel.core.clock import SYSTEM, Clock
+from kernel.core.errors import ConfigurationError
+from kernel.core.interrupts import MAIN, POLL_SECONDS, Interrupts
 from kernel.core.retries import describe, policy_json
 
 T = TypeVar("T")
@@ -84,16 +95,18 @@ class Attempts:
         timeout: float | None = None,
         clock: Clock = SYSTEM,
         preempt: bool = True,
+        interrupts: Interrupts = MAIN,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            from kernel.core.errors import ConfigurationError
-
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
             raise ConfigurationError(f"timeout={timeout!r}: it must be a number of seconds > 0")
         self.policy = policy
         self.what = what
         self.timeout = timeout
         self._clock = clock
         self._preempt = preempt
+        self._interrupts = interrupts
         #: How many times the call ran, this process and earlier ones together.
         self.attempts = 0
 
@@ -129,7 +142,7 @@ class Attempts:
                 nxt = self.policy.next(attempt)
                 if nxt is not None:
                     failure["retry_at"] = self._clock.wall() + nxt
-                    journal.record_failure(attempt, failure)
+                journal.record_failure(attempt, failure)
                 failures.append(failure)
                 if nxt is None:
                     raise self._final(exc, failures) from None
@@ -166,9 +179,12 @@ class Attempts:
         left = deadline - self._clock.wall()
         if left <= 0:
             raise TimeoutError(f"{self.what}: its timeout of {self.timeout:g} s passed")
-        what, timeout = self.what, self.timeout
+        what, timeout, interrupts = self.what, self.timeout, self._interrupts
 
         def expire(signum: int, frame: Any) -> None:
+            if interrupts.holding:  # raising inside a wait on the runtime could leave its lock held
+                signal.setitimer(signal.ITIMER_REAL, POLL_SECONDS)
+                return
             raise TimeoutError(f"{what}: its timeout of {timeout:g} s passed during the attempt")
 
         previous = signal.signal(signal.SIGALRM, expire)
