@@ -22,6 +22,7 @@ from kernel.checkpoint.signing import Sealer, SignatureError, Signer
 from kernel.core.clock import Clock
 from kernel.core.errors import ConfigurationError
 from kernel.core.ids import attempt_id
+from kernel.durable.attempts import AttemptsExhausted
 from kernel.durable.steps import StepError, StepJournal
 from test_steps_unit import FakeRuntime
 
@@ -103,6 +104,46 @@ def test_the_final_error_is_the_last_attempts_with_the_count_and_a_replay_names_
     with journal.executing("exec:b"), pytest.raises(StepError, match="after 3 attempts: ConnectionError: try 3"):
         journal.run(_failing(calls, 99), retries=Constant(max_retries=2, delay=0))
     assert calls == [1, 2, 3]  # a finished step never runs again
+
+
+def test_a_resume_after_the_last_attempt_or_past_the_deadline_runs_nothing_and_raises_the_journaled_error() -> None:
+    sleeps = _Sleeps()
+    journal = _journal(sleeps)
+    rt: FakeRuntime = journal.runtime  # type: ignore[assignment]
+    calls: list[int] = []
+    with journal.executing("exec:e", fresh=True), pytest.raises(ConnectionError):
+        journal.run(_failing(calls, 99), retries=Constant(max_retries=2, delay=0))
+    rt.promises.pop("exec:e:step:1")  # died after journaling the last attempt, before storing the step
+    with journal.executing("exec:e"), pytest.raises(ConnectionError) as info:
+        journal.run(_failing(calls, 99), retries=Constant(max_retries=2, delay=0))
+    assert str(info.value) == "try 3" and calls == [1, 2, 3] and "failed after 3 attempts" in info.value.__notes__[0] and "earlier process" in info.value.__notes__[0]
+    assert rt.promises["exec:e:step:1"].value.data == {"error": "ConnectionError: try 3", "attempts": 3}
+
+    def killed_at_2() -> None:  # as if the kernel died in attempt 2: nothing of it is journaled
+        calls.append(0)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        raise LookupError("down")
+
+    calls.clear()
+    with journal.executing("exec:f", fresh=True), pytest.raises(KeyboardInterrupt):
+        journal.run(killed_at_2, retries=Constant(max_retries=5, delay=10), timeout=100)
+    sleeps.now += 500  # the kernel stayed down past the deadline
+    with journal.executing("exec:f"), pytest.raises(LookupError) as info:
+        journal.run(killed_at_2, retries=Constant(max_retries=5, delay=10), timeout=100)
+    assert str(info.value) == "down" and len(calls) == 2 and "failed after 1 attempt (its timeout of 100 s passed)" in info.value.__notes__[0]
+
+    class Custom(Exception):
+        pass
+
+    def custom() -> None:
+        raise Custom("mine")
+
+    with journal.executing("exec:g", fresh=True), pytest.raises(Custom):
+        journal.run(custom, retries=Constant(max_retries=1, delay=0))
+    rt.promises.pop("exec:g:step:1")
+    with journal.executing("exec:g"), pytest.raises(AttemptsExhausted, match="after 2 attempts.*: Custom: mine"):
+        journal.run(custom, retries=Constant(max_retries=1, delay=0))
 
 
 def test_bad_options_are_refused_before_anything_is_stored_or_numbered() -> None:

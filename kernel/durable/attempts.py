@@ -28,6 +28,7 @@ off until the wait is over.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import signal
 import threading
@@ -69,7 +70,8 @@ class NoJournal:
 
 class AttemptsExhausted(Exception):
     """The journal shows every attempt failed already (the process died before it could
-    report the last one): raised with the last error's text and the count."""
+    report the last one), or the deadline passed meanwhile: raised with the last error's
+    text and the count when its type is not a built-in exception (one that is is raised again)."""
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -79,6 +81,19 @@ def error_of(exc: BaseException) -> dict[str, Any]:
         "evalue": str(exc),
         "traceback": traceback.format_exception(exc)[-20:],
     }
+
+
+def _builtin_error(ename: str, evalue: str) -> Exception | None:
+    """The journaled last error again, when its type is a built-in exception that takes a
+    message (``ConnectionError``, ``TimeoutError``...): a cell that catches it by type still
+    does after a resume. Nothing but :mod:`builtins` is looked up."""
+    cls = getattr(builtins, ename, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        return cls(evalue)
+    except Exception:  # noqa: BLE001 - a built-in that wants other arguments (UnicodeDecodeError)
+        return None
 
 
 class Attempts:
@@ -160,7 +175,12 @@ class Attempts:
         if last is None:
             # Every attempt ran (and failed) in a process that died before it could report.
             record = failures[-1] if failures else {}
-            return AttemptsExhausted(f"{note}: {record.get('ename', 'Error')}: {record.get('evalue', '')}")
+            ename, evalue = str(record.get("ename", "Error")), str(record.get("evalue", ""))
+            again = _builtin_error(ename, evalue)
+            if again is None:
+                return AttemptsExhausted(f"{note}: {ename}: {evalue}")
+            again.add_note(f"{note}; the last one ran in an earlier process")
+            return again
         if self.attempts > 1 or timed_out:
             last.add_note(note)
         return last
