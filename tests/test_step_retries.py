@@ -216,7 +216,7 @@ except ConnectionError as e:
     killed_at = time.time()
     assert _markers(marks) == [1, 2], "the kill was meant to land in the backoff"
     unfinished = show(home, step)
-    assert unfinished["state"] == "unfinished" and [a["evalue"] for a in unfinished["attempts"]] == ["try 1", "try 2"]
+    assert unfinished["state"] == "unfinished" and unfinished["session"] == "retry-kill" and [a["evalue"] for a in unfinished["attempts"]] == ["try 1", "try 2"]
 
     fresh = kernels.start(session="retry-kill")
     run = fresh.ok("%durable resume", timeout=90)

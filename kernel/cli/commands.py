@@ -93,7 +93,7 @@ def _attempts(cat: Any, step: str) -> list[dict[str, Any]]:
     found = []
     while (rec := cat.promise(attempt_id(step, len(found) + 1))) is not None:
         value = rec["value"] if isinstance(rec["value"], dict) else {}
-        found.append({"id": rec["id"], "ename": value.get("ename"), "evalue": value.get("evalue"),
+        found.append({"id": rec["id"], "session": rec["session"], "ename": value.get("ename"), "evalue": value.get("evalue"),
                       "at": value.get("at"), "retry_at": value.get("retry_at")})
     return found
 
@@ -103,7 +103,7 @@ def show(args: argparse.Namespace, out: Output, settings: Settings) -> int:
         rec = cat.promise(args.promise_id)
         attempts = _attempts(cat, args.promise_id) if kind_of(args.promise_id) == "step" else []
     if rec is None and attempts:  # a retrying step still running, or left unfinished by a crash
-        rec = {"id": args.promise_id, "kind": "step", "session": None, "state": "unfinished", "value": None,
+        rec = {"id": args.promise_id, "kind": "step", "session": attempts[0]["session"], "state": "unfinished", "value": None,
                "created_at": None, "settled_at": None}
     if rec is None:
         out.error(f"no promise {args.promise_id!r} in this store")
