@@ -140,7 +140,8 @@ class StepJournal(ChildNumbering):
                 return self._decode(pid, record.value.data, f"the result of durable.run({name})")
             elif record.state != "pending":
                 error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
-                count = f" after {error['attempts']} attempts" if isinstance(error.get("attempts"), int) else ""
+                n = error.get("attempts")
+                count = f" after {n} attempt{'s' if n != 1 else ''}" if isinstance(n, int) else ""
                 raise StepError(f"step {pid} ({name}) failed when it first ran{count}: {error.get('error', record.state)}")
         param: dict[str, Any] = {"kind": "run", "function": name}
         try:
