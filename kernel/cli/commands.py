@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.cli.render import Column, Output
+from kernel.core.ids import attempt_id, kind_of
 from kernel.core.settings import Settings
 from kernel.core.text import first_line, local_time
 from kernel.durable import hitl
@@ -87,15 +88,31 @@ def executions(args: argparse.Namespace, out: Output, settings: Settings) -> int
     return 0
 
 
+def _attempts(cat: Any, step: str) -> list[dict[str, Any]]:
+    """The journaled failed attempts of a step that retries (``<step>:attempt:<k>``), in order."""
+    found = []
+    while (rec := cat.promise(attempt_id(step, len(found) + 1))) is not None:
+        value = rec["value"] if isinstance(rec["value"], dict) else {}
+        found.append({"id": rec["id"], "session": rec["session"], "ename": value.get("ename"), "evalue": value.get("evalue"),
+                      "at": value.get("at"), "retry_at": value.get("retry_at")})
+    return found
+
+
 def show(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     with closing(_catalog(settings)) as cat:
         rec = cat.promise(args.promise_id)
+        attempts = _attempts(cat, args.promise_id) if kind_of(args.promise_id) == "step" else []
+    if rec is None and attempts:  # a retrying step still running, or left unfinished by a crash
+        rec = {"id": args.promise_id, "kind": "step", "session": attempts[0]["session"], "state": "unfinished", "value": None,
+               "created_at": None, "settled_at": None}
     if rec is None:
         out.error(f"no promise {args.promise_id!r} in this store")
         return 1
     err = error_of(rec["value"])
     if err is not None:
         rec["error"] = err.model_dump()
+    if attempts:
+        rec["attempts"] = attempts
     if args.json:
         out.json(rec, default=str)
         return 0
@@ -103,6 +120,9 @@ def show(args: argparse.Namespace, out: Output, settings: Settings) -> int:
               ("created", local_time(rec["created_at"])), ("settled", local_time(rec["settled_at"]))]
     if err is not None:
         fields.append(("error", f"{err.ename}: {err.evalue}"))
+    for n, a in enumerate(attempts, 1):
+        retry = f", next attempt due {local_time(a['retry_at'] * 1000)}" if isinstance(a["retry_at"], (int, float)) else ""
+        fields.append(("attempt", f"{n} failed {local_time((a['at'] or 0) * 1000)}: {a['ename']}: {a['evalue']}{retry}"))
     for name, value in fields:
         out.line(f"{name + ':':<10}{value}")
     out.line("value:    " + json.dumps(rec["value"], indent=2, default=str).replace("\n", "\n" + " " * 10))

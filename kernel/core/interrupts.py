@@ -79,6 +79,12 @@ class Interrupts:
         return threading.current_thread() is threading.main_thread()
 
     @property
+    def holding(self) -> bool:
+        """Whether the main thread is inside a held span (a wait on the durable engine, the
+        end of a cell): an exception raised from a signal handler must not land there."""
+        return bool(self._spans)
+
+    @property
     def _current(self) -> Deferral | None:
         return self._spans[-1] if self._spans else None
 

@@ -20,7 +20,8 @@ from kernel.core.errors import ConfigurationError
 
 #: The policies a call may name, by the ``kind`` their JSON carries.
 POLICIES: dict[str, type] = {"exponential": Exponential, "linear": Linear, "constant": Constant, "never": Never}
-#: ``retries=N``: N retries, 1 s before the first, doubling, never more than a minute apart.
+#: ``retries=N``: N retries as ``Exponential(delay=1, factor=2, max_delay=60)``: the SDK waits
+#: ``delay * factor**k`` before retry k, so 2 s before the first, doubling, never more than a minute apart.
 DEFAULT_DELAY, DEFAULT_FACTOR, DEFAULT_MAX_DELAY = 1, 2, 60
 
 _HELP = "give a number of retries or one of resonate.retry's policies (Exponential, Linear, Constant, Never)"

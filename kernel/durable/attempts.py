@@ -9,16 +9,26 @@ before the next one starts (:class:`AttemptJournal`: a settled promise
 kernel or worker that dies between attempts is followed by one that goes on
 with the next attempt, the rest of its delay and the same deadline -- it does
 not start the count again. The error that ends the call is the last
-attempt's own exception, with a note naming the attempt count.
+attempt's own exception, with a note naming the attempt count. The last
+failure is journaled too (one record per failed attempt), so a process that
+dies before it reports the end finds the call exhausted instead of running it
+once more.
 
 A deadline is enforced between attempts everywhere; on the main thread (a
 cell's ``durable.run``) an attempt still running when it passes is also
 stopped, by ``SIGALRM`` raising :class:`TimeoutError` in it, unless the cell
-armed a timer of its own (then it is left alone).
+armed a timer of its own (then it is left alone). The timer is armed only
+around the attempt and its handler put back after it; SIGINT is never touched,
+so an interrupt still stops the attempt or the delay before the next one
+(``KeyboardInterrupt`` is not an attempt's failure: nothing runs after it). An
+expiry that finds the thread inside a wait on the durable engine (the attempt
+calling ``durable.checkpoint``, say: see :mod:`kernel.core.interrupts`) is put
+off until the wait is over.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import signal
 import threading
@@ -29,6 +39,8 @@ from typing import Any, Protocol, TypeVar
 from resonate.retry import RetryPolicy
 
 from kernel.core.clock import SYSTEM, Clock
+from kernel.core.errors import ConfigurationError
+from kernel.core.interrupts import MAIN, POLL_SECONDS, Interrupts
 from kernel.core.retries import describe, policy_json
 
 T = TypeVar("T")
@@ -58,7 +70,8 @@ class NoJournal:
 
 class AttemptsExhausted(Exception):
     """The journal shows every attempt failed already (the process died before it could
-    report the last one): raised with the last error's text and the count."""
+    report the last one), or the deadline passed meanwhile: raised with the last error's
+    text and the count when its type is not a built-in exception (one that is is raised again)."""
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -68,6 +81,19 @@ def error_of(exc: BaseException) -> dict[str, Any]:
         "evalue": str(exc),
         "traceback": traceback.format_exception(exc)[-20:],
     }
+
+
+def _builtin_error(ename: str, evalue: str) -> Exception | None:
+    """The journaled last error again, when its type is a built-in exception that takes a
+    message (``ConnectionError``, ``TimeoutError``...): a cell that catches it by type still
+    does after a resume. Nothing but :mod:`builtins` is looked up."""
+    cls = getattr(builtins, ename, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        return cls(evalue)
+    except Exception:  # noqa: BLE001 - a built-in that wants other arguments (UnicodeDecodeError)
+        return None
 
 
 class Attempts:
@@ -84,16 +110,18 @@ class Attempts:
         timeout: float | None = None,
         clock: Clock = SYSTEM,
         preempt: bool = True,
+        interrupts: Interrupts = MAIN,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            from kernel.core.errors import ConfigurationError
-
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+        ):
             raise ConfigurationError(f"timeout={timeout!r}: it must be a number of seconds > 0")
         self.policy = policy
         self.what = what
         self.timeout = timeout
         self._clock = clock
         self._preempt = preempt
+        self._interrupts = interrupts
         #: How many times the call ran, this process and earlier ones together.
         self.attempts = 0
 
@@ -129,7 +157,7 @@ class Attempts:
                 nxt = self.policy.next(attempt)
                 if nxt is not None:
                     failure["retry_at"] = self._clock.wall() + nxt
-                    journal.record_failure(attempt, failure)
+                journal.record_failure(attempt, failure)
                 failures.append(failure)
                 if nxt is None:
                     raise self._final(exc, failures) from None
@@ -147,7 +175,12 @@ class Attempts:
         if last is None:
             # Every attempt ran (and failed) in a process that died before it could report.
             record = failures[-1] if failures else {}
-            return AttemptsExhausted(f"{note}: {record.get('ename', 'Error')}: {record.get('evalue', '')}")
+            ename, evalue = str(record.get("ename", "Error")), str(record.get("evalue", ""))
+            again = _builtin_error(ename, evalue)
+            if again is None:
+                return AttemptsExhausted(f"{note}: {ename}: {evalue}")
+            again.add_note(f"{note}; the last one ran in an earlier process")
+            return again
         if self.attempts > 1 or timed_out:
             last.add_note(note)
         return last
@@ -166,9 +199,12 @@ class Attempts:
         left = deadline - self._clock.wall()
         if left <= 0:
             raise TimeoutError(f"{self.what}: its timeout of {self.timeout:g} s passed")
-        what, timeout = self.what, self.timeout
+        what, timeout, interrupts = self.what, self.timeout, self._interrupts
 
         def expire(signum: int, frame: Any) -> None:
+            if interrupts.holding:  # raising inside a wait on the runtime could leave its lock held
+                signal.setitimer(signal.ITIMER_REAL, POLL_SECONDS)
+                return
             raise TimeoutError(f"{what}: its timeout of {timeout:g} s passed during the attempt")
 
         previous = signal.signal(signal.SIGALRM, expire)

@@ -21,6 +21,15 @@ at once when its function returns. Only a resumed run looks its steps up first,
 until the first that is not journaled yet (it replays the steps an earlier run
 finished; steps are made in order, so none after a missing one exists).
 
+``durable.run(fn, ..., retries=, timeout=)`` runs ``fn`` under
+:class:`kernel.durable.attempts.Attempts`: each failed attempt is journaled
+(:mod:`kernel.durable.attempt_journal`) before the next, and only the first
+unfinished step of a resumed run reads those back, to go on with the next
+attempt, the rest of its delay and the same deadline. The step is stored once,
+at its end, as any other (rejected with the last error and the count when
+every attempt failed). A step without either option takes the path it always
+took: no attempt is read or written.
+
 Every result and step value is sealed (:class:`kernel.checkpoint.signing.Sealer`):
 signed with the session key and bound to the session and its promise id, and
 checked before it is decoded. Plain-JSON values are sealed too -- JSON is
@@ -43,6 +52,9 @@ from kernel.checkpoint.signing import Sealer
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
 from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
+from kernel.core.retries import policy_json, retry_policy
+from kernel.durable.attempt_journal import StepAttempts
+from kernel.durable.attempts import Attempts
 from kernel.durable.runtime import DurableRuntime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -110,10 +122,15 @@ class StepJournal(ChildNumbering):
     def _open(self, pid: str, param: dict[str, Any]) -> Any:
         return self.runtime.create(pid, self._clock.ms_after(FAR_FUTURE), param, {KIND_TAG: "step"})
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        pid = self._next_id()
+    def run(self, fn: Callable[..., Any], *args: Any, retries: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` as the next step; ``retries``/``timeout``: see :class:`Attempts`
+        (checked before anything is stored or numbered)."""
         name = getattr(fn, "__qualname__", repr(fn))
-        record = None
+        attempts = None
+        if retries is not None or timeout is not None:
+            attempts = Attempts(retry_policy(retries), what=f"durable.run({name})", timeout=timeout, clock=self._clock)
+        pid = self._next_id()
+        record, lookup = None, self._replaying
         if self._replaying:
             record = self.runtime.find(pid)
             if record is None:
@@ -123,12 +140,22 @@ class StepJournal(ChildNumbering):
                 return self._decode(pid, record.value.data, f"the result of durable.run({name})")
             elif record.state != "pending":
                 error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
-                raise StepError(f"step {pid} ({name}) failed when it first ran: {error.get('error', record.state)}")
-        param = {"kind": "run", "function": name}
+                n = error.get("attempts")
+                count = f" after {n} attempt{'s' if n != 1 else ''}" if isinstance(n, int) else ""
+                raise StepError(f"step {pid} ({name}) failed when it first ran{count}: {error.get('error', record.state)}")
+        param: dict[str, Any] = {"kind": "run", "function": name}
         try:
-            result = fn(*args, **kwargs)
+            if attempts is None:
+                result = fn(*args, **kwargs)
+            else:
+                param.update(retries=policy_json(attempts.policy), timeout=timeout)
+                journal = StepAttempts(self.runtime, self.sealer, pid, what=f"step {pid} ({name})", lookup=lookup, clock=self._clock)
+                result = attempts.run(lambda: fn(*args, **kwargs), journal)
         except Exception as exc:
-            self._store(pid, param, record, "rejected", {"error": f"{type(exc).__name__}: {exc}"})
+            failed: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"}
+            if attempts is not None:
+                failed["attempts"] = attempts.attempts
+            self._store(pid, param, record, "rejected", failed)
             raise
         try:
             encoded = encode_value(result, f"durable.run({name})")

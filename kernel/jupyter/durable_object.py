@@ -1,6 +1,7 @@
 """``durable``: the object every cell can use to reach the durable runtime.
 
     rows = durable.run(fetch_page, 3)          # journaled; not called again on resume
+    rows = durable.run(fetch_page, 3, retries=5, timeout=120)   # with backoff, at most 2 minutes in all
     durable.sleep(60)                          # a durable timer
     durable.checkpoint("progress", i)          # newest value per name
     i = durable.get_checkpoint("progress", 0)
@@ -40,12 +41,20 @@ class DurableAPI:
             raise PyRepl3Error("durability is off in this kernel, or no cell is running")
         return ds
 
-    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Any], /, *args: Any, retries: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` as a durable step of this cell: if the cell is
         resumed after a crash, a step that finished returns its stored result
         without calling ``fn`` again. The result must be serializable (JSON or
-        cloudpickle); if it is not, the error is raised here."""
-        return self._executing().run_step(fn, *args, **kwargs)
+        cloudpickle); if it is not, the error is raised here.
+
+        ``retries``: a number of retries (exponential backoff from 1 s) or one of
+        ``resonate.retry``'s policies (``Exponential``, ``Linear``, ``Constant``,
+        ``Never``); every failed attempt is journaled, and a resumed cell goes on
+        with the next attempt. ``timeout``: seconds for the whole call, attempts
+        and delays included. The last attempt's error is raised, with a note
+        naming the count. Both names are taken by ``durable.run``: pass a
+        function's own ``retries``/``timeout`` with ``functools.partial``."""
+        return self._executing().run_step(fn, *args, retries=retries, timeout=timeout, **kwargs)
 
     def sleep(self, seconds: float) -> None:
         """A durable sleep: after a resume, only the time that is left is slept."""
