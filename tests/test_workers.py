@@ -260,6 +260,39 @@ def test_a_worker_killed_mid_task_its_task_finishes_on_another_after_the_lease(f
     print(f"\nSIGKILL of a worker mid-task -> its task finished on another: {took:.2f}s (lease {lease:g}s)")
 
 
+def test_a_call_longer_than_the_lease_keeps_its_lease_and_runs_once(fleet: Fleet, tmp_path: Path) -> None:
+    lease, gate, starts = 1.0, tmp_path / "gate", tmp_path / "starts"
+    a = fleet.start("wa", lease=lease)
+    pid = fleet.send(blocking(gate, starts), 3)
+    a.wait_output(f"start    {pid}")
+    b = fleet.start("wb", lease=lease)
+    until = time.monotonic() + 4 * lease  # the call runs four leases long, watched all along: never re-delivered
+    while time.monotonic() < until:
+        assert b.lines("start") == [] and starts.read_text().count("start") == 1
+        time.sleep(0.1)
+    gate.touch()
+    record = fleet.tasks.wait(pid)
+    assert fleet.tasks.result(record) == 6 and fleet.tasks.body(record)["worker"] == "wa"
+    assert starts.read_text().count("start") == 1 and b.lines("start") == []
+
+
+def test_a_calls_timeout_rejects_it_between_attempts_and_while_it_runs(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start("w1")
+    tasks = fleet.tasks
+    # Attempt 1 fails; attempt 2 would be due after the timeout: the worker rejects the call at once.
+    retrying = fleet.send(flaky(tmp_path / "count", 5), retries=Constant(delay=30, max_retries=3), timeout=20)
+    record = tasks.wait(retrying, timeout=15)
+    with pytest.raises(Exception) as info:
+        tasks.result(record)
+    assert info.value.ename == "RuntimeError" and len((tmp_path / "count").read_text()) == 1
+    # An attempt still running at the deadline: the engine times the promise out (workers pump its timers).
+    gate, starts = tmp_path / "gate", tmp_path / "starts"
+    slow = fleet.send(blocking(gate, starts), 1, timeout=2)
+    record = tasks.wait(slow, timeout=30)
+    gate.touch()
+    assert record.state == "rejected_timedout"
+
+
 # -- stopping ------------------------------------------------------------------------------------
 
 
