@@ -105,6 +105,7 @@ def test_calls_by_reference_and_by_value_run_and_their_sealed_results_verify(fle
     by_ref = fleet.send(math.factorial, 20)
     by_value = fleet.send(lambda x, k=1: x * scale + k, 5, k=2)
     failing = fleet.send(lambda: 1 / 0)
+    unsendable = fleet.send(lambda: __import__("threading").Lock())  # a result that cannot travel back
     tasks = fleet.tasks
     ref = tasks.wait(by_ref)
     assert ref.state == "resolved" and tasks.result(ref) == math.factorial(20)
@@ -117,6 +118,9 @@ def test_calls_by_reference_and_by_value_run_and_their_sealed_results_verify(fle
     with pytest.raises(Exception) as info:
         tasks.result(bad)
     assert info.value.ename == "ZeroDivisionError" and info.value.attempts == 1 and "on worker w1" in str(info.value)
+    with pytest.raises(Exception, match="cannot be serialized") as info:
+        tasks.result(tasks.wait(unsendable))
+    assert info.value.attempts == 1
     # The result verifies for its own promise only.
     with pytest.raises(Exception, match="signature|signed"):
         tasks.sealer.unseal(by_value, ref.value.data, "the result of a remote call")

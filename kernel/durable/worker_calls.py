@@ -156,6 +156,8 @@ class CallRunner:
                 # stopped and runs on, but its result can no longer settle anything.
                 log.warning("%s (%s) is still running at its promise's deadline; its result will be dropped", pid, call.function)
                 raise TimeoutError(f"{call.function}: its promise {pid} timed out while the attempt ran") from None
+            # A result that cannot be sent back (not picklable) fails the call like an error would.
+            sealed = seal_result(sealer, pid, value, started_at=started_at, attempts=attempts.attempts, worker=self.name)
         except Exception as exc:  # noqa: BLE001 - the function's own failure (every attempt), sealed for the cell
             seconds = time.perf_counter() - t0
             error = error_of(exc)
@@ -163,7 +165,6 @@ class CallRunner:
             self.reporter.failed(pid, call.function, attempts.attempts, seconds, f"{error['ename']}: {error['evalue']}")
             raise seal_failure(sealer, pid, error, started_at=started_at, attempts=attempts.attempts, worker=self.name) from None
         seconds = time.perf_counter() - t0
-        sealed = seal_result(sealer, pid, value, started_at=started_at, attempts=attempts.attempts, worker=self.name)
         self.finished += 1
         self.reporter.finished(pid, call.function, attempts.attempts, seconds)
         return sealed
