@@ -118,6 +118,8 @@ def test_calls_by_reference_and_by_value_run_and_their_sealed_results_verify(fle
     with pytest.raises(Exception) as info:
         tasks.result(bad)
     assert info.value.ename == "ZeroDivisionError" and info.value.attempts == 1 and "on worker w1" in str(info.value)
+    tb = info.value.remote_traceback  # from the function down: none of the worker's own frames
+    assert "in <lambda>" in tb and "ZeroDivisionError" in tb and "worker_calls.py" not in tb and "attempts.py" not in tb
     with pytest.raises(Exception, match="cannot be serialized") as info:
         tasks.result(tasks.wait(unsendable))
     assert info.value.attempts == 1

@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -161,6 +162,7 @@ class CallRunner:
         except Exception as exc:  # noqa: BLE001 - the function's own failure (every attempt), sealed for the cell
             seconds = time.perf_counter() - t0
             error = error_of(exc)
+            error["traceback"] = _own_traceback(exc, attempt.__code__) or error["traceback"]
             self.finished += 1
             self.reporter.failed(pid, call.function, attempts.attempts, seconds, f"{error['ename']}: {error['evalue']}")
             raise seal_failure(sealer, pid, error, started_at=started_at, attempts=attempts.attempts, worker=self.name) from None
@@ -175,6 +177,16 @@ class CallRunner:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(JOURNAL_TIMEOUT)
 
         return call
+
+
+def _own_traceback(exc: BaseException, attempt: Any) -> list[str]:
+    """The traceback from the called function down (the worker's own frames left out), notes included."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not attempt:
+        tb = tb.tb_next
+    if tb is None or tb.tb_next is None:
+        return []
+    return traceback.format_exception(type(exc), exc, tb.tb_next)[-20:]
 
 
 async def pyrepl3_call(ctx: Context, sealed_call: Any) -> dict[str, Any]:
