@@ -302,12 +302,13 @@ def test_a_calls_timeout_rejects_it_between_attempts_and_while_it_runs(fleet: Fl
 # -- stopping ------------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_the_running_call_finish_and_exits_0(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_lets_the_running_call_finish_and_exits_0(fleet: Fleet, tmp_path: Path, sig: int) -> None:
     gate, starts = tmp_path / "gate", tmp_path / "starts"
     w = fleet.start("w1", grace=30)
     pid = fleet.send(blocking(gate, starts), 4)
     w.wait_output(f"start    {pid}")
-    w.signal(signal.SIGTERM)
+    w.signal(sig)
     w.wait_output("worker w1 stopping: 1 call(s) running")
     later = fleet.send(math.factorial, 4)  # sent while it stops: not taken
     gate.touch()
