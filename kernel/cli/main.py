@@ -10,6 +10,7 @@
     pyrepl3 export NOTEBOOK.ipynb [--session S] [--output OUT.ipynb] [--json]
     pyrepl3 gc [--session S] [--dry-run] [--json]
     pyrepl3 settings [--json]
+    pyrepl3 worker --group NAME [--concurrency N] [--name NAME] [--lease S] [--grace S]
 
 Reads go straight to the store (safe while kernels are running on it).
 The engine is chosen as for the kernel: ``--store`` or ``PYREPL3_STORE``
@@ -35,7 +36,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
-from kernel.cli import commands, gc
+from kernel.cli import commands, gc, worker
 from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
 from kernel.core.settings import Settings
@@ -132,6 +133,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_approve_deny,
     _add_gc,
     _add_settings,
+    worker.add_parser,
 )
 
 

@@ -35,6 +35,7 @@ from resonate_base.connections import Network, Source
 from kernel.core.errors import StoreCorruptError, StoreError
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.core.locations import EngineSpec
+from kernel.store.claims import Claims
 
 
 class SessionLock(Protocol):
@@ -218,10 +219,11 @@ class Engine(Protocol):
         """The SDK's ``Network`` and ``Source``\\ s for ``Resonate`` (None: the network is its own source)."""
         ...
 
-    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+    def worker_network(self, group: str, pid: str, claims: Claims | None = None) -> tuple[Network, list[Source] | None]:
         """The ``Network`` and ``Source``\\ s of a ``pyrepl3 worker`` in ``group``: it gets the
         remote calls any session sends that group. Raises :class:`ConfigurationError`
-        (naming ``PYREPL3_STORE``) where workers cannot share the store (embedded)."""
+        (naming ``PYREPL3_STORE``) where workers cannot share the store (embedded).
+        ``claims``: take no more tasks than it allows (where the engine's queue is read, not pushed)."""
         ...
 
     def interrupted_executions(self, session: str, pid: str) -> list[str]:

@@ -10,6 +10,7 @@ from resonate_base.connections import Network, Source
 from kernel.core.errors import ConfigurationError
 from kernel.core.models import PromiseRecord
 from kernel.core.locations import EngineSpec, store_path
+from kernel.store.claims import Claims
 from kernel.store.embedded.blobs import FileBlobStore
 from kernel.store.embedded.catalog import EmbeddedCatalog
 from kernel.store.embedded.locks import FlockSessionLock
@@ -53,7 +54,7 @@ class EmbeddedEngine:
         self._store = EmbeddedStore(self.path, session, pid=pid, fsync=self.fsync, setting=self.setting).open()
         return self._store, None
 
-    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+    def worker_network(self, group: str, pid: str, claims: Claims | None = None) -> tuple[Network, list[Source] | None]:
         # The embedded store is one kernel's SQLite file and in-process state machine:
         # no other process can take tasks from it.
         raise ConfigurationError(

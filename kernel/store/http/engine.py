@@ -24,6 +24,7 @@ from kernel.core.ids import session_key
 from kernel.core.models import PromiseRecord
 from kernel.core.locations import BlobsSpec, EngineSpec
 from kernel.core.redaction import redact
+from kernel.store.claims import Claims
 from kernel.store.base import BlobStore, SessionLock
 from kernel.store.embedded.blobs import FileBlobStore
 from kernel.store.embedded.locks import FlockSessionLock
@@ -94,7 +95,8 @@ class HttpEngine:
         network = IndexingNetwork(HttpConnection(self.url, auth=self.token), self.index, self.url)
         return network, [SSEConnection(self.url, pid=pid, group=group, auth=self.token)]  # type: ignore[list-item]
 
-    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
+    def worker_network(self, group: str, pid: str, claims: Claims | None = None) -> tuple[Network, list[Source] | None]:
+        # The server pushes tasks (SSE): ``claims`` cannot hold them back here; the SDK's own bound applies.
         network = IndexingNetwork(HttpConnection(self.url, auth=self.token), self.index, self.url)
         return network, [SSEConnection(self.url, pid=pid, group=group, auth=self.token)]  # type: ignore[list-item]
 

@@ -17,6 +17,7 @@ from kernel.core.ids import session_key
 from kernel.core.models import PromiseRecord
 from kernel.core.locations import EngineSpec
 from kernel.core.redaction import redact
+from kernel.store.claims import Claims
 from kernel.store.postgres.blobs import PgBlobStore
 from kernel.store.postgres.catalog import PgCatalog
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, PgLink, unreachable
@@ -56,8 +57,8 @@ class PostgresEngine:
         self._network = PgNetwork(self.dsn, pid=pid, group=self.group(session), timeout=self.timeout)
         return self._network, None
 
-    def worker_network(self, group: str, pid: str) -> tuple[Network, list[Source] | None]:
-        return PgNetwork(self.dsn, pid=pid, group=group, timeout=self.timeout), None
+    def worker_network(self, group: str, pid: str, claims: Claims | None = None) -> tuple[Network, list[Source] | None]:
+        return PgNetwork(self.dsn, pid=pid, group=group, timeout=self.timeout, claims=claims), None
 
     def interrupted_executions(self, session: str, pid: str) -> list[str]:
         pending = interrupted_executions(self.link, session)

@@ -15,10 +15,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from resonate_base.error import ConnectorError
 from resonate_pg import PostgresConnection
+from resonate_pg.connection import DEQUEUE_EXECUTE_SQL
+from resonate_pg.wire import execute_message
 
 from kernel.core.errors import EngineConnectionError
 from kernel.store.postgres.link import DEFAULT_TIMEOUT, RPC_SQL, unreachable
 from kernel.store.batches import FulfilledLater
+from kernel.store.claims import Claims
 from kernel.store.protocol import flat_response, index_entry
 
 #: Seconds a pooled connection may sit idle before it is checked on checkout.
@@ -115,10 +118,23 @@ class PgNetwork(PostgresConnection):
     """resonate-pg's connection (Network + Source) that also indexes PyREPL3's
     promises and never lets the DSN's password into an error message."""
 
-    def __init__(self, dsn: str, *, pid: str, group: str, timeout: float = DEFAULT_TIMEOUT, drive_timers: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pid: str,
+        group: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        drive_timers: bool = True,
+        claims: Claims | None = None,
+    ) -> None:
         super().__init__(sessions=PgPool(dsn, timeout=timeout), pid=pid, group=group, drive_timers=drive_timers)
         self._dsn = dsn
         self._timers_at = 0.0
+        #: A worker's: claim only as many tasks as it can start (:mod:`kernel.store.claims`).
+        self._claims = claims
+        if claims is not None:
+            claims.on_room = self._wake.set
         #: Executions a batch settled whose task the SDK fulfills afterwards.
         self._fulfilled_later = FulfilledLater()
 
@@ -129,6 +145,19 @@ class PgNetwork(PostgresConnection):
         if now - self._timers_at >= self._tick:
             self._timers_at = now
             await super()._fire_timers()
+
+    async def _dequeue_executes(self, conn: Any, address: str) -> list[str]:
+        """A worker claims at most its :meth:`Claims.room` (one read, no paging); a kernel, everything."""
+        if self._claims is None:
+            return await super()._dequeue_executes(conn, address)
+        room = min(self._claims.room(), self._limit)
+        if room <= 0:
+            return []
+        cursor = await conn.execute(DEQUEUE_EXECUTE_SQL, (address, room))
+        rows = await cursor.fetchall()
+        for task_id, _version in rows:
+            self._claims.claimed(str(task_id))
+        return [execute_message(str(task_id), int(version)) for task_id, version in rows]
 
     async def send(self, req: str, headers: dict[str, str] | None = None) -> str:
         if self._stopped:
