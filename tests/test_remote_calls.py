@@ -1,0 +1,293 @@
+"""durable.rpc and durable.map from real kernels, run by real ``pyrepl3 worker`` processes on Postgres.
+
+Every worker has its own PYREPL3_HOME and working directory and shares only
+the database and the session key (PYREPL3_KEY) with the kernel, as a worker
+on another machine would. Runs are counted with marker files the functions
+write, never with timings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import harness
+from harness import PYREPL3_CLI, SCRUBBED, TIMEOUT, KernelFactory, Store, kernel_env, wait_for
+
+pytestmark = pytest.mark.engines("postgres")
+
+
+class Workers:
+    """``pyrepl3 worker`` processes of one group, each with its own home and working directory."""
+
+    def __init__(self, root: Path, store: Store, key: str) -> None:
+        self.root = root
+        self.store = store
+        self.key = key
+        self.group = f"t{uuid.uuid4().hex[:12]}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, n: int = 1, concurrency: int = 4) -> list[subprocess.Popen[bytes]]:
+        started = []
+        for _ in range(n):
+            i = len(self.procs)
+            home, cwd = self.root / f"worker{i}-home", self.root / f"worker{i}-cwd"
+            cwd.mkdir(parents=True)
+            env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+            env.update(PYREPL3_HOME=str(home), PYREPL3_KEY=self.key)
+            with open(self.root / f"worker{i}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    [str(PYREPL3_CLI), "worker", "--store", self.store.dsn, "--group", self.group, "--concurrency", str(concurrency)],
+                    env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            self.procs.append(proc)
+            started.append(proc)
+        return started
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("worker*.log")))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def key() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, store: Store, key: str) -> Iterator[Workers]:
+    pool = Workers(tmp_path / "workers", store, key)
+    pool.root.mkdir()
+    yield pool
+    pool.close()
+    print(pool.logs())
+
+
+def _start(kernels: KernelFactory, home: Path, key: str, session: str = "remote", **env: str) -> Any:
+    return kernels.start(session=session, env=kernel_env(home, session, PYREPL3_KEY=key, **env))
+
+
+def _rpc_states(home: Path, session: str) -> dict[str, int]:
+    """How many of ``session``'s remote calls are in each state, read from the store as a CLI would."""
+    from kernel.core.settings import Settings
+    from kernel.store.registry import open_engine
+
+    store = harness.CURRENT
+    engine = open_engine(Settings.load({"PYREPL3_STORE": store.dsn, "PYREPL3_HOME": str(home)})).open()
+    try:
+        return engine.catalog().count(store.session(session), "rpc")
+    finally:
+        engine.close()
+
+
+def test_rpc_round_trips(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
+    workers.start(1)
+    kernel = _start(kernels, home, key)
+    g = workers.group
+    # By reference (math.sqrt imports on the worker), JSON result.
+    run = kernel.ok(f"import math\nh = durable.rpc(math.sqrt, 16, group={g!r})\nprint(h.promise_id)\nprint(h.result(timeout=60), h.done())", timeout=90)
+    pid, out = run.stream("stdout").splitlines()
+    assert pid.endswith(":rpc:1") and out == "4.0 True"
+    # By value (defined in the cell), a pickled result (a set is not JSON), keyword arguments.
+    run = kernel.ok(
+        textwrap.dedent(f"""
+        def spread(x, *, k):
+            return {{x, x * k}}
+        print(sorted(durable.rpc(spread, 3, k=5, group={g!r}).result(timeout=60)))
+        """),
+        timeout=90,
+    )
+    assert run.stream("stdout") == "[3, 15]\n"
+    # await in a cell (top-level await), two calls in flight at once.
+    run = kernel.ok(f"a = durable.rpc(math.factorial, 5, group={g!r})\nb = durable.rpc(pow, 2, 10, group={g!r})\nprint(await a, await b)", timeout=90)
+    assert run.stream("stdout") == "120 1024\n"
+    assert run.stream("stderr") == ""
+
+
+def test_failing_call_raises_remote_failure(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
+    workers.start(1)
+    kernel = _start(kernels, home, key)
+    g = workers.group
+    run = kernel.ok(
+        textwrap.dedent(f"""
+        from resonate.retry import Constant
+        from kernel.durable.calls import RemoteFailure
+        def boom(x):
+            raise ValueError(f"bad {{x}}")
+        try:
+            durable.rpc(boom, 7, group={g!r}, retries=Constant(delay=0, max_retries=2)).result(timeout=60)
+        except RemoteFailure as exc:
+            print(exc.ename, "|", exc.evalue, "|", exc.attempts, "|", "boom" in exc.remote_traceback)
+            print(exc)
+        """),
+        timeout=90,
+    )
+    first, message = run.stream("stdout").splitlines()
+    assert first == "ValueError | bad 7 | 3 | True"
+    assert "ValueError: bad 7" in message and "3 attempts" in message
+    # Uncaught, it is the cell's error, named as the worker's.
+    run = kernel.execute(f"durable.rpc(boom, 8, group={g!r}).result(timeout=60)", timeout=90)
+    assert run.content["status"] == "error" and run.content["ename"] == "RemoteFailure"
+    assert "ValueError: bad 8" in run.content["evalue"]
+
+
+def test_map_in_order_on_two_workers(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
+    procs = workers.start(2, concurrency=2)
+    kernel = _start(kernels, home, key)
+    run = kernel.ok(
+        textwrap.dedent(f"""
+        import os, time
+        def square(i):
+            time.sleep(0.1)
+            return [i * i, os.getpid()]
+        out = durable.map(square, range(50), group={workers.group!r})
+        print([v for v, _ in out] == [i * i for i in range(50)], sorted({{p for _, p in out}}))
+        """),
+        timeout=120,
+    )
+    ordered, pids = run.stream("stdout").split(" ", 1)
+    assert ordered == "True"
+    assert eval(pids) == sorted(p.pid for p in procs), "both workers ran some of the calls"
+    assert "50/50" in run.stream("stderr"), "the progress bar counted every call"
+    assert _rpc_states(home, "remote") == {"resolved": 50}
+
+
+def test_map_raises_after_every_call_settled(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
+    workers.start(1)
+    kernel = _start(kernels, home, key)
+    run = kernel.ok(
+        textwrap.dedent(f"""
+        from kernel.durable.calls import RemoteFailure
+        def odd_fails(i):
+            if i % 2:
+                raise KeyError(i)
+            return i
+        try:
+            durable.map(odd_fails, range(6), group={workers.group!r}, progress=False)
+        except RemoteFailure as exc:
+            print(exc.evalue, exc.__notes__)
+        print(durable.map(odd_fails, [0, 1], group={workers.group!r}, return_exceptions=True, progress=False))
+        """),
+        timeout=90,
+    )
+    first, second = run.stream("stdout").splitlines()
+    assert first.startswith("1 ") and "3 of 6 calls failed; this is item 1" in first
+    assert second.startswith("[0, RemoteFailure(")
+    assert _rpc_states(home, "remote") == {"resolved": 4, "rejected": 4}
+
+
+def test_kernel_killed_mid_map_then_resumed(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """100 calls; the kernel is killed while they run; the workers finish them; a new kernel of the
+    session resumes the execution and gets every result, none of the finished ones run again."""
+    workers.start(2, concurrency=8)
+    marks, gate_a, gate_b = tmp_path / "marks", tmp_path / "gate-a", tmp_path / "gate-b"
+    marks.mkdir()
+    code = textwrap.dedent(f"""
+        import os, time, uuid
+        def gated(i):
+            open(os.path.join({str(marks)!r}, f"start-{{i}}-{{uuid.uuid4().hex}}"), "w").close()
+            gate = {str(gate_a)!r} if i < 50 else {str(gate_b)!r}
+            deadline = time.monotonic() + 120
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            open(os.path.join({str(marks)!r}, f"done-{{i}}-{{uuid.uuid4().hex}}"), "w").close()
+            return i * 3
+        results = durable.map(gated, range(100), group={workers.group!r})
+        print("sum", sum(results), results == [i * 3 for i in range(100)])
+        """)
+
+    def runs(kind: str) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for p in marks.glob(f"{kind}-*"):
+            i = int(p.name.split("-")[1])
+            counts[i] = counts.get(i, 0) + 1
+        return counts
+
+    kernel = _start(kernels, home, key)
+    msg_id = kernel.send_execute(code)
+    wait_for(lambda: sum(_rpc_states(home, "remote").values()) == 100, timeout=60, what="all 100 calls sent")
+    wait_for(lambda: len(runs("start")) >= 8, timeout=60, what="calls running on the workers")
+    kernel.kill9()
+    gate_a.touch()
+    wait_for(lambda: _rpc_states(home, "remote").get("resolved", 0) == 50, timeout=120, what="the first 50 finished after the kill")
+
+    fresh = _start(kernels, home, key)
+    resumed = fresh.send_execute("%durable resume")
+    wait_for(lambda: len(runs("start")) > 50, timeout=60, what="the second half running")  # pending while the cell resumes
+    gate_b.touch()
+    run = fresh.collect(resumed, timeout=180)
+    assert run.content["status"] == "ok", run.content
+    out = run.stream("stdout")
+    assert f"exec:{msg_id}" in out and "resumed and completed" in out
+    assert f"sum {3 * sum(range(100))} True" in out
+    starts, dones = runs("start"), runs("done")
+    print(f"kill -9 mid-map: 100 calls, started {sum(starts.values())} times, finished {sum(dones.values())} times")
+    assert sorted(dones) == list(range(100)) and set(dones.values()) == {1}, "every call finished exactly once"
+    assert set(starts.values()) == {1}, "no call was sent or run twice"
+    assert _rpc_states(home, "remote") == {"resolved": 100}
+
+
+@pytest.mark.embedded_only(reason="the embedded store's own refusal")
+def test_embedded_store_gives_a_clear_error(kernels: KernelFactory) -> None:
+    kernel = kernels.start(session="solo")
+    for code in ("durable.rpc(len, [1], group='g')", "durable.map(len, [[1]], group='g')"):
+        run = kernel.execute(code)
+        assert run.content["status"] == "error" and run.content["ename"] == "ConfigurationError"
+        assert "PYREPL3_STORE" in run.content["evalue"] and "durable.rpc" in run.content["evalue"]
+
+
+class _Runtime:
+    """The runtime's create, answering with promises that exist already (a resumed execution's)."""
+
+    def __init__(self, stored_function: str) -> None:
+        self.stored = stored_function
+        self.created: list[str] = []
+
+    def target_of(self, group: str) -> str:
+        return f"poll://any@{group}"
+
+    def create_many(self, promises: list[Any], *, what: str) -> list[Any]:
+        from resonate.types import PromiseRecord, Value
+
+        self.created += [p[0] for p in promises]
+        param = Value(data={"func": "pyrepl3_call", "args": [{"function": self.stored}]})
+        return [PromiseRecord(id=p[0], state="resolved", param=param, timeout_at=p[1]) for p in promises]
+
+
+def test_a_changed_cell_is_refused_on_resume() -> None:
+    """A resumed execution whose call number holds a call of another function: the cell
+    changed since it first ran, and says so instead of returning the other call's result."""
+    from kernel.checkpoint.signing import Sealer, Signer
+    from kernel.core.errors import ConfigurationError
+    from kernel.durable.calls import RemoteCallError
+    from kernel.durable.remote import RemoteCalls
+
+    runtime = _Runtime("builtins.max")
+    calls = RemoteCalls(runtime, Sealer(Signer(b"k" * 32), "s"), trace=dict)  # type: ignore[arg-type]
+    with calls.executing("exec:m"), pytest.raises(RemoteCallError, match=r"exec:m:rpc:1 was sent as a call of builtins.max .* now calls builtins.len"):
+        calls.rpc(len, ([1],), {}, group="g")
+    with calls.executing("exec:m"), pytest.raises(ConfigurationError, match="worker group"):
+        calls.rpc(len, ([1],), {}, group="pyrepl3-x")
+    with calls.executing("exec:m"), pytest.raises(ConfigurationError, match="timeout"):
+        calls.rpc(len, ([1],), {}, group="g", timeout=0)
+    with pytest.raises(RemoteCallError, match="inside a cell"):
+        calls.rpc(len, ([1],), {}, group="g")
+    assert runtime.created == ["exec:m:rpc:1"], "numbering restarts per run; a refused call creates nothing"
