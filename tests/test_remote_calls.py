@@ -9,10 +9,12 @@ write, never with timings.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +151,40 @@ def test_failing_call_raises_remote_failure(kernels: KernelFactory, home: Path, 
     assert "ValueError: bad 8" in run.content["evalue"]
 
 
+def test_a_wait_is_interruptible_and_idle(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """Ctrl-C ends ``h.result()`` (the cell's KeyboardInterrupt), not the call: its result is there
+    later. While it waits, the kernel does not spin (its CPU time over a few seconds is printed)."""
+    import psutil
+
+    workers.start(1)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    kernel = _start(kernels, home, key)
+    kernel.ok(
+        textwrap.dedent(f"""
+        def held():
+            import os, time
+            open({str(started)!r}, "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return "late"
+        """)
+    )
+    msg_id = kernel.send_execute(f"h = durable.rpc(held, group={workers.group!r})\nh.result()")
+    wait_for(started.exists, timeout=60, what="the call running on the worker")
+    proc = psutil.Process(kernel.pid)
+    before, window = sum(proc.cpu_times()[:2]), 3.0
+    time.sleep(window)  # a measuring window, not a wait for a condition
+    cpu = sum(proc.cpu_times()[:2]) - before
+    print(f"kernel CPU while waiting {window:g}s for a remote call: {cpu:.3f}s")
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.content["status"] == "error" and run.content["ename"] == "KeyboardInterrupt", run.content
+    assert cpu < window / 2, "the wait spun the CPU"
+    gate.touch()
+    assert kernel.ok("print(h.result(timeout=60), h.done())", timeout=90).stream("stdout") == "late True\n"
+
+
 def test_map_in_order_on_two_workers(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
     procs = workers.start(2, concurrency=2)
     kernel = _start(kernels, home, key)
@@ -243,6 +279,23 @@ def test_kernel_killed_mid_map_then_resumed(kernels: KernelFactory, home: Path, 
     assert sorted(dones) == list(range(100)) and set(dones.values()) == {1}, "every call finished exactly once"
     assert set(starts.values()) == {1}, "no call was sent or run twice"
     assert _rpc_states(home, "remote") == {"resolved": 100}
+
+
+def test_remote_workers_notebook_runs(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """notebooks/remote_workers.ipynb, top to bottom on two workers (its kill story is by hand; the
+    kill -9 test above is the same story, automated)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    workers.start(2, concurrency=2)
+    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "remote_workers.ipynb", as_version=4)
+    client = NotebookClient(nb, timeout=120, startup_timeout=TIMEOUT, resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=kernel_env(home, "notebook", PYREPL3_KEY=key, REMOTE_DEMO_GROUP=workers.group))
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert re.search(r"40 results from [12] worker process\(es\)", text), text
+    assert "RuntimeError | cannot handle 1 | attempts: 2" in text
+    assert "every result is here: 40" in text
+    assert _rpc_states(home, "notebook") == {"resolved": 42, "rejected": 1}
 
 
 @pytest.mark.embedded_only(reason="the embedded store's own refusal")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import logging
 import math
 import sys
@@ -65,14 +66,20 @@ class RemoteTask(NamedTuple):
     timeout_at_ms: int
 
 
-def trace_carrier() -> dict[str, str]:
-    """The W3C trace context of the running span, for the worker (``{}`` without OpenTelemetry)."""
+@functools.cache
+def _injector() -> Callable[[dict[str, str]], None] | None:
     try:
         from opentelemetry.propagate import inject
-    except ImportError:
-        return {}
+    except ImportError:  # looked for once: a failed import costs most of a call's sealing
+        return None
+    return inject
+
+
+def trace_carrier() -> dict[str, str]:
+    """The W3C trace context of the running span, for the worker (``{}`` without OpenTelemetry)."""
     carrier: dict[str, str] = {}
-    inject(carrier)
+    if (inject := _injector()) is not None:
+        inject(carrier)
     return carrier
 
 
