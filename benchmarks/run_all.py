@@ -54,6 +54,7 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench_steps.py", ("step", "ckpt1000")),
     ("bench_listings.py", ("start5000", "listing50")),
     ("bench_gc.py", ("storage",)),
+    ("bench_workers.py", ()),  # issue 13: remote workers (extra rows)
 )
 ROW_FIELDS = {f.name for f in fields(Row)}
 

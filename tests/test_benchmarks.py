@@ -29,6 +29,7 @@ FILLS = {
     "bench_restore.py": set(),
     "bench_history.py": {"history", "vars10k", "names2000"},
     "bench_hotpath.py": {"trivial", "step", "ckpt1000"},
+    "bench_workers.py": set(),
 }
 
 
@@ -135,3 +136,19 @@ def test_run_all_runs_a_benchmark_without_rows(tmp_path: Path) -> None:
     broken = run_all.run_script("bench_broken.py", True, 60, here=tmp_path)
     assert broken["status"] == "failed" and broken["error"] == "exit status 3" and "half" in broken["stderr"]
     assert run_all.run_script("bench_none.py", True, 60, here=tmp_path)["status"] == "missing"
+
+
+@pytest.mark.timeout(400)
+def test_bench_workers_small() -> None:
+    """Re-delivery after a worker's SIGKILL (both leases) and the throughput of 1 and 2 workers, on Postgres."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_workers.py"), "--small", "--json"],
+        capture_output=True, text=True, env=bench_env(), timeout=380, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    doc = json.loads(done.stdout)
+    rows = [r["row"] for r in doc["rows"]]
+    print(json.dumps(doc["rows"], indent=1))
+    assert sum(r.startswith("SIGKILL of a worker mid-call") for r in rows) == 2
+    assert any("1 worker(s)" in r for r in rows) and any("2 worker(s)" in r for r in rows)
+    assert all(r["pyrepl3_ms"] > 0 for r in doc["rows"]) and len(doc["load_before"]) == 3

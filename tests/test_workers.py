@@ -216,6 +216,27 @@ def test_retries_are_journaled_and_the_count_goes_into_the_result(fleet: Fleet, 
 # -- worker death --------------------------------------------------------------------------------
 
 
+def test_a_worker_that_takes_a_task_over_goes_on_with_its_attempt_count(fleet: Fleet, tmp_path: Path) -> None:
+    lease, counter = 2.0, tmp_path / "count"
+    a = fleet.start("wa", lease=lease)
+    pid = fleet.send(flaky(counter, 1), retries=Constant(delay=8, max_retries=3))
+    wait_path(counter)
+    first = f"{pid}:attempt:1"
+    deadline = time.monotonic() + 30
+    while fleet.tasks.get(first) is None:  # attempt 1 failed and is journaled; attempt 2 is due 8 s later
+        assert time.monotonic() < deadline, "attempt 1 was not journaled"
+        time.sleep(0.05)
+    b = fleet.start("wb", lease=lease)
+    a.kill()  # between attempts
+    record = fleet.tasks.wait(pid, timeout=60)
+    assert fleet.tasks.result(record) == 2
+    body = fleet.tasks.body(record)
+    assert body["worker"] == "wb" and body["attempts"] == 2
+    assert [line.split()[-1] for line in b.lines("start")] == ["2"]  # not a fresh count
+    assert len(counter.read_text()) == 2 and stored(fleet.dsn, pid)["attempts"] == [(first, "rejected")]
+
+
+
 def test_a_worker_killed_mid_task_its_task_finishes_on_another_after_the_lease(fleet: Fleet, tmp_path: Path) -> None:
     lease = 2.0
     gate, starts = tmp_path / "gate", tmp_path / "starts"

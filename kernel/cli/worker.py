@@ -101,6 +101,16 @@ def worker_key(settings: Settings, key_file: Path) -> Signer:
         raise ConfigurationError(f"the signing key file {key_file} cannot be read ({exc.strerror or exc})") from None
 
 
+def _route_logs(*, debug: bool) -> None:
+    """Warnings and errors (refusals among them) to stderr; PyREPL3's INFO too with PYREPL3_DEBUG=1."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("kernel").setLevel(logging.INFO if debug else logging.WARNING)
+
+
 def setup_tracing(settings: Settings, name: str) -> None:
     """The call point for OpenTelemetry's setup in a worker (wired where kernel/core/tracing.py exists)."""
 
@@ -125,6 +135,7 @@ def worker(args: argparse.Namespace, out: Output, settings: Settings) -> int:
             "give --store (or PYREPL3_STORE) postgresql://... or http(s)://..., as the kernels' PYREPL3_STORE"
         )
     signer = worker_key(settings, default_home() / "key")
+    _route_logs(debug=settings.debug)
     setup_tracing(settings, name)
     engine = open_engine(settings)
     try:

@@ -34,8 +34,9 @@ from resonate.context import Context
 
 from kernel.checkpoint.signing import Sealer, Signer
 from kernel.core.clock import SYSTEM, Clock
+from kernel.core.retries import max_attempts
 from kernel.durable.attempt_journal import PromiseApi, PromiseJournal
-from kernel.durable.attempts import Attempts, error_of
+from kernel.durable.attempts import AttemptJournal, Attempts, NoJournal, error_of
 from kernel.durable.calls import RemoteCall, open_call, seal_failure, seal_result
 from kernel.store.claims import Claims
 
@@ -130,7 +131,12 @@ class CallRunner:
         pid = call.promise_id
         sealer = Sealer(self.signer, call.session)
         assert self.promises is not None, "the worker has not started"
-        journal = PromiseJournal(self.promises, sealer, pid, on_loop=self._on_loop(loop), clock=self._clock)
+        # A call that does not retry journals nothing, so there is nothing to read back either.
+        journal: AttemptJournal = (
+            NoJournal()
+            if max_attempts(call.retries) == 1
+            else PromiseJournal(self.promises, sealer, pid, on_loop=self._on_loop(loop), clock=self._clock)
+        )
         attempts = Attempts(call.retries, what=f"{call.function} ({pid})", timeout=call.timeout, clock=self._clock, preempt=False)
         started_at = self._clock.wall()
         t0 = time.perf_counter()

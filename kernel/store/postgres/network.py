@@ -26,6 +26,8 @@ from kernel.store.protocol import flat_response, index_entry
 
 #: Seconds a pooled connection may sit idle before it is checked on checkout.
 CHECK_AFTER_IDLE = 2.0
+#: The most connections a worker's pool opens, however many threads it has.
+MAX_WORKER_POOL = 32
 #: A promise.create and its index row, in one statement (one round trip, one transaction).
 INDEXED_RPC_SQL = """
 WITH res AS MATERIALIZED (SELECT resonate.resonate_rpc(%(req)s::text::jsonb) AS r),
@@ -128,7 +130,9 @@ class PgNetwork(PostgresConnection):
         drive_timers: bool = True,
         claims: Claims | None = None,
     ) -> None:
-        super().__init__(sessions=PgPool(dsn, timeout=timeout), pid=pid, group=group, drive_timers=drive_timers)
+        # A worker's calls each renew, fulfil and journal through the pool: a connection per thread, and two for the reader.
+        size = 4 if claims is None else max(4, min(claims.capacity + 2, MAX_WORKER_POOL))
+        super().__init__(sessions=PgPool(dsn, timeout=timeout, max_size=size), pid=pid, group=group, drive_timers=drive_timers)
         self._dsn = dsn
         self._timers_at = 0.0
         #: A worker's: claim only as many tasks as it can start (:mod:`kernel.store.claims`).
