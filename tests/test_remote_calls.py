@@ -181,6 +181,14 @@ def test_a_wait_is_interruptible_and_idle(kernels: KernelFactory, home: Path, ke
     run = kernel.collect(msg_id)
     assert run.content["status"] == "error" and run.content["ename"] == "KeyboardInterrupt", run.content
     assert cpu < window / 2, "the wait spun the CPU"
+    # ``await h`` too (ipykernel cancels an interrupted async cell's task: CancelledError).
+    msg_id = kernel.send_execute("await h")
+    deadline = time.monotonic() + TIMEOUT
+    while kernel.next_for("iopub", msg_id, deadline, "execute_input")["header"]["msg_type"] != "execute_input":
+        pass
+    kernel.km.interrupt_kernel()
+    run = kernel.collect(msg_id)
+    assert run.content["status"] == "error" and run.content["ename"] in ("CancelledError", "KeyboardInterrupt"), run.content
     gate.touch()
     assert kernel.ok("print(h.result(timeout=60), h.done())", timeout=90).stream("stdout") == "late True\n"
 

@@ -53,6 +53,8 @@ DEFAULT_TIMEOUT = 7 * 24 * 3600.0
 LATE_READ = 1.0
 #: Seconds between two updates of a ``durable.map`` progress bar (and two looks at late promises).
 PROGRESS_EVERY = 0.25
+#: Seconds between two looks of an ``await``ed handle (an interrupt of the cell lands between two).
+AWAIT_LOOK = 0.25
 #: Creates per request when ``durable.map`` sends its calls.
 SEND_BATCH = 200
 
@@ -116,7 +118,9 @@ class RemoteHandle:
         return self._settled() is not None
 
     def _settled(self) -> PromiseRecord | None:
-        if self._record is None and self._watcher is not None and self._watcher.done() and not self._watcher.cancelled():
+        if self._watcher is not None and self._watcher.cancelled():
+            self._watcher = self._runtime.watch(self.promise_id)
+        if self._record is None and self._watcher is not None and self._watcher.done():
             try:
                 self._record = self._watcher.result()
             except Exception:  # noqa: BLE001 - the watch failed (engine lost): read directly when late
@@ -174,11 +178,20 @@ class RemoteHandle:
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await handle`` in a cell: waits on the kernel's own loop without blocking it."""
-        if self._settled() is None and self._watcher is not None:
-            try:
-                yield from asyncio.wrap_future(self._watcher).__await__()
-            except Exception:  # noqa: BLE001 - the watch failed: the blocking path reads directly
-                pass
+        return self._wait().__await__()
+
+    async def _wait(self) -> Any:
+        # In short waits: ipykernel cancels an interrupted cell's task, which lands only when
+        # the task next resumes. asyncio.wait never cancels the future it waits on.
+        watched: tuple[Any, Any] = (None, None)
+        while self._settled() is None:
+            watcher = self._watcher
+            if watcher is None or watcher.done():  # the watch failed: the promise is read when late
+                await asyncio.sleep(LATE_READ)
+                continue
+            if watched[0] is not watcher:
+                watched = (watcher, asyncio.wrap_future(watcher))
+            await asyncio.wait({watched[1]}, timeout=AWAIT_LOOK)
         return self.result()
 
 
