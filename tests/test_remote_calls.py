@@ -352,3 +352,61 @@ def test_a_changed_cell_is_refused_on_resume() -> None:
     with pytest.raises(RemoteCallError, match="inside a cell"):
         calls.rpc(len, ([1],), {}, group="g")
     assert runtime.created == ["exec:m:rpc:1"], "numbering restarts per run; a refused call creates nothing"
+
+
+class _Watched:
+    """A runtime whose watches the test completes, and whose reads it scripts."""
+
+    def __init__(self, reads: list[Any]) -> None:
+        import concurrent.futures as cf
+
+        self.watches: list[cf.Future[Any]] = []
+        self.reads = reads
+        self._cf = cf
+
+    def watch(self, promise_id: str) -> Any:
+        self.watches.append(self._cf.Future())
+        return self.watches[-1]
+
+    def result(self, fut: Any, timeout: float | None = None) -> Any:
+        return fut.result(timeout)
+
+    def get(self, promise_id: str) -> Any:
+        return self.reads.pop(0)
+
+
+def _record(state: str, value: Any = None, timeout_at: int = 2**41) -> Any:
+    from resonate.types import PromiseRecord, Value
+
+    return PromiseRecord(id="exec:m:rpc:1", state=state, value=Value(data=value), timeout_at=timeout_at)
+
+
+def test_handle_outcomes_and_a_failed_watch() -> None:
+    """A watch that fails is followed by direct reads (once a second) and a new watch; the engine's
+    timeout is TimeoutError naming the call; a local wait's timeout leaves the call going."""
+    import threading
+
+    from kernel.checkpoint.signing import Sealer, Signer
+    from kernel.durable.calls import seal_result
+    from kernel.durable.remote import RemoteHandle
+
+    sealer = Sealer(Signer(b"k" * 32), "s")
+    done = _record("resolved", seal_result(sealer, "exec:m:rpc:1", {"x": 1}, started_at=0.0, attempts=1, worker="w"))
+    runtime = _Watched([_record("pending")])
+    handle = RemoteHandle(runtime, sealer, _record("pending"), "f")  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError, match="has not finished after 0.1s"):
+        handle.result(timeout=0.1)
+    assert not handle.done()
+    runtime.watches[0].set_exception(ConnectionError("engine lost"))
+    threading.Timer(0.5, lambda: runtime.watches[-1].set_result(done)).start()
+    assert handle.result(timeout=30) == {"x": 1} and handle.done()
+    assert len(runtime.watches) == 2, "read once, then watched again"
+
+    timed_out = _Watched([])
+    handle = RemoteHandle(timed_out, sealer, _record("pending"), "f")  # type: ignore[arg-type]
+    timed_out.watches[0].set_result(_record("rejected_timedout"))
+    with pytest.raises(TimeoutError, match=r"exec:m:rpc:1 \(f\) timed out"):
+        handle.result()
+    # Already settled when created (a resumed execution): no watch at all.
+    settled = _Watched([])
+    assert RemoteHandle(settled, sealer, done, "f").result() == {"x": 1} and not settled.watches  # type: ignore[arg-type]

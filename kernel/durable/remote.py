@@ -123,14 +123,16 @@ class RemoteHandle:
         if self._record is None and self._watcher is not None and self._watcher.done():
             try:
                 self._record = self._watcher.result()
-            except Exception:  # noqa: BLE001 - the watch failed (engine lost): read directly when late
+            except Exception as exc:  # noqa: BLE001 - the watch failed (engine lost): read, then watch again
+                log.info("watching %s failed (%s); reading it once a second until a watch holds", self.promise_id, exc)
                 self._watcher = None
-        if self._record is None and self._clock.wall() >= self._deadline + LATE_READ:
-            self._read_late()
+        if self._record is None and (self._watcher is None or self._clock.wall() >= self._deadline + LATE_READ):
+            self._read_directly()
         return self._record
 
-    def _read_late(self) -> None:
-        """An engine may settle a timed-out promise before it tells its listeners: read it."""
+    def _read_directly(self) -> None:
+        """At most once a second: read the promise (an engine may settle a timed-out promise
+        before it tells its listeners), and watch it again if the watch failed."""
         now = self._clock.monotonic()
         if now - self._read_at < LATE_READ:
             return
@@ -142,6 +144,8 @@ class RemoteHandle:
             return
         if record.state != "pending":
             self._record = record
+        elif self._watcher is None:
+            self._watcher = self._runtime.watch(self.promise_id)
 
     def result(self, timeout: float | None = None) -> Any:
         """The call's result, once a worker has settled it (verified before it is decoded).
@@ -314,6 +318,9 @@ class RemoteCalls(ChildNumbering):
             while (count := tally.count()) < len(handles):
                 if bar is not None:
                     bar.update(count - bar.n)
+                if tally.all_done.done():  # every watch ended, some failed: their promises are read, once a second
+                    self._clock.sleep(PROGRESS_EVERY)
+                    continue
                 try:
                     self.runtime.result(tally.all_done, PROGRESS_EVERY)
                 except (cf.TimeoutError, TimeoutError):
