@@ -37,7 +37,7 @@ class Workers:
         self.group = f"t{uuid.uuid4().hex[:12]}"
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, n: int = 1, concurrency: int = 4) -> list[subprocess.Popen[bytes]]:
+    def start(self, n: int = 1, concurrency: int = 4, *options: str) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(n):
             i = len(self.procs)
@@ -47,7 +47,7 @@ class Workers:
             env.update(PYREPL3_HOME=str(home), PYREPL3_KEY=self.key)
             with open(self.root / f"worker{i}.log", "ab") as log:
                 proc = subprocess.Popen(
-                    [str(PYREPL3_CLI), "worker", "--store", self.store.dsn, "--group", self.group, "--concurrency", str(concurrency)],
+                    [str(PYREPL3_CLI), "worker", "--store", self.store.dsn, "--group", self.group, "--concurrency", str(concurrency), *options],
                     env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
             self.procs.append(proc)
@@ -304,6 +304,46 @@ def test_remote_workers_notebook_runs(kernels: KernelFactory, home: Path, key: s
     assert "RuntimeError | cannot handle 1 | attempts: 2" in text
     assert "every result is here: 40" in text
     assert _rpc_states(home, "notebook") == {"resolved": 42, "rejected": 1}
+
+
+def test_worker_killed_mid_map(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """End to end from the cell: a worker SIGKILLed while it holds calls of a map; the other worker
+    of the group takes them when their lease ends, and the map returns every result in order."""
+    a, b = workers.start(2, 2, "--lease", "2")
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    kernel = _start(kernels, home, key)
+    msg_id = kernel.send_execute(
+        textwrap.dedent(f"""
+        import os, time, uuid
+        def gated(i):
+            open(os.path.join({str(marks)!r}, f"start-{{i}}-{{os.getpid()}}-{{uuid.uuid4().hex}}"), "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            open(os.path.join({str(marks)!r}, f"done-{{i}}-{{os.getpid()}}-{{uuid.uuid4().hex}}"), "w").close()
+            return -i
+        out = durable.map(gated, range(20), group={workers.group!r})
+        print(out == [-i for i in range(20)])
+        """)
+    )
+
+    def marked(kind: str, pid: int | None = None) -> list[int]:
+        return [int(p.name.split("-")[1]) for p in marks.glob(f"{kind}-*") if pid is None or p.name.split("-")[2] == str(pid)]
+
+    wait_for(lambda: marked("start", a.pid) and marked("start", b.pid), timeout=60, what="both workers running calls")
+    a.kill()
+    a.wait(timeout=TIMEOUT)
+    held = marked("start", a.pid)
+    gate.touch()
+    run = kernel.collect(msg_id, timeout=120)
+    assert run.content["status"] == "ok", run.content
+    assert run.stream("stdout") == "True\n"
+    done = marked("done")
+    print(f"worker SIGKILL mid-map: it held {len(held)} call(s); runs started {len(marked('start'))}, finished {len(done)} for 20 calls")
+    assert sorted(done) == list(range(20)), "every call finished once, none by the dead worker"
+    assert 1 <= len(held) <= 2, "the dead worker held at most its concurrency"
+    assert sorted(marked("start", b.pid)) == list(range(20)), "the other worker ran every call once, the dead one's again"
 
 
 @pytest.mark.embedded_only(reason="the embedded store's own refusal")
