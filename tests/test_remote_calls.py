@@ -346,6 +346,33 @@ def test_worker_killed_mid_map(kernels: KernelFactory, home: Path, key: str, wor
     assert sorted(marked("start", b.pid)) == list(range(20)), "the other worker ran every call once, the dead one's again"
 
 
+def test_handles_come_back_after_kill9(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """Handles kept in the namespace are in its checkpoint: after a kill -9 the next kernel of the
+    session has them back, and they find their calls (finished meanwhile, or still running)."""
+    workers.start(1)
+    gate = tmp_path / "gate"
+    kernel = _start(kernels, home, key)
+    kernel.ok(
+        textwrap.dedent(f"""
+        def held(i):
+            import os, time
+            deadline = time.monotonic() + 120
+            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return i * 7
+        hs = [durable.rpc(held, i, group={workers.group!r}) for i in range(5)]
+        """)
+    )
+    kernel.kill9()
+    fresh = _start(kernels, home, key)
+    run = fresh.ok("print(hs[0])\nprint(hs[0].done())")
+    assert run.stream("stdout").splitlines()[0].endswith(":rpc:1 __main__.held restored>")
+    gate.touch()
+    run = fresh.ok("print([h.result(timeout=60) for h in hs], all(h.done() for h in hs))", timeout=90)
+    assert run.stream("stdout") == "[0, 7, 14, 21, 28] True\n"
+    assert "hs" not in fresh.ok("%durable").stream("stdout").split("not saved in the checkpoint:")[-1].split("\n")[0]
+
+
 @pytest.mark.embedded_only(reason="the embedded store's own refusal")
 def test_embedded_store_gives_a_clear_error(kernels: KernelFactory) -> None:
     kernel = kernels.start(session="solo")

@@ -99,6 +99,7 @@ class RemoteHandle:
     ``promise_id`` is the call's task promise (``pyrepl3 show`` it from anywhere)."""
 
     def __init__(self, runtime: DurableRuntime, sealer: Sealer, record: PromiseRecord, function: str, *, clock: Clock = SYSTEM) -> None:
+        self._bound = True
         self._runtime = runtime
         self._sealer = sealer
         self._clock = clock
@@ -110,7 +111,22 @@ class RemoteHandle:
         self.promise_id = record.id
 
     def __repr__(self) -> str:
-        return f"<RemoteHandle {self.promise_id} {self.function} {'done' if self.done() else 'pending'}>"
+        state = ("done" if self.done() else "pending") if self._bound else "restored"
+        return f"<RemoteHandle {self.promise_id} {self.function} {state}>"
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """A namespace checkpoint keeps the call's promise id: the handle comes back in the next
+        kernel of the session, and finds the call (its result, or waits for it) when first used."""
+        return _restored_handle, (self.promise_id, self.function)
+
+    def _bind(self) -> None:
+        """A restored handle: attach to this kernel's session and read the call's promise."""
+        if self._bound:
+            return
+        calls = _SESSION[0] if _SESSION else None
+        if calls is None:
+            raise RemoteCallError(f"{self.promise_id} ({self.function}): durability is off in this kernel, so the call cannot be read")
+        self.__init__(calls.runtime, calls.sealer, calls.runtime.get(self.promise_id), self.function, clock=calls._clock)  # type: ignore[misc]
 
     def done(self) -> bool:
         """Whether the call is settled (it has a result, or failed); never blocks on the engine
@@ -118,6 +134,7 @@ class RemoteHandle:
         return self._settled() is not None
 
     def _settled(self) -> PromiseRecord | None:
+        self._bind()
         if self._watcher is not None and self._watcher.cancelled():
             self._watcher = self._runtime.watch(self.promise_id)
         if self._record is None and self._watcher is not None and self._watcher.done():
@@ -154,6 +171,7 @@ class RemoteHandle:
         attempt count) for a call that failed, ``TimeoutError`` for one the engine timed
         out, and ``TimeoutError`` too when ``timeout`` seconds pass first here (the call
         goes on: ask again). Ctrl-C (an interrupt) stops the wait, not the call."""
+        self._bind()
         until = None if timeout is None else self._clock.monotonic() + timeout
         while (record := self._settled()) is None:
             left = None if until is None else until - self._clock.monotonic()
@@ -199,6 +217,18 @@ class RemoteHandle:
         return self.result()
 
 
+def _restored_handle(promise_id: str, function: str) -> RemoteHandle:
+    """Unpickling a handle (a restored namespace): no I/O until it is used (see ``_bind``)."""
+    handle = RemoteHandle.__new__(RemoteHandle)
+    handle._bound, handle.promise_id, handle.function = False, promise_id, function
+    return handle
+
+
+#: The remote calls of this kernel's durable session, which restored handles attach to
+#: (unpickling can reach nothing else); set by :meth:`RemoteCalls.serve_restored`.
+_SESSION: list[RemoteCalls] = []
+
+
 class RemoteCalls(ChildNumbering):
     """The remote calls of the running execution, numbered like its steps.
 
@@ -223,6 +253,11 @@ class RemoteCalls(ChildNumbering):
         self._clock = clock
         self._progress = progress
         self._trace = trace
+
+    def serve_restored(self) -> RemoteCalls:
+        """Make this the session that handles restored from a namespace checkpoint attach to."""
+        _SESSION[:] = [self]
+        return self
 
     def _task(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], group: str, policy: RetryPolicy, timeout: float | None) -> RemoteTask:
         pid = self.next_child(rpc_id, "durable.rpc")

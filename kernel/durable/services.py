@@ -43,7 +43,7 @@ class CellServices:
             answer_command=_answer_command(engine, settings.home or None),
             clock=clock,
         )
-        remote = RemoteCalls(runtime, sealer, refusal=workers_refused(engine), clock=clock)
+        remote = RemoteCalls(runtime, sealer, refusal=workers_refused(engine), clock=clock).serve_restored()
         return cls(prompts, StepJournal(runtime, sealer, clock=clock), remote)
 
     @property
