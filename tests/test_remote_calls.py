@@ -418,6 +418,8 @@ def test_a_changed_cell_is_refused_on_resume() -> None:
         calls.rpc(len, ([1],), {}, group="g", timeout=0)
     with pytest.raises(RemoteCallError, match="inside a cell"):
         calls.rpc(len, ([1],), {}, group="g")
+    with calls.executing("exec:m"):
+        assert calls.map(len, [], group="g") == []
     assert runtime.created == ["exec:m:rpc:1"], "numbering restarts per run; a refused call creates nothing"
 
 

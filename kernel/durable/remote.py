@@ -322,6 +322,8 @@ class RemoteCalls(ChildNumbering):
         its item's place instead."""
         group, policy, seconds = self._checked(group, retries, timeout)
         items = list(items)
+        if not items:
+            return []
         handles: list[RemoteHandle] = []
         for start in range(0, len(items), SEND_BATCH):
             chunk = items[start : start + SEND_BATCH]

@@ -30,6 +30,9 @@ class DurableAPI:
     """``session`` returns the kernel's current durable session (None while
     durability is off); ``channel`` the frontend's stdin for a prompt, if any."""
 
+    #: What a failed remote call raises: ``except durable.RemoteFailure as exc: exc.ename, exc.attempts``.
+    RemoteFailure = RemoteFailure
+
     def __init__(self, session: Callable[[], DurableSession | None], channel: Callable[[], StdinChannel | None]) -> None:
         self._session = session
         self._channel = channel
