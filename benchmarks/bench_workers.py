@@ -49,6 +49,8 @@ from resonate.retry import Never  # noqa: E402
 
 KEY = "bench-workers-" + uuid.uuid4().hex
 SHORT_LEASE = 2.0
+#: Task promises created at once by the client.
+CREATORS = 4
 
 
 def blocking(gate: Path):  # noqa: ANN201 - sent by value
@@ -102,7 +104,13 @@ def throughput(root: Path, dsn: str, workers: int, n: int, concurrency: int) -> 
         calls = [seal_call(tasks.sealer, pid, math.factorial, (10,), {}, retries=Never(), timeout=None) for pid in pids]
 
         async def create_all() -> None:
-            await asyncio.gather(*(tasks.create(pid, call, group) for pid, call in zip(pids, calls, strict=True)))
+            gate = asyncio.Semaphore(CREATORS)  # as many as the client's pool has connections
+
+            async def create(pid: str, call: object) -> None:
+                async with gate:
+                    await tasks.create(pid, call, group)
+
+            await asyncio.gather(*(create(pid, call) for pid, call in zip(pids, calls, strict=True)))
 
         t0 = time.perf_counter()
         tasks._call(create_all(), timeout=300)

@@ -105,6 +105,7 @@ def test_calls_by_reference_and_by_value_run_and_their_sealed_results_verify(fle
     by_ref = fleet.send(math.factorial, 20)
     by_value = fleet.send(lambda x, k=1: x * scale + k, 5, k=2)
     failing = fleet.send(lambda: 1 / 0)
+    unsendable = fleet.send(lambda: __import__("threading").Lock())  # a result that cannot travel back
     tasks = fleet.tasks
     ref = tasks.wait(by_ref)
     assert ref.state == "resolved" and tasks.result(ref) == math.factorial(20)
@@ -117,10 +118,15 @@ def test_calls_by_reference_and_by_value_run_and_their_sealed_results_verify(fle
     with pytest.raises(Exception) as info:
         tasks.result(bad)
     assert info.value.ename == "ZeroDivisionError" and info.value.attempts == 1 and "on worker w1" in str(info.value)
+    tb = info.value.remote_traceback  # from the function down: none of the worker's own frames
+    assert "in <lambda>" in tb and "ZeroDivisionError" in tb and "worker_calls.py" not in tb and "attempts.py" not in tb
+    with pytest.raises(Exception, match="cannot be serialized") as info:
+        tasks.result(tasks.wait(unsendable))
+    assert info.value.attempts == 1
     # The result verifies for its own promise only.
     with pytest.raises(Exception, match="signature|signed"):
         tasks.sealer.unseal(by_value, ref.value.data, "the result of a remote call")
-    assert [line.split()[2] for line in w.lines("done")] == [by_ref, by_value]
+    assert sorted(line.split()[2] for line in w.lines("done")) == sorted([by_ref, by_value])  # run side by side
     assert "math.factorial attempt 1" in w.output()
 
 
@@ -260,15 +266,49 @@ def test_a_worker_killed_mid_task_its_task_finishes_on_another_after_the_lease(f
     print(f"\nSIGKILL of a worker mid-task -> its task finished on another: {took:.2f}s (lease {lease:g}s)")
 
 
+def test_a_call_longer_than_the_lease_keeps_its_lease_and_runs_once(fleet: Fleet, tmp_path: Path) -> None:
+    lease, gate, starts = 1.0, tmp_path / "gate", tmp_path / "starts"
+    a = fleet.start("wa", lease=lease)
+    pid = fleet.send(blocking(gate, starts), 3)
+    a.wait_output(f"start    {pid}")
+    b = fleet.start("wb", lease=lease)
+    until = time.monotonic() + 4 * lease  # the call runs four leases long, watched all along: never re-delivered
+    while time.monotonic() < until:
+        assert b.lines("start") == [] and starts.read_text().count("start") == 1
+        time.sleep(0.1)
+    gate.touch()
+    record = fleet.tasks.wait(pid)
+    assert fleet.tasks.result(record) == 6 and fleet.tasks.body(record)["worker"] == "wa"
+    assert starts.read_text().count("start") == 1 and b.lines("start") == []
+
+
+def test_a_calls_timeout_rejects_it_between_attempts_and_while_it_runs(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start("w1")
+    tasks = fleet.tasks
+    # Attempt 1 fails; attempt 2 would be due after the timeout: the worker rejects the call at once.
+    retrying = fleet.send(flaky(tmp_path / "count", 5), retries=Constant(delay=30, max_retries=3), timeout=20)
+    record = tasks.wait(retrying, timeout=15)
+    with pytest.raises(Exception) as info:
+        tasks.result(record)
+    assert info.value.ename == "RuntimeError" and len((tmp_path / "count").read_text()) == 1
+    # An attempt still running at the deadline: the engine times the promise out (workers pump its timers).
+    gate, starts = tmp_path / "gate", tmp_path / "starts"
+    slow = fleet.send(blocking(gate, starts), 1, timeout=2)
+    record = tasks.wait(slow, timeout=30)
+    gate.touch()
+    assert record.state == "rejected_timedout"
+
+
 # -- stopping ------------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_the_running_call_finish_and_exits_0(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_lets_the_running_call_finish_and_exits_0(fleet: Fleet, tmp_path: Path, sig: int) -> None:
     gate, starts = tmp_path / "gate", tmp_path / "starts"
     w = fleet.start("w1", grace=30)
     pid = fleet.send(blocking(gate, starts), 4)
     w.wait_output(f"start    {pid}")
-    w.signal(signal.SIGTERM)
+    w.signal(sig)
     w.wait_output("worker w1 stopping: 1 call(s) running")
     later = fleet.send(math.factorial, 4)  # sent while it stops: not taken
     gate.touch()

@@ -126,7 +126,7 @@ def worker(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     if not _NAME.match(name):
         raise ConfigurationError(f"--name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
-    if "store" in vars(args):
+    if getattr(args, "store", None):  # given on the command line
         settings = replace(settings, sources={**settings.sources, "store": "--store"})
     if not scheme_of(settings.store):
         where = f"{settings.source('store')}={settings.store!r} names" if settings.store else "PYREPL3_STORE is empty:"

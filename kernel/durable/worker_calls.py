@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -156,14 +157,16 @@ class CallRunner:
                 # stopped and runs on, but its result can no longer settle anything.
                 log.warning("%s (%s) is still running at its promise's deadline; its result will be dropped", pid, call.function)
                 raise TimeoutError(f"{call.function}: its promise {pid} timed out while the attempt ran") from None
+            # A result that cannot be sent back (not picklable) fails the call like an error would.
+            sealed = seal_result(sealer, pid, value, started_at=started_at, attempts=attempts.attempts, worker=self.name)
         except Exception as exc:  # noqa: BLE001 - the function's own failure (every attempt), sealed for the cell
             seconds = time.perf_counter() - t0
             error = error_of(exc)
+            error["traceback"] = _own_traceback(exc, attempt.__code__) or error["traceback"]
             self.finished += 1
             self.reporter.failed(pid, call.function, attempts.attempts, seconds, f"{error['ename']}: {error['evalue']}")
             raise seal_failure(sealer, pid, error, started_at=started_at, attempts=attempts.attempts, worker=self.name) from None
         seconds = time.perf_counter() - t0
-        sealed = seal_result(sealer, pid, value, started_at=started_at, attempts=attempts.attempts, worker=self.name)
         self.finished += 1
         self.reporter.finished(pid, call.function, attempts.attempts, seconds)
         return sealed
@@ -174,6 +177,16 @@ class CallRunner:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(JOURNAL_TIMEOUT)
 
         return call
+
+
+def _own_traceback(exc: BaseException, attempt: Any) -> list[str]:
+    """The traceback from the called function down (the worker's own frames left out), notes included."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not attempt:
+        tb = tb.tb_next
+    if tb is None or tb.tb_next is None:
+        return []
+    return traceback.format_exception(type(exc), exc, tb.tb_next)[-20:]
 
 
 async def pyrepl3_call(ctx: Context, sealed_call: Any) -> dict[str, Any]:
