@@ -55,6 +55,7 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bench_listings.py", ("start5000", "listing50")),
     ("bench_gc.py", ("storage",)),
     ("bench_workers.py", ()),  # issue 13: remote workers (extra rows)
+    ("bench_rpc.py", ()),  # issue 13: durable.rpc / durable.map from a kernel (extra rows)
 )
 ROW_FIELDS = {f.name for f in fields(Row)}
 

@@ -30,6 +30,7 @@ FILLS = {
     "bench_history.py": {"history", "vars10k", "names2000"},
     "bench_hotpath.py": {"trivial", "step", "ckpt1000"},
     "bench_workers.py": set(),
+    "bench_rpc.py": set(),
 }
 
 
@@ -151,4 +152,20 @@ def test_bench_workers_small() -> None:
     print(json.dumps(doc["rows"], indent=1))
     assert sum(r.startswith("SIGKILL of a worker mid-call") for r in rows) == 2
     assert any("1 worker(s)" in r for r in rows) and any("2 worker(s)" in r for r in rows)
+    assert all(r["pyrepl3_ms"] > 0 for r in doc["rows"]) and len(doc["load_before"]) == 3
+
+
+@pytest.mark.timeout(500)
+def test_bench_rpc_small() -> None:
+    """durable.rpc beside durable.run and a plain call, and durable.map on 1, 2 and 4 workers, from a real kernel on Postgres."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_rpc.py"), "--small", "--json"],
+        capture_output=True, text=True, env=bench_env(), timeout=480, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    doc = json.loads(done.stdout)
+    rows = {r["row"]: r for r in doc["rows"]}
+    print(json.dumps(doc["rows"], indent=1))
+    assert {"plain call f(1), in a cell", "durable.run(f, 1): a local step on Postgres", "durable.rpc(f, 1).result(): one worker, on Postgres"} <= set(rows)
+    assert sum(" worker(s) x concurrency " in r for r in rows) == 3
     assert all(r["pyrepl3_ms"] > 0 for r in doc["rows"]) and len(doc["load_before"]) == 3

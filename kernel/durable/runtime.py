@@ -166,9 +166,7 @@ class DurableRuntime:
         )
         resonate.register(durable_execute, retry_policy=Never())
         resonate.with_dependency(ExecutionServicesFactory(self.dispatcher))
-        self.target = (
-            self._sources[0].resolve_target(self.group) if self._sources else poll_target(self.group)
-        )
+        self.target = self.target_of(self.group)
         self.resonate = resonate
         resonate.start()
 
@@ -222,6 +220,20 @@ class DurableRuntime:
             "resonate:parent": eid,
             SESSION_TAG: self.session,
         }
+
+    def target_of(self, group: str) -> str:
+        """The ``resonate:target`` that routes a task to ``group`` (a kernel's, or workers' for remote calls)."""
+        return self._sources[0].resolve_target(group) if self._sources else poll_target(group)
+
+    def create_many(self, promises: list[tuple[str, int, Any, dict[str, str]]], *, what: str) -> list[PromiseRecord]:
+        """Create promises (id, timeout_at_ms, param, tags; idempotent: an existing one comes
+        back as it is), in one batch where the engine takes batches, else one by one."""
+        if not self.atomic:
+            return [self.create(*p) for p in promises]
+        batch = self.batch()
+        for p in promises:
+            batch.create(*p)
+        return [record_of(self._codec, r) for r in self.apply(batch, what=what)]
 
     async def _submit(self, params: ExecutionParams) -> PromiseRecord:
         assert self.resonate is not None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
-import shlex
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,19 +37,18 @@ from kernel.core.ids import exec_id, session_key
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.locations import default_home, resolve_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
-from kernel.core.redaction import redact
 from kernel.core.settings import SESSION_SETTINGS, Settings
 from kernel.durable.cells import CellRequest, SessionHost
 from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.reclaiming import SessionReclaim, policy_of
-from kernel.durable.prompts import Approval, PromptBroker, StdinChannel, answer_command
+from kernel.durable.prompts import Approval, PromptBroker, StdinChannel
 from kernel.durable.resume import ResumePolicy
 from kernel.durable.runtime import DurableRuntime
+from kernel.durable.services import CellServices
 from kernel.durable.settling import CellSettler
 from kernel.durable.skipped import SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
-from kernel.store.embedded.engine import EmbeddedEngine
 from kernel.store.registry import open_engine
 
 log = logging.getLogger(__name__)
@@ -76,8 +74,8 @@ class DurableSession:
     dispatcher: CellDispatcher
     #: Seconds the kernel waits for the engine to hand a submitted cell back.
     start_timeout: float
-    prompts: PromptBroker
-    steps: StepJournal
+    #: Prompts, steps and remote calls of the running execution (its child promises).
+    services: CellServices
     resume: ResumePolicy
     history: NamespaceCheckpoints
     host: SessionHost
@@ -138,12 +136,6 @@ class DurableSession:
             if lock is not None:
                 lock.release()
             raise
-        prompts = PromptBroker(
-            runtime,
-            timeout=settings.input_timeout,
-            answer_command=_answer_command(engine, settings.home or None),
-            clock=clock,
-        )
         settler = CellSettler(runtime, history, host, skipped or SkippedNames())
         reclaim = SessionReclaim(engine, history, session, policy=policy_of(settings), every=settings.gc_every, grace=settings.gc_grace, clock=clock)
         settler.after_store, settler.note_outputs = reclaim.checkpoint_stored, reclaim.note_outputs
@@ -156,8 +148,8 @@ class DurableSession:
         resume = ResumePolicy(runtime, dispatcher, interrupted, host.notice, settings.resume_limit, settings.auto_resume, clock, sealer=history.sealer)
         log.info("durable session %r on %s (lease %gs)", session, engine.where, ttl.total_seconds())
         return cls(
-            session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout, prompts,
-            StepJournal(runtime, history.sealer, clock=clock), resume, history, host, settler, clock, reclaim,
+            session, engine.where, engine, lock, runtime, dispatcher, settings.start_timeout,
+            CellServices.build(runtime, history.sealer, engine, settings, clock=clock), resume, history, host, settler, clock, reclaim,
         )
 
     # -- the cell protocol -------------------------------------------------------
@@ -258,7 +250,7 @@ class DurableSession:
         eid, params, outcome = started.execution_id, started.params, started.outcome
         try:
             # A hand-off is a new execution: no step of it can be journaled yet.
-            with self.prompts.executing(eid), self.steps.executing(eid, fresh=isinstance(started, Handoff)):
+            with self.services.executing(eid, fresh=isinstance(started, Handoff)):
                 ran = await cell.run(eid)
         except BaseException as exc:
             self.settler.ran_uncaptured()
@@ -302,7 +294,7 @@ class DurableSession:
 
     def _resume_one(self, orphan: Orphan) -> str:
         eid, params = orphan.execution_id, orphan.params
-        with self.prompts.executing(eid), self.steps.executing(eid):
+        with self.services.executing(eid):
             outcome = self.host.run_nested(eid, params)
         self.settler.settle(params, params.code, orphan.outcome, outcome)
         state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
@@ -327,7 +319,15 @@ class DurableSession:
         """The outcome this session handed the engine for one of its last executions."""
         return self.dispatcher.outcome_of(execution_id)
 
-    # -- inside a running cell: prompts and steps ----------------------------------
+    # -- inside a running cell: prompts, steps and remote calls ---------------------
+
+    @property
+    def prompts(self) -> PromptBroker:
+        return self.services.prompts
+
+    @property
+    def steps(self) -> StepJournal:
+        return self.services.steps
 
     @property
     def current_execution(self) -> str | None:
@@ -438,13 +438,3 @@ def _params_of(record: PromiseRecord) -> dict[str, Any]:
         if isinstance(first, dict):
             return first
     return {}
-
-
-def _answer_command(engine: Engine, home: str | None) -> str:
-    """The ``pyrepl3`` invocation a user can paste to answer a prompt of this kernel
-    (a DSN's password shows as ``***``: it is never printed)."""
-    if isinstance(engine, EmbeddedEngine):
-        if engine.spec.target:
-            return f"pyrepl3 --store {shlex.quote(str(engine.home))}"
-        return answer_command(home)
-    return f"pyrepl3 --store {shlex.quote(redact(engine.spec.target))}"

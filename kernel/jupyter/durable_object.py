@@ -6,26 +6,33 @@
     durable.checkpoint("progress", i)          # newest value per name
     i = durable.get_checkpoint("progress", 0)
     decision = durable.approve("Deploy to production?", details={"rows": 1200})
+    h = durable.rpc(train, cfg, group="gpu")   # on a `pyrepl3 worker --group gpu`; h.result() or await h
+    scores = durable.map(score, rows, group="cpu")
 
 Prompts made through it are promises of the running execution, like input().
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kernel.core.errors import PyRepl3Error
+from kernel.durable.calls import RemoteFailure
 from kernel.durable.prompts import Approval, ApprovalDenied, StdinChannel
+from kernel.durable.remote import RemoteHandle
 from kernel.durable.session import DurableSession
 from kernel.durable.steps import NO_DEFAULT
 
-__all__ = ["Approval", "ApprovalDenied", "DurableAPI"]
+__all__ = ["Approval", "ApprovalDenied", "DurableAPI", "RemoteFailure", "RemoteHandle"]
 
 
 class DurableAPI:
     """``session`` returns the kernel's current durable session (None while
     durability is off); ``channel`` the frontend's stdin for a prompt, if any."""
+
+    #: What a failed remote call raises: ``except durable.RemoteFailure as exc: exc.ename, exc.attempts``.
+    RemoteFailure = RemoteFailure
 
     def __init__(self, session: Callable[[], DurableSession | None], channel: Callable[[], StdinChannel | None]) -> None:
         self._session = session
@@ -76,3 +83,34 @@ class DurableAPI:
         ``pyrepl3 approve|deny <promise-id> --reason ...``.
         """
         return self._executing().approve(question, details, channel=self._channel())
+
+    def rpc(self, fn: Callable[..., Any], /, *args: Any, group: str, retries: Any = None, timeout: float | None = None, **kwargs: Any) -> RemoteHandle:
+        """Send ``fn(*args, **kwargs)`` to a worker of ``group`` (``pyrepl3 worker --group ...``);
+        returns a handle at once: ``h.result()``, ``h.done()``, ``await h``.
+
+        The call is a child promise of this cell's execution: a resumed execution finds it
+        (its result, or waits for it again) instead of sending it twice. ``fn`` goes by
+        reference when the worker can import it, else by value; the call and its result are
+        signed with the session key. ``retries``: a number or a ``resonate.retry`` policy
+        (run on the worker); ``timeout``: seconds for the whole call, then ``TimeoutError``.
+        A failure raises :class:`RemoteFailure` from ``result()``."""
+        return self._executing().services.remote.rpc(fn, args, kwargs, group=group, retries=retries, timeout=timeout)
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        /,
+        *,
+        group: str,
+        retries: Any = None,
+        timeout: float | None = None,
+        progress: bool = True,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``[fn(item) for item in items]`` on the workers of ``group``, in order, with a
+        progress bar. Every call is sent at once; a failure is raised once all have settled
+        (the first failed item's error; ``return_exceptions=True`` returns errors in place)."""
+        return self._executing().services.remote.map(
+            fn, items, group=group, retries=retries, timeout=timeout, progress=progress, return_exceptions=return_exceptions
+        )
