@@ -40,6 +40,7 @@ from kernel.core.locations import default_home, resolve_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
 from kernel.core.redaction import redact
 from kernel.core.settings import SESSION_SETTINGS, Settings
+from kernel.durable import observed
 from kernel.durable.cells import CellRequest, SessionHost
 from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.reclaiming import SessionReclaim, policy_of
@@ -51,6 +52,7 @@ from kernel.durable.skipped import SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
 from kernel.store.embedded.engine import EmbeddedEngine
+from kernel.store.records import task_args
 from kernel.store.registry import open_engine
 
 log = logging.getLogger(__name__)
@@ -225,7 +227,7 @@ class DurableSession:
             if isinstance(exc, EngineConnectionError):
                 self.host.durability_lost(self, exc)
             return None
-        if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
+        if record.state != "pending" or task_args(record.param.data).get("nonce") != params.nonce:
             # This msg_id was submitted before: never run it twice.
             self.dispatcher.forget(eid)
             return self._settled(record)
@@ -302,9 +304,10 @@ class DurableSession:
 
     def _resume_one(self, orphan: Orphan) -> str:
         eid, params = orphan.execution_id, orphan.params
-        with self.prompts.executing(eid), self.steps.executing(eid):
-            outcome = self.host.run_nested(eid, params)
-        self.settler.settle(params, params.code, orphan.outcome, outcome)
+        with observed.resumed(params) as trace:  # its span: the parent of its steps, prompts and checkpoint
+            with self.prompts.executing(eid), self.steps.executing(eid):
+                outcome = trace.ended(self.host.run_nested(eid, params))
+            self.settler.settle(params, params.code, orphan.outcome, outcome)
         state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 
@@ -429,15 +432,6 @@ class DurableSession:
         self.runtime.stop()
         self.engine.close()
         self.lock.release()
-
-
-def _params_of(record: PromiseRecord) -> dict[str, Any]:
-    data = record.param.data
-    if isinstance(data, dict) and data.get("args"):
-        first = data["args"][0]
-        if isinstance(first, dict):
-            return first
-    return {}
 
 
 def _answer_command(engine: Engine, home: str | None) -> str:

@@ -54,7 +54,7 @@ def listed_fields(param: Any, value: Any, state: str) -> dict[str, Any]:
     """What a listing shows of an ``exec:`` promise beyond its columns, from its decoded param
     and value: small, so an engine can keep it beside the record (written when the promise is)
     and list executions without reading outputs."""
-    args = _task_args(param)
+    args = task_args(param)
     err = error_of(value) if state != "resolved" else None
     return {
         "execution_count": args.get("execution_count"),
@@ -109,7 +109,7 @@ def latest_outputs(
     return None
 
 
-def _task_args(param: Any) -> dict[str, Any]:
+def task_args(param: Any) -> dict[str, Any]:
     """The ExecutionParams dict inside an exec promise's TaskData param."""
     if isinstance(param, dict):
         args = param.get("args") or []
@@ -118,4 +118,4 @@ def _task_args(param: Any) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row"]
+__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row", "task_args"]
