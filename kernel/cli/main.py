@@ -9,6 +9,7 @@
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
     pyrepl3 export NOTEBOOK.ipynb [--session S] [--output OUT.ipynb] [--json]
     pyrepl3 gc [--session S] [--dry-run] [--json]
+    pyrepl3 stats [--session S] [--json]
     pyrepl3 settings [--json]
 
 Reads go straight to the store (safe while kernels are running on it).
@@ -35,7 +36,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
-from kernel.cli import commands, gc
+from kernel.cli import commands, gc, stats
 from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
 from kernel.core.settings import Settings
@@ -120,6 +121,13 @@ def _add_gc(sub: Subparsers) -> None:
     p.set_defaults(fn=gc.gc)
 
 
+def _add_stats(sub: Subparsers) -> None:
+    p = sub.add_parser("stats", help="executions, errors, checkpoints, prompt waits and rpc queue times, summarised")
+    p.add_argument("--session", help="only this session")
+    _json_flag(p)
+    p.set_defaults(fn=stats.stats)
+
+
 #: In the order ``pyrepl3 --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_sessions,
@@ -131,6 +139,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_export,
     _add_approve_deny,
     _add_gc,
+    _add_stats,
     _add_settings,
 )
 

@@ -6,6 +6,7 @@
 ``exec:<msg_id>:ckpt:<name>:<v>``  version v of a named step value (``durable.checkpoint``) in it
 ``exec:<msg_id>:resume:<k>``       the k-th resume attempt of an interrupted execution
 ``exec:<msg_id>:started``          the kernel took the execution and began running it
+``exec:<msg_id>:rpc:<n>``          the n-th remote call (``durable.rpc``) in it, run by a worker
 ``ckpt:<session-key>:<count>``     a namespace checkpoint manifest
 
 Tags: :data:`SESSION_TAG` (which session a promise belongs to) and
@@ -70,12 +71,12 @@ def checkpoint_id(session_key: str, seq: int) -> str:
 
 
 def kind_of(promise_id: str) -> str:
-    """Classify a promise id: exec, input, step, checkpoint or other."""
+    """Classify a promise id: exec, input, step, rpc, checkpoint or other."""
     if promise_id.startswith(EXEC_PREFIX):
         rest = promise_id[len(EXEC_PREFIX) :].split(":")
         if len(rest) == 1:
             return "exec"
-        if len(rest) == 3 and rest[1] in ("input", "step"):
+        if len(rest) == 3 and rest[1] in ("input", "step", "rpc"):
             return rest[1]
         if len(rest) == 4 and rest[1] == "ckpt":
             return "step"

@@ -64,22 +64,48 @@ def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def span(name: str, **values: Any) -> Iterator[trace.Span]:
+class _Off:
+    """The span context of a process without an SDK: the invalid span, nothing switched."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF = _Off()
+_UNSET = object()
+
+
+def tracing_on() -> bool:
+    """Whether a tracer provider was installed (an SDK's, by anyone, at any time). The API's own
+    global, read directly: ``get_tracer_provider()`` costs an environment lookup per call, on
+    every cell of every user without an SDK. (The provider named by ``OTEL_PYTHON_TRACER_PROVIDER``
+    is installed by the API when this module gets its tracer, at import.)"""
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNSET)
+    if provider is _UNSET:  # an API without that global: its public, slower question
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return provider is not None
+
+
+def span(name: str, **values: Any) -> contextlib.AbstractContextManager[trace.Span]:
     """A span ``name`` around the block, current on this thread, with ``pyrepl3.<key>`` attributes.
 
     An exception leaving the block is recorded on the span and sets its status to
-    ERROR (the API's defaults), and goes on. Without an SDK (the API's proxy provider) it is
-    the invalid span and nothing else: no attributes built, no context switched."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        yield trace.INVALID_SPAN
-        return
-    with TRACER.start_as_current_span(name, attributes=attributes(values)) as current:
-        yield current
+    ERROR (the API's defaults), and goes on. Without an SDK it is the invalid span and
+    nothing else: no attributes built, no context switched (:func:`tracing_on`)."""
+    if not tracing_on():
+        return _OFF
+    return TRACER.start_as_current_span(name, attributes=attributes(values))
 
 
 def annotate(**values: Any) -> None:
     """Add ``pyrepl3.<key>`` attributes to the current span (a no-op without one)."""
+    if not tracing_on():
+        return
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attributes(attributes(values))
@@ -112,5 +138,5 @@ def record_rpc_queue(seconds: float, group: str) -> None:
 __all__ = [
     "ACTIVE_EXECUTIONS", "CHECKPOINT", "CHECKPOINT_BYTES", "CHECKPOINT_TIME", "ERRORS", "EXECUTION",
     "EXECUTION_DURATION", "PROMPT", "PROMPT_WAIT", "RPC", "RPC_QUEUE", "RPC_RUN", "SPANS", "STEP",
-    "annotate", "attributes", "carrier", "continued", "record_rpc_queue", "span",
+    "annotate", "attributes", "carrier", "continued", "record_rpc_queue", "span", "tracing_on",
 ]  # fmt: skip

@@ -13,9 +13,7 @@ re-sent msg_id or ``%durable resume`` (:func:`execution`).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from opentelemetry.trace import Status, StatusCode
@@ -29,13 +27,37 @@ R = TypeVar("R")
 
 
 class ExecutionTrace:
-    """The running execution's span: :meth:`ended` with its outcome records the metrics."""
+    """The ``pyrepl3.execution`` span and the active/duration metrics around one execution
+    (a context manager, not a generator: it is on every cell's path); :meth:`ended` with the
+    outcome records it on the span and counts an error."""
 
-    def __init__(self, span: Any) -> None:
-        self.span = span
-        self.started = time.perf_counter()
+    def __init__(self, execution_id: str, session: str, msg_id: str, execution_count: int | None, *, resumed: bool = False) -> None:
+        self._context = tracing.span(
+            tracing.EXECUTION, promise_id=execution_id, msg_id=msg_id, session=session, execution_count=execution_count, resumed=resumed
+        )  # fmt: skip
+        self.span: Any = None
+        self.started = 0.0
         self.outcome: CellOutcome | None = None
         self.replayed = False
+
+    def __enter__(self) -> ExecutionTrace:
+        tracing.ACTIVE_EXECUTIONS.add(1)
+        self.started = time.perf_counter()
+        self.span = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._context.__exit__(*exc)
+        finally:
+            tracing.ACTIVE_EXECUTIONS.add(-1)
+            if not self.replayed:
+                tracing.EXECUTION_DURATION.record(time.perf_counter() - self.started, {"pyrepl3.outcome": self._result()})
+
+    def _result(self) -> str:
+        if self.outcome is None:
+            return "unknown"
+        return "error" if isinstance(self.outcome, CellError) else "ok"
 
     def ended(self, outcome: CellOutcome) -> CellOutcome:
         self.outcome = outcome
@@ -53,31 +75,13 @@ class ExecutionTrace:
             self.span.set_attributes(tracing.attributes(values))
 
 
-@contextlib.contextmanager
-def execution(execution_id: str, session: str, msg_id: str, execution_count: int | None, *, resumed: bool = False) -> Iterator[ExecutionTrace]:
-    """The ``pyrepl3.execution`` span and the active/duration metrics around one execution."""
-    tracing.ACTIVE_EXECUTIONS.add(1)
-    with tracing.span(
-        tracing.EXECUTION, promise_id=execution_id, msg_id=msg_id, session=session, execution_count=execution_count, resumed=resumed
-    ) as span:
-        trace = ExecutionTrace(span)
-        try:
-            yield trace
-        finally:
-            tracing.ACTIVE_EXECUTIONS.add(-1)
-            if not trace.replayed:
-                tracing.EXECUTION_DURATION.record(time.perf_counter() - trace.started, {"pyrepl3.outcome": _outcome(trace)})
+#: One execution's trace: ``with execution(eid, session, msg_id, count) as trace: ... trace.ended(outcome)``.
+execution = ExecutionTrace
 
 
-def _outcome(trace: ExecutionTrace) -> str:
-    if trace.outcome is None:
-        return "unknown"
-    return "error" if isinstance(trace.outcome, CellError) else "ok"
-
-
-def resumed(params: ExecutionParams) -> contextlib.AbstractContextManager[ExecutionTrace]:
+def resumed(params: ExecutionParams) -> ExecutionTrace:
     """:func:`execution` for an interrupted execution run again by ``%durable resume``."""
-    return execution(exec_id(params.msg_id), params.session, params.msg_id, params.execution_count, resumed=True)
+    return ExecutionTrace(exec_id(params.msg_id), params.session, params.msg_id, params.execution_count, resumed=True)
 
 
 class TracedCell(CellRequest[R]):

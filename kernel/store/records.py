@@ -13,6 +13,7 @@ from typing import Any
 from resonate.codec import Codec, NoopEncryptor
 from resonate.types import Value
 
+from kernel.core.ids import kind_of
 from kernel.core.models import CellError, ExecutionSummary, PromiseRecord
 from kernel.store.base import Catalog
 
@@ -79,6 +80,14 @@ def summary_row(pid: str, session: str, state: str, created_at: int, settled_at:
     )
 
 
+def bare_record(pid: str, session: str | None, state: str, created_at: int, settled_at: int | None, timeout_at: int = 0) -> PromiseRecord:
+    """A record of a promise's columns only (:meth:`Catalog.of_kind` without values)."""
+    return {
+        "id": pid, "kind": kind_of(pid), "state": state, "param": None, "value": None, "tags": {},
+        "timeout_at": timeout_at, "created_at": created_at, "settled_at": settled_at, "session": session,
+    }  # fmt: skip
+
+
 def outputs_of(rec: PromiseRecord) -> list[dict[str, Any]]:
     """The nbformat outputs a settled ``exec:`` record holds (resolved or rejected)."""
     if rec["state"] == "resolved" and isinstance(rec["value"], dict):
@@ -118,4 +127,4 @@ def task_args(param: Any) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row", "task_args"]
+__all__ = ["TERMINAL", "bare_record", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row", "task_args"]
