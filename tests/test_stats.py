@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from harness import TIMEOUT, KernelFactory, Store, cli, cli_json
 
+from kernel.cli.stats import percentile, spread
+
 #: An rpc child promise as a worker leaves it (``durable.rpc`` is not on this branch yet): created
 #: by the running execution, resolved with the wall time its worker started it, 0.25 s later.
 _RPC = """
@@ -69,3 +71,10 @@ def test_stats_of_an_empty_store(home: Path) -> None:
     data = cli_json(home, "stats")
     assert data["executions"]["count"] == 0 and data["checkpoints"]["count"] == 0 and data["errors"] == {}
     assert "0 executions" in cli(home, "stats").stdout
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0], 0.9) == 3.0
+    assert [percentile([4.0, 1.0, 3.0, 2.0], q) for q in (0.25, 0.5, 0.9, 1.0)] == [1.0, 2.0, 4.0, 4.0]
+    assert spread([2.0, 1.0]) == {"count": 2, "p50": 1.0, "p90": 2.0, "max": 2.0}
