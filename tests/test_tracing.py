@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import TIMEOUT, KernelFactory, Store, kernel_env
+from harness import TIMEOUT, KernelFactory, Store, kernel_env, show, wait_for
 from opentelemetry.sdk.trace import TracerProvider
 
 from kernel.core import tracing
@@ -174,3 +174,33 @@ def test_without_an_sdk_spans_cost_nothing_and_carry_nothing() -> None:
     with tracing.continued({}):
         pass
     tracing.record_rpc_queue(0.5, "gpu")
+
+
+def test_a_resumed_execution_is_marked_and_parents_its_replayed_step_and_checkpoint(
+    kernels: KernelFactory, home: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    code = f"""
+import os, time
+first = durable.run(lambda: 41)
+while not os.path.exists({str(gate)!r}):
+    time.sleep(0.05)
+print('after', first + 1)
+"""
+    kernel = kernels.start("resumed", env=_traced_env(home, "resumed"))
+    msg_id = kernel.send_execute(code)
+    wait_for(lambda: show(home, f"exec:{msg_id}:step:1")["state"] == "resolved", what="the step journaled")
+    kernel.kill9()
+    gate.touch()
+    fresh = kernels.start("resumed", env=_traced_env(home, "resumed"))
+    resume = fresh.ok("%durable resume", timeout=60)
+    assert "after 42" in resume.stream("stdout")
+    spans = _dump(fresh)["spans"]
+    executions = {s["attributes"]["pyrepl3.msg_id"]: s for s in spans if s["name"] == "pyrepl3.execution"}
+    resumed, outer = executions[msg_id], executions[resume.msg_id]
+    assert resumed["attributes"]["pyrepl3.resumed"] is True and outer["attributes"]["pyrepl3.resumed"] is False
+    assert resumed["parent"] == outer["span_id"] and resumed["attributes"]["pyrepl3.outcome"] == "ok"
+    (step,) = [s for s in spans if s["name"] == "pyrepl3.step"]
+    assert step["parent"] == resumed["span_id"] and step["attributes"]["pyrepl3.replayed"] is True
+    parents = {s["parent"] for s in spans if s["name"] == "pyrepl3.checkpoint"}
+    assert parents == {resumed["span_id"], outer["span_id"]}  # each execution its own checkpoint
