@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ _ds.runtime.create_settled(f"{_eid}:rpc:2", int(_t.time() * 1000) + 60_000, {"ki
 @pytest.mark.engines("embedded", "postgres")
 def test_stats_summarise_executions_errors_checkpoints_prompts_and_rpc(kernels: KernelFactory, home: Path, store: Store) -> None:
     kernel = kernels.start("stats-a")
-    kernel.ok("data = list(range(20000))")
+    kernel.ok(f"data = [{uuid.uuid4().hex!r} + str(i) for i in range(2000)]")  # its own blobs, even in a shared database
     assert kernel.execute("raise ValueError('one')").content["status"] == "error"
     assert kernel.execute("raise ValueError('two')").content["status"] == "error"
     assert kernel.execute("{}['missing']").content["status"] == "error"

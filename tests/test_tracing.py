@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def _points(dump: dict[str, Any], name: str) -> list[dict[str, Any]]:
 @pytest.mark.engines("embedded", "postgres")
 def test_a_kernels_spans_and_metrics(kernels: KernelFactory, home: Path, store: Store) -> None:
     kernel = kernels.start("traced", env=_traced_env(home, "traced"))
-    first = "def twice(x):\n    return 2 * x\nr = durable.run(twice, 21)\ndurable.sleep(0.01)\ndata = list(range(5000))"
+    # A value of its own: blobs are content-addressed, and a shared database may hold an earlier run's.
+    first = f"def twice(x):\n    return 2 * x\nr = durable.run(twice, 21)\ndurable.sleep(0.01)\ndata = [{uuid.uuid4().hex!r}] * 5000"
     ran = kernel.ok(first)
     failed = kernel.execute("raise ValueError('boom')")
     assert failed.content["status"] == "error"

@@ -1,17 +1,19 @@
 """PyREPL3's spans and instruments (OpenTelemetry), for every layer to use.
 
-Only ``opentelemetry-api`` is a dependency: until the user installs an SDK's
-providers (``PYREPL3_OTEL_SETUP``, :mod:`kernel.core.telemetry`, or
-``opentelemetry-instrument``), the tracer and the meter are the API's proxies
-and every call here is a no-op of a few microseconds. The proxies take up a
-provider installed later, so the module-level tracer and instruments below work
-whenever the setup runs.
+Only ``opentelemetry-api`` is a dependency, and it is not even imported until
+something needs it: no SDK's provider can be installed without importing the
+API, so while ``opentelemetry.trace`` / ``opentelemetry.metrics`` are not loaded
+every call here is a no-op of well under a microsecond (importing the API costs a
+starting kernel tens of milliseconds: it scans the installed packages' entry
+points). The user installs providers with ``PYREPL3_OTEL_SETUP``
+(:mod:`kernel.core.telemetry`) or ``opentelemetry-instrument``; once loaded, the
+API's proxies take up a provider installed at any time.
 
 Spans (names in :data:`SPANS`): ``pyrepl3.execution`` per cell, the parent of
 its ``pyrepl3.step``, ``pyrepl3.prompt`` and ``pyrepl3.checkpoint`` spans, all
 on the thread that runs the work (the kernel's main thread); ``pyrepl3.rpc``
-for remote work, whose worker side continues the cell's trace from
-:func:`carrier` with :func:`continued`.
+for remote work, whose worker side (``pyrepl3.rpc.run``) continues the cell's
+trace from :func:`carrier` with :func:`continued`.
 
 Instruments: :data:`EXECUTION_DURATION`, :data:`ACTIVE_EXECUTIONS`,
 :data:`ERRORS` (by ``pyrepl3.ename``), :data:`CHECKPOINT_BYTES`,
@@ -22,11 +24,10 @@ Instruments: :data:`EXECUTION_DURATION`, :data:`ACTIVE_EXECUTIONS`,
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
-
-from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
 
 from kernel import __version__
 
@@ -37,24 +38,75 @@ EXECUTION, STEP, PROMPT, CHECKPOINT, RPC, RPC_RUN = (
 )  # fmt: skip
 SPANS = (EXECUTION, STEP, PROMPT, CHECKPOINT, RPC, RPC_RUN)
 
-TRACER = trace.get_tracer(NAME, __version__)
-METER = metrics.get_meter(NAME, __version__)
+_UNSET = object()
+_tracer: Any = None
+_meter: Any = None
 
-EXECUTION_DURATION = METER.create_histogram(
-    "pyrepl3.execution.duration", unit="s", description="Time from a cell's submit to its stored outcome"
-)
-ACTIVE_EXECUTIONS = METER.create_up_down_counter(
-    "pyrepl3.executions.active", unit="{execution}", description="Executions running now"
-)
-ERRORS = METER.create_counter("pyrepl3.execution.errors", unit="{error}", description="Failed executions, by pyrepl3.ename")
-CHECKPOINT_BYTES = METER.create_histogram(
-    "pyrepl3.checkpoint.size", unit="By", description="Bytes of new blobs a namespace checkpoint wrote"
-)
-CHECKPOINT_TIME = METER.create_histogram("pyrepl3.checkpoint.duration", unit="s", description="Time to capture a namespace checkpoint")
-PROMPT_WAIT = METER.create_histogram("pyrepl3.prompt.wait", unit="s", description="Time a prompt waited for its answer")
-RPC_QUEUE = METER.create_histogram(
-    "pyrepl3.rpc.queue", unit="s", description="Time from an rpc's promise to a worker starting it, by pyrepl3.group"
-)
+
+def tracing_on() -> bool:
+    """Whether a tracer provider was installed (an SDK's, by anyone, at any time): the API's
+    own global, read directly (``get_tracer_provider()`` costs an environment lookup per call,
+    on every cell of every user without an SDK); False while the API is not even loaded."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNSET)
+    if provider is _UNSET:  # an API without that global: its public, slower question
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return provider is not None
+
+
+def tracer() -> Any:
+    """The ``pyrepl3`` tracer (the API's proxy: it follows whatever provider is installed)."""
+    global _tracer
+    if _tracer is None:
+        from opentelemetry import trace
+
+        _tracer = trace.get_tracer(NAME, __version__)
+    return _tracer
+
+
+def meter() -> Any:
+    """The ``pyrepl3`` meter (the API's proxy)."""
+    global _meter
+    if _meter is None:
+        from opentelemetry import metrics
+
+        _meter = metrics.get_meter(NAME, __version__)
+    return _meter
+
+
+class Instrument:
+    """One of PyREPL3's instruments, made on first use once the metrics API is loaded; before
+    that a use is a no-op (no meter provider can have been installed without loading it)."""
+
+    __slots__ = ("_real", "description", "kind", "name", "unit")
+
+    def __init__(self, kind: str, name: str, unit: str, description: str) -> None:
+        self.kind, self.name, self.unit, self.description = kind, name, unit, description
+        self._real: Any = None
+
+    def _instrument(self) -> Any:
+        if self._real is None and "opentelemetry.metrics" in sys.modules:
+            self._real = getattr(meter(), f"create_{self.kind}")(self.name, unit=self.unit, description=self.description)
+        return self._real
+
+    def record(self, value: float, attributes: Mapping[str, Any] | None = None) -> None:
+        if (real := self._instrument()) is not None:
+            real.record(value, attributes)
+
+    def add(self, value: float, attributes: Mapping[str, Any] | None = None) -> None:
+        if (real := self._instrument()) is not None:
+            real.add(value, attributes)
+
+
+EXECUTION_DURATION = Instrument("histogram", "pyrepl3.execution.duration", "s", "Time from a cell's submit to its stored outcome")
+ACTIVE_EXECUTIONS = Instrument("up_down_counter", "pyrepl3.executions.active", "{execution}", "Executions running now")
+ERRORS = Instrument("counter", "pyrepl3.execution.errors", "{error}", "Failed executions, by pyrepl3.ename")
+CHECKPOINT_BYTES = Instrument("histogram", "pyrepl3.checkpoint.size", "By", "Bytes of new blobs a namespace checkpoint wrote")
+CHECKPOINT_TIME = Instrument("histogram", "pyrepl3.checkpoint.duration", "s", "Time to capture a namespace checkpoint")
+PROMPT_WAIT = Instrument("histogram", "pyrepl3.prompt.wait", "s", "Time a prompt waited for its answer")
+RPC_QUEUE = Instrument("histogram", "pyrepl3.rpc.queue", "s", "Time from an rpc's promise to a worker starting it, by pyrepl3.group")
 
 
 def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,55 +117,61 @@ def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Off:
-    """The span context of a process without an SDK: the invalid span, nothing switched."""
+    """The span context of a process without a provider: a non-recording span, nothing switched."""
 
     __slots__ = ()
 
-    def __enter__(self) -> trace.Span:
-        return trace.INVALID_SPAN
+    def __enter__(self) -> _Off:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def is_recording(self) -> bool:
+        return False
+
 
 _OFF = _Off()
-_UNSET = object()
 
 
-def tracing_on() -> bool:
-    """Whether a tracer provider was installed (an SDK's, by anyone, at any time). The API's own
-    global, read directly: ``get_tracer_provider()`` costs an environment lookup per call, on
-    every cell of every user without an SDK. (The provider named by ``OTEL_PYTHON_TRACER_PROVIDER``
-    is installed by the API when this module gets its tracer, at import.)"""
-    provider = getattr(trace, "_TRACER_PROVIDER", _UNSET)
-    if provider is _UNSET:  # an API without that global: its public, slower question
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    return provider is not None
-
-
-def span(name: str, **values: Any) -> contextlib.AbstractContextManager[trace.Span]:
+def span(name: str, **values: Any) -> contextlib.AbstractContextManager[Any]:
     """A span ``name`` around the block, current on this thread, with ``pyrepl3.<key>`` attributes.
 
-    An exception leaving the block is recorded on the span and sets its status to
-    ERROR (the API's defaults), and goes on. Without an SDK it is the invalid span and
-    nothing else: no attributes built, no context switched (:func:`tracing_on`)."""
+    An exception leaving the block is recorded on the span and sets its status to ERROR
+    (the API's defaults), and goes on. Without a provider the block gets a non-recording
+    stand-in and nothing else: no attributes built, no context switched (:func:`tracing_on`)."""
     if not tracing_on():
         return _OFF
-    return TRACER.start_as_current_span(name, attributes=attributes(values))
+    return tracer().start_as_current_span(name, attributes=attributes(values))
 
 
 def annotate(**values: Any) -> None:
     """Add ``pyrepl3.<key>`` attributes to the current span (a no-op without one)."""
     if not tracing_on():
         return
+    from opentelemetry import trace
+
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attributes(attributes(values))
 
 
+def failed(current: Any, description: str) -> None:
+    """Set ``current``'s status to ERROR (an outcome that is an error, not an exception here)."""
+    if current.is_recording():
+        from opentelemetry.trace import Status, StatusCode
+
+        current.set_status(Status(StatusCode.ERROR, description[:200]))
+
+
 def carrier() -> dict[str, str]:
     """The W3C trace context of the current span (``traceparent``, ``tracestate``), to store
-    with remote work so that its worker's span is a child of this one; ``{}`` without an SDK."""
+    with remote work so that its worker's span is a child of this one; ``{}`` while the API is not
+    loaded (then no span can be current)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return {}
+    from opentelemetry import propagate
+
     out: dict[str, str] = {}
     propagate.inject(out)
     return out
@@ -122,12 +180,18 @@ def carrier() -> dict[str, str]:
 @contextlib.contextmanager
 def continued(carried: Mapping[str, str] | None) -> Iterator[None]:
     """Make the carried context (:func:`carrier`'s, from another process) current in the block:
-    a span started inside is a child of the span that made the carrier."""
-    token = otel_context.attach(propagate.extract(dict(carried or {})))
+    a span started inside is a child of the span that made the carrier (a no-op without one, or
+    while the API is not loaded: then nothing in this process can start a recording span)."""
+    if not carried or "opentelemetry.trace" not in sys.modules:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(dict(carried)))
     try:
         yield
     finally:
-        otel_context.detach(token)
+        context.detach(token)
 
 
 def record_rpc_queue(seconds: float, group: str) -> None:
@@ -135,8 +199,18 @@ def record_rpc_queue(seconds: float, group: str) -> None:
     RPC_QUEUE.record(max(0.0, seconds), {f"{NAME}.group": group})
 
 
+def _load_if_configured(environ: Mapping[str, str]) -> None:
+    """Providers named by the API's own variables are installed when the API is loaded: load it now."""
+    if environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+        tracer()
+    if environ.get("OTEL_PYTHON_METER_PROVIDER"):
+        meter()
+
+
+_load_if_configured(os.environ)
+
 __all__ = [
     "ACTIVE_EXECUTIONS", "CHECKPOINT", "CHECKPOINT_BYTES", "CHECKPOINT_TIME", "ERRORS", "EXECUTION",
-    "EXECUTION_DURATION", "PROMPT", "PROMPT_WAIT", "RPC", "RPC_QUEUE", "RPC_RUN", "SPANS", "STEP",
-    "annotate", "attributes", "carrier", "continued", "record_rpc_queue", "span", "tracing_on",
+    "EXECUTION_DURATION", "PROMPT", "PROMPT_WAIT", "RPC", "RPC_QUEUE", "RPC_RUN", "SPANS", "STEP", "Instrument",
+    "annotate", "attributes", "carrier", "continued", "failed", "meter", "record_rpc_queue", "span", "tracer", "tracing_on",
 ]  # fmt: skip

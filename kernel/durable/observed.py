@@ -16,8 +16,6 @@ from __future__ import annotations
 import time
 from typing import Any, TypeVar
 
-from opentelemetry.trace import Status, StatusCode
-
 from kernel.core import tracing
 from kernel.core.ids import exec_id
 from kernel.core.models import CellError, CellOutcome, ExecutionParams
@@ -65,7 +63,7 @@ class ExecutionTrace:
         if self.span.is_recording():
             self.span.set_attributes(tracing.attributes({"outcome": "error" if error else "ok", "ename": outcome.ename if error else None}))
             if error:
-                self.span.set_status(Status(StatusCode.ERROR, f"{outcome.ename}: {outcome.evalue}"[:200]))
+                tracing.failed(self.span, f"{outcome.ename}: {outcome.evalue}")
         if error:
             tracing.ERRORS.add(1, {"pyrepl3.ename": outcome.ename})
         return outcome
