@@ -206,3 +206,10 @@ print('after', first + 1)
     assert step["parent"] == resumed["span_id"] and step["attributes"]["pyrepl3.replayed"] is True
     parents = {s["parent"] for s in spans if s["name"] == "pyrepl3.checkpoint"}
     assert parents == {resumed["span_id"], outer["span_id"]}  # each execution its own checkpoint
+
+
+def test_a_kernel_without_a_setup_never_imports_opentelemetry(kernels: KernelFactory) -> None:
+    kernel = kernels.start("untraced")
+    kernel.ok("def f():\n    return 1\ndurable.run(f)")
+    out = kernel.ok("import sys\nprint(sorted(m for m in sys.modules if m.startswith('opentelemetry')))").stream("stdout")
+    assert out.strip() == "[]"
