@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import TIMEOUT, KernelFactory, Store, cli, cli_json
+from harness import TIMEOUT, KernelFactory, Store, cli, cli_json, kernel_env
 
 from kernel.cli.stats import percentile, spread
 
@@ -72,6 +72,24 @@ def test_stats_of_an_empty_store(home: Path) -> None:
     data = cli_json(home, "stats")
     assert data["executions"]["count"] == 0 and data["checkpoints"]["count"] == 0 and data["errors"] == {}
     assert "0 executions" in cli(home, "stats").stdout
+
+
+@pytest.mark.engines("postgres")
+def test_stats_over_a_resonate_server(kernels: KernelFactory, home: Path, tmp_path: Path, store: Store) -> None:
+    from test_engines import ResonateHttpFront  # noqa: PLC0415 - the http engine's test server (over resonate-pg)
+
+    front = ResonateHttpFront(store.dsn)
+    try:
+        http = Store("http", front.url, store.ns, blobs=str(tmp_path / "shared"))
+        kernel = kernels.start(env=kernel_env(home, "stats-http", store=http))
+        kernel.ok(f"data = [{uuid.uuid4().hex!r}] * 100")
+        assert kernel.execute("raise KeyError('k')").content["status"] == "error"
+        data = cli_json(home, "stats", "--session", "stats-http", store=http)
+    finally:
+        front.close()
+    assert (data["executions"]["count"], data["executions"]["ok"], data["executions"]["error"]) == (2, 1, 1)
+    assert data["errors"] == {"KeyError": 1}
+    assert data["checkpoints"]["count"] == 2 and data["checkpoints"]["bytes_written_total"] > 0
 
 
 def test_percentiles_are_nearest_rank() -> None:
