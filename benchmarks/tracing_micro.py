@@ -6,7 +6,7 @@ A trivial cell makes one ``pyrepl3.execution`` span (with the active-executions
 counter and the duration histogram), one ``pyrepl3.checkpoint`` span with its
 two histograms, and the outcome's attributes. This times exactly those calls
 (``kernel.durable.observed.execution``, ``kernel.core.tracing.span``), first
-with no SDK (the API's no-op proxies: what every user without
+with no SDK (the API not even imported: what every user without
 ``PYREPL3_OTEL_SETUP`` pays), then with the SDK and an in-memory exporter,
 beside an empty loop. Median of 7 repeats, microseconds per cell; the load is
 printed. Not part of ``run_all.py``: the round trip of a cell (``bench_hotpath.py``)

@@ -19,6 +19,17 @@ Instruments: :data:`EXECUTION_DURATION`, :data:`ACTIVE_EXECUTIONS`,
 :data:`ERRORS` (by ``pyrepl3.ename``), :data:`CHECKPOINT_BYTES`,
 :data:`CHECKPOINT_TIME`, :data:`PROMPT_WAIT`, :data:`RPC_QUEUE` (by
 ``pyrepl3.group``, through :func:`record_rpc_queue`).
+
+Remote work, both sides::
+
+    # the cell (inside its execution span): the rpc's span, and its context in the promise
+    with tracing.span(tracing.RPC, promise_id=pid, group=group, function=name):
+        param["trace"] = tracing.carrier()
+        ...create exec:<msg_id>:rpc:<n>...
+    # the worker (install_telemetry(settings) once at its start, kernel.core.telemetry)
+    tracing.record_rpc_queue(time.time() - created_at_ms / 1000, group)
+    with tracing.continued(param.get("trace")), tracing.span(tracing.RPC_RUN, promise_id=pid, group=group):
+        ...run it; store "started_at" (wall seconds) in its value, for ``pyrepl3 stats``...
 """
 
 from __future__ import annotations
