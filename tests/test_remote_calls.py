@@ -37,18 +37,18 @@ class Workers:
         self.group = f"t{uuid.uuid4().hex[:12]}"
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, n: int = 1, concurrency: int = 4, *options: str) -> list[subprocess.Popen[bytes]]:
+    def start(self, n: int = 1, concurrency: int = 4, *options: str, env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(n):
             i = len(self.procs)
             home, cwd = self.root / f"worker{i}-home", self.root / f"worker{i}-cwd"
             cwd.mkdir(parents=True)
-            env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-            env.update(PYREPL3_HOME=str(home), PYREPL3_KEY=self.key)
+            environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+            environ.update(PYREPL3_HOME=str(home), PYREPL3_KEY=self.key, **(env or {}))
             with open(self.root / f"worker{i}.log", "ab") as log:
                 proc = subprocess.Popen(
                     [str(PYREPL3_CLI), "worker", "--store", self.store.dsn, "--group", self.group, "--concurrency", str(concurrency), *options],
-                    env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=environ, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
             self.procs.append(proc)
             started.append(proc)
@@ -479,3 +479,35 @@ def test_handle_outcomes_and_a_failed_watch() -> None:
     # Already settled when created (a resumed execution): no watch at all.
     settled = _Watched([])
     assert RemoteHandle(settled, sealer, done, "f").result() == {"x": 1} and not settled.watches  # type: ignore[arg-type]
+
+
+def test_a_remote_call_is_a_child_span_of_its_cell_on_the_worker(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """W3C trace context travels in the (sealed) call: the worker's ``pyrepl3.rpc.run`` span is a
+    child of the cell's ``pyrepl3.rpc``, itself a child of the execution; the queue time is recorded."""
+    import json
+
+    otel = str(Path(__file__).parent / "otel")
+    dump_file = tmp_path / "worker-otel.json"
+    workers.start(1, env={"PYTHONPATH": otel, "PYREPL3_OTEL_SETUP": "otel_setup:install_to_file", "OTEL_TEST_DUMP": str(dump_file)})
+    kernel = _start(kernels, home, key, PYREPL3_OTEL_SETUP="otel_setup:install", PYTHONPATH=otel)
+    ran = kernel.ok(f"import math\nprint(durable.rpc(math.factorial, 5, group={workers.group!r}).result(timeout=60))", timeout=90)
+    assert ran.stream("stdout").strip() == "120"
+    out = kernel.ok("import otel_setup\notel_setup.dump()").stream("stdout")
+    cell = json.loads(next(t for t in out.splitlines() if t.startswith("OTEL-DUMP ")).removeprefix("OTEL-DUMP "))
+    execution = next(s for s in cell["spans"] if s["name"] == "pyrepl3.execution" and s["attributes"]["pyrepl3.msg_id"] == ran.msg_id)
+    rpc = next(s for s in cell["spans"] if s["name"] == "pyrepl3.rpc")
+    assert rpc["parent"] == execution["span_id"] and rpc["trace_id"] == execution["trace_id"]
+    assert rpc["attributes"]["pyrepl3.group"] == workers.group
+
+    def remote() -> dict[str, Any] | None:
+        if not dump_file.exists():
+            return None
+        data = json.loads(dump_file.read_text())
+        return data if any(s["name"] == "pyrepl3.rpc.run" for s in data["spans"]) else None
+
+    data = wait_for(remote, 30, what="the worker's pyrepl3.rpc.run span")
+    run = next(s for s in data["spans"] if s["name"] == "pyrepl3.rpc.run")
+    assert run["trace_id"] == rpc["trace_id"] and run["parent"] == rpc["span_id"], (run, rpc)
+    assert run["attributes"]["pyrepl3.promise_id"] == rpc["attributes"]["pyrepl3.promise_id"]
+    queue = data["metrics"]["pyrepl3.rpc.queue"]
+    assert queue[0]["count"] == 1 and queue[0]["attributes"] == {"pyrepl3.group": workers.group} and queue[0]["sum"] >= 0

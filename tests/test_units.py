@@ -30,6 +30,7 @@ def test_promise_ids_are_spelled_in_one_place() -> None:
         ("exec:m1", "exec", "exec:m1"),
         ("exec:m1:input:0", "input", "exec:m1"),
         ("exec:m1:step:3", "step", "exec:m1"),
+        ("exec:m1:rpc:2", "rpc", "exec:m1"),
         ("exec:m1:other:3", "other", "exec:m1"),
         ("exec:m1:input", "other", "exec:m1"),
         ("ckpt:abc:4", "checkpoint", None),

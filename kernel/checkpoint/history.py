@@ -145,7 +145,8 @@ class NamespaceCheckpoints:
             assert chain is not None
             body, chain = delta_body(manifest, report, previous), Chain(chain.base, seq, chain.weight + delta_weight(report))
             record = {"manifest": body, "base": chain.base, "parent": previous.id}
-        record.update(execution_count=execution_count, msg_id=msg_id, size=report.stored_size)
+        # written/seconds: what this capture cost, for ``pyrepl3 stats`` (sealed with the rest, only ever shown)
+        record.update(execution_count=execution_count, msg_id=msg_id, size=report.stored_size, written=report.written_bytes, seconds=round(report.seconds, 6))
         if outcome is not None:
             record["outcome"] = outcome  # the blob of the execution's outcome, signed with the rest
         value = self.sealer.seal(pid, record)

@@ -9,6 +9,7 @@
     pyrepl3 run NOTEBOOK.ipynb [--output OUT.ipynb]
     pyrepl3 export NOTEBOOK.ipynb [--session S] [--output OUT.ipynb] [--json]
     pyrepl3 gc [--session S] [--dry-run] [--json]
+    pyrepl3 stats [--session S] [--json]
     pyrepl3 settings [--json]
     pyrepl3 worker --group NAME [--concurrency N] [--name NAME] [--lease S] [--grace S]
 
@@ -36,7 +37,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
-from kernel.cli import commands, gc, worker
+from kernel.cli import commands, gc, stats, worker
 from kernel.cli.render import Output
 from kernel.core.errors import PyRepl3Error
 from kernel.core.settings import Settings
@@ -121,6 +122,13 @@ def _add_gc(sub: Subparsers) -> None:
     p.set_defaults(fn=gc.gc)
 
 
+def _add_stats(sub: Subparsers) -> None:
+    p = sub.add_parser("stats", help="executions, errors, checkpoints, prompt waits and rpc queue times, summarised")
+    p.add_argument("--session", help="only this session")
+    _json_flag(p)
+    p.set_defaults(fn=stats.stats)
+
+
 #: In the order ``pyrepl3 --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_sessions,
@@ -132,6 +140,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_export,
     _add_approve_deny,
     _add_gc,
+    _add_stats,
     _add_settings,
     worker.add_parser,
 )

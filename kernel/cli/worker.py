@@ -112,7 +112,11 @@ def _route_logs(*, debug: bool) -> None:
 
 
 def setup_tracing(settings: Settings, name: str) -> None:
-    """The call point for OpenTelemetry's setup in a worker (wired where kernel/core/tracing.py exists)."""
+    """OpenTelemetry in a worker: ``PYREPL3_OTEL_SETUP``'s callable, as in a kernel (a failure is
+    logged, naming the setting; the worker runs on, untraced)."""
+    from kernel.core.telemetry import install_telemetry
+
+    install_telemetry(settings)
 
 
 def worker(args: argparse.Namespace, out: Output, settings: Settings) -> int:

@@ -77,6 +77,13 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 
+def _entry_point(raw: str) -> str:
+    module, sep, name = raw.strip().partition(":")
+    if not sep or not all(part.isidentifier() for part in (*module.split("."), *name.split("."))):
+        raise ValueError("is not module:callable (for example mypkg.otel:setup)")
+    return raw.strip()
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -189,6 +196,12 @@ DECLARED: dict[str, Setting] = {
     "token": Setting(
         "PYREPL3_TOKEN", _text, "", "Bearer token for a Resonate server.", secret=True, fallbacks=("RESONATE_TOKEN",)
     ),
+    "otel_setup": Setting(
+        "PYREPL3_OTEL_SETUP",
+        _entry_point,
+        "",
+        "module:callable called once at kernel (and pyrepl3 worker) start to install OpenTelemetry providers and exporters.",
+    ),
     "debug": Setting("PYREPL3_DEBUG", _flag, False, "Log PyREPL3's own modules at INFO instead of WARNING."),
 }
 
@@ -238,6 +251,7 @@ class Settings:
     reconnect_seconds: float = 5.0
     engine_timeout: float = 5.0
     token: str = field(default="", repr=False)
+    otel_setup: str = ""
     debug: bool = False
     #: The Jupyter session name (the notebook's path under jupyter_server), a fallback session id.
     jupyter_session: str = ""

@@ -64,6 +64,8 @@ class RemoteCall:
     retries: RetryPolicy
     timeout: float | None
     trace: dict[str, str] = field(default_factory=dict)
+    #: When the cell sent it (wall seconds): the worker's queue time is measured from it.
+    sent_at: float | None = None
 
 
 def function_name(fn: Any) -> str:
@@ -95,6 +97,7 @@ def seal_call(
     retries: RetryPolicy,
     timeout: float | None,
     trace: dict[str, str] | None = None,
+    sent_at: float | None = None,
 ) -> dict[str, Any]:
     """The sealed call to store as the task's argument."""
     if not callable(fn):
@@ -116,6 +119,7 @@ def seal_call(
         "retries": policy_json(retries),
         "timeout": timeout,
         "trace": dict(trace or {}),
+        "sent_at": sent_at,
     }
     return sealer.seal(promise_id, body)
 
@@ -153,6 +157,7 @@ def open_call(signer: Signer, promise_id: str, data: Any) -> RemoteCall:
         retries=policy_from_json(body["retries"]),
         timeout=body.get("timeout"),
         trace=dict(body.get("trace") or {}),
+        sent_at=body["sent_at"] if isinstance(body.get("sent_at"), (int, float)) else None,
     )
 
 

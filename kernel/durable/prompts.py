@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from resonate.types import PromiseRecord
 
+from kernel.core import tracing
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.errors import PromiseTimeoutError, PyRepl3Error
 from kernel.core.ids import EXTERNAL_TAG, KIND_TAG, ChildNumbering, input_id
@@ -148,7 +149,17 @@ class PromptBroker(ChildNumbering):
             flush=True,
         )
 
-    def _wait(
+    def _wait(self, pid: str, channel: StdinChannel | None, prompt: str, **how: Any) -> str:
+        """:meth:`_answer` in the ``pyrepl3.prompt`` span; the time waited goes into the prompt-wait histogram."""
+        kind = "approval" if how.get("parse") else "password" if how.get("password") else "input"
+        started = self._clock.monotonic()
+        try:
+            with tracing.span(tracing.PROMPT, promise_id=pid, kind=kind, stdin=channel is not None):
+                return self._answer(pid, channel, prompt, **how)
+        finally:
+            tracing.PROMPT_WAIT.record(self._clock.monotonic() - started, {"pyrepl3.kind": kind})
+
+    def _answer(
         self,
         pid: str,
         channel: StdinChannel | None,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import functools
 import logging
 import math
 import sys
@@ -38,6 +37,7 @@ from typing import Any, NamedTuple
 from resonate.types import PromiseRecord, TaskData
 
 from kernel.checkpoint.signing import Sealer
+from kernel.core import tracing
 from kernel.core.clock import SYSTEM, Clock, to_ms
 from kernel.core.errors import ConfigurationError
 from kernel.core.ids import GROUP_TAG, KIND_TAG, REMOTE_CALL_FUNC, ChildNumbering, rpc_id, worker_group
@@ -68,21 +68,9 @@ class RemoteTask(NamedTuple):
     timeout_at_ms: int
 
 
-@functools.cache
-def _injector() -> Callable[[dict[str, str]], None] | None:
-    try:
-        from opentelemetry.propagate import inject
-    except ImportError:  # looked for once: a failed import costs most of a call's sealing
-        return None
-    return inject
-
-
 def trace_carrier() -> dict[str, str]:
-    """The W3C trace context of the running span, for the worker (``{}`` without OpenTelemetry)."""
-    carrier: dict[str, str] = {}
-    if (inject := _injector()) is not None:
-        inject(carrier)
-    return carrier
+    """The W3C trace context of the running span (the call's ``pyrepl3.rpc``), for the worker."""
+    return tracing.carrier()
 
 
 def _timeout_of(timeout: Any) -> float | None:
@@ -261,7 +249,10 @@ class RemoteCalls(ChildNumbering):
 
     def _task(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], group: str, policy: RetryPolicy, timeout: float | None) -> RemoteTask:
         pid = self.next_child(rpc_id, "durable.rpc")
-        sealed = seal_call(self.sealer, pid, fn, args, kwargs, retries=policy, timeout=timeout, trace=self._trace())
+        with tracing.span(tracing.RPC, promise_id=pid, group=group, function=function_name(fn)):
+            sealed = seal_call(
+                self.sealer, pid, fn, args, kwargs, retries=policy, timeout=timeout, trace=self._trace(), sent_at=self._clock.wall()
+            )
         return RemoteTask(pid, group, sealed, to_ms(self._clock.wall() + (DEFAULT_TIMEOUT if timeout is None else timeout)))
 
     def _create(self, tasks: list[RemoteTask]) -> list[PromiseRecord]:

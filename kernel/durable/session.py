@@ -38,6 +38,7 @@ from kernel.core.models import CellError, CellOutcome, ExecutionParams
 from kernel.core.locations import default_home, resolve_home, resolve_session
 from kernel.core.notices import BROKEN, INFO
 from kernel.core.settings import SESSION_SETTINGS, Settings
+from kernel.durable import observed
 from kernel.durable.cells import CellRequest, SessionHost
 from kernel.durable.dispatcher import CellDispatcher, Handoff, Orphan
 from kernel.durable.reclaiming import SessionReclaim, policy_of
@@ -49,6 +50,7 @@ from kernel.durable.settling import CellSettler
 from kernel.durable.skipped import SkippedNames
 from kernel.durable.steps import NO_DEFAULT, StepJournal
 from kernel.store.base import Engine, SessionLock
+from kernel.store.records import task_args
 from kernel.store.registry import open_engine
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,7 @@ class DurableSession:
             if isinstance(exc, EngineConnectionError):
                 self.host.durability_lost(self, exc)
             return None
-        if record.state != "pending" or _params_of(record).get("nonce") != params.nonce:
+        if record.state != "pending" or task_args(record.param.data).get("nonce") != params.nonce:
             # This msg_id was submitted before: never run it twice.
             self.dispatcher.forget(eid)
             return self._settled(record)
@@ -294,9 +296,10 @@ class DurableSession:
 
     def _resume_one(self, orphan: Orphan) -> str:
         eid, params = orphan.execution_id, orphan.params
-        with self.services.executing(eid):
-            outcome = self.host.run_nested(eid, params)
-        self.settler.settle(params, params.code, orphan.outcome, outcome)
+        with observed.resumed(params) as trace:  # its span: the parent of its steps, prompts and checkpoint
+            with self.services.executing(eid):
+                outcome = trace.ended(self.host.run_nested(eid, params))
+            self.settler.settle(params, params.code, orphan.outcome, outcome)
         state = f"failed ({outcome.ename})" if isinstance(outcome, CellError) else "completed"
         return f"{eid} (execution {params.execution_count}): resumed and {state}"
 
@@ -431,10 +434,3 @@ class DurableSession:
         self.lock.release()
 
 
-def _params_of(record: PromiseRecord) -> dict[str, Any]:
-    data = record.param.data
-    if isinstance(data, dict) and data.get("args"):
-        first = data["args"][0]
-        if isinstance(first, dict):
-            return first
-    return {}

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kernel.checkpoint.history import NamespaceCheckpoints
+from kernel.core import tracing
 from kernel.core.errors import PyRepl3Error
 from kernel.core.ids import exec_id, msg_id_of
 from kernel.core.models import CellError, CellOutcome, CellResult, ExecutionParams, ResolvedPromise
@@ -168,6 +169,11 @@ class CellSettler:
             self.after_store()  # garbage collection, now and then, on its own thread
 
     def _checkpoint(self, code: str, params: ExecutionParams, outcome: CellOutcome, *, blob: bool = True) -> ResolvedPromise | None:
+        """:meth:`_capture` in the ``pyrepl3.checkpoint`` span, a child of the execution's."""
+        with tracing.span(tracing.CHECKPOINT, execution_id=exec_id(params.msg_id), execution_count=params.execution_count):
+            return self._capture(code, params, outcome, blob=blob)
+
+    def _capture(self, code: str, params: ExecutionParams, outcome: CellOutcome, *, blob: bool) -> ResolvedPromise | None:
         """Capture the namespace (the outcome's blob first, with ``blob``: for an engine that
         cannot store the checkpoint and the settle as one unit); the promise that makes it
         the latest checkpoint, for the caller to store. Newly skipped names are reported once."""
@@ -187,6 +193,12 @@ class CellSettler:
             log.exception("checkpoint failed")
             self.host.notice(f"the namespace after execution {count} was not checkpointed: {type(exc).__name__}: {exc}", BROKEN)
             return None
+        tracing.CHECKPOINT_BYTES.record(report.written_bytes)
+        tracing.CHECKPOINT_TIME.record(report.seconds)
+        tracing.annotate(
+            promise_id=promise.id, written_bytes=report.written_bytes, seconds=report.seconds, full_scan=report.full,
+            delta=isinstance(promise.value, dict) and "parent" in promise.value,
+        )  # fmt: skip
         self.skipped.tell(report, self.host.notice)
         return promise
 

@@ -49,6 +49,7 @@ from typing import Any
 import cloudpickle
 
 from kernel.checkpoint.signing import Sealer
+from kernel.core import tracing
 from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
 from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
@@ -130,6 +131,13 @@ class StepJournal(ChildNumbering):
         if retries is not None or timeout is not None:
             attempts = Attempts(retry_policy(retries), what=f"durable.run({name})", timeout=timeout, clock=self._clock)
         pid = self._next_id()
+        with tracing.span(tracing.STEP, promise_id=pid, kind="run", function=name):
+            return self._run(pid, name, fn, args, kwargs, attempts, timeout)
+
+    def _run(
+        self, pid: str, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        attempts: Attempts | None, timeout: float | None,
+    ) -> Any:
         record, lookup = None, self._replaying
         if self._replaying:
             record = self.runtime.find(pid)
@@ -137,6 +145,7 @@ class StepJournal(ChildNumbering):
                 # Steps are made in order, so none after this one exists either.
                 self._replaying = False
             elif record.state == "resolved":
+                tracing.annotate(replayed=True)
                 return self._decode(pid, record.value.data, f"the result of durable.run({name})")
             elif record.state != "pending":
                 error = (record.value.data or {}) if isinstance(record.value.data, dict) else {}
@@ -179,8 +188,13 @@ class StepJournal(ChildNumbering):
 
     def sleep(self, seconds: float) -> None:
         pid = self._next_id()
+        with tracing.span(tracing.STEP, promise_id=pid, kind="sleep", seconds=seconds):
+            self._sleep(pid, seconds)
+
+    def _sleep(self, pid: str, seconds: float) -> None:
         record = self._open(pid, {"kind": "sleep", "seconds": seconds, "until": self._clock.wall() + seconds})
         if record.state != "pending":
+            tracing.annotate(replayed=True)
             return
         until = float(record.param.data["until"])
         self._clock.wait_for(lambda: self._clock.wall() >= until, until - self._clock.wall(), interval=0.25)

@@ -92,7 +92,7 @@ class Worker:
         self.lease = lease
         self.claims = Claims(concurrency, clock=clock)
         self.pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"pyrepl3-call-{name}")
-        self.runner = CallRunner(signer, name=name, pool=self.pool, claims=self.claims, reporter=reporter, clock=clock)
+        self.runner = CallRunner(signer, name=name, pool=self.pool, claims=self.claims, reporter=reporter, group=group, clock=clock)
         self._clock = clock
         self.resonate: Resonate | None = None
         self._heartbeat: AsyncHeartbeat | None = None

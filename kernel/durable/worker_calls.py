@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from resonate.context import Context
 
 from kernel.checkpoint.signing import Sealer, Signer
+from kernel.core import tracing
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.retries import max_attempts
 from kernel.durable.attempt_journal import PromiseApi, PromiseJournal
@@ -90,10 +91,12 @@ class CallRunner:
         pool: cf.Executor,
         claims: Claims,
         reporter: Reporter | None = None,
+        group: str = "",
         clock: Clock = SYSTEM,
     ) -> None:
         self.signer = signer
         self.name = name
+        self.group = group
         self.pool = pool
         self.claims = claims
         self.reporter: Reporter = reporter or LogReporter()
@@ -141,10 +144,16 @@ class CallRunner:
         attempts = Attempts(call.retries, what=f"{call.function} ({pid})", timeout=call.timeout, clock=self._clock, preempt=False)
         started_at = self._clock.wall()
         t0 = time.perf_counter()
+        if call.sent_at is not None:
+            tracing.record_rpc_queue(started_at - call.sent_at, self.group)
 
         def attempt() -> Any:
             self.reporter.started(pid, call.function, attempts.attempts)
-            return call.fn(*call.args, **call.kwargs)
+            # Each attempt a span in the thread that runs it, a child of the cell's pyrepl3.rpc.
+            with tracing.continued(call.trace), tracing.span(
+                tracing.RPC_RUN, promise_id=pid, group=self.group, function=call.function, attempt=attempts.attempts, worker=self.name
+            ):
+                return call.fn(*call.args, **call.kwargs)
 
         future = loop.run_in_executor(self.pool, attempts.run, attempt, journal)
         self.running[pid] = future

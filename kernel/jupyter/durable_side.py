@@ -20,7 +20,9 @@ from kernel.core.models import CellOutcome, ExecutionParams
 from kernel.core.notices import BROKEN, NoticeBook, Notify
 from kernel.durable.cells import RanCell
 from kernel.core.interrupts import MAIN as INTERRUPTS
+from kernel.core.telemetry import install_telemetry
 from kernel.durable.keeper import SessionKeeper, reconnect_interval
+from kernel.durable.observed import execute_traced
 from kernel.durable.session import DurableSession
 from kernel.durable.skipped import SkippedNames
 from kernel.jupyter.durable_object import DurableAPI
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from kernel.core.settings import Settings
     from kernel.jupyter.session_state import SessionState
     from kernel.jupyter.stdin import FrontendStdin
+
+
+__all__ = ["JupyterCell", "attach", "execute_traced", "run_nested", "settle_restored"]
 
 
 class KernelSide(Protocol):
@@ -63,7 +68,9 @@ class KernelSide(Protocol):
 
 def attach(kernel: KernelSide) -> SessionKeeper:
     """Give ``kernel`` its ``%durable`` magics and ``durable`` object, and the
-    keeper that opens its session (call :meth:`SessionKeeper.open`)."""
+    keeper that opens its session (call :meth:`SessionKeeper.open`). OpenTelemetry's
+    providers are installed first (PYREPL3_OTEL_SETUP), before any cell's span."""
+    install_telemetry(kernel.settings)
     shell = kernel.shell
     skipped = SkippedNames()  # outlives a reconnect: a name is reported once, not once per session
     connection_file = getattr(kernel.parent, "connection_file", "") or ""

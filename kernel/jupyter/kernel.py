@@ -312,11 +312,11 @@ class DurableKernel(IPythonKernel):
                 self._flush_notices(parent)
             with INTERRUPTS.delivered():
                 return await run_code()
-        from kernel.jupyter.durable_side import JupyterCell  # noqa: PLC0415 - imported by the start thread already
+        from kernel.jupyter.durable_side import JupyterCell, execute_traced  # noqa: PLC0415 - imported by the start thread already
 
         count = self.shell.execution_count if store_history else self.shell.execution_count - 1
         self._expressions = [str(e) for e in (user_expressions or {}).values()]
-        return await ds.execute(msg_id, code, count, cell_id, JupyterCell(self, run_code, parent))
+        return await execute_traced(ds, msg_id, code, count, cell_id, JupyterCell(self, run_code, parent))
 
     def _durable_session(self) -> DurableSession | None:
         """The durable session for the next cell: a lost engine is noticed here,

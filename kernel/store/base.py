@@ -68,6 +68,12 @@ class Catalog(Protocol):
 
     def pending(self, session: str | None = None, kind: str | None = None) -> list[PromiseRecord]: ...
 
+    def of_kind(self, kind: str, session: str | None = None, *, values: bool = False) -> list[PromiseRecord]:
+        """Every promise of ``kind`` (of ``session``, else of every session), oldest first, for
+        figures over many (``pyrepl3 stats``): id, state, times and session; ``param``, ``value``
+        and ``tags`` are read and decoded only with ``values`` (else None, None and {})."""
+        ...
+
     def close(self) -> None: ...
 
 

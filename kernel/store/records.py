@@ -13,6 +13,7 @@ from typing import Any
 from resonate.codec import Codec, NoopEncryptor
 from resonate.types import Value
 
+from kernel.core.ids import kind_of
 from kernel.core.models import CellError, ExecutionSummary, PromiseRecord
 from kernel.store.base import Catalog
 
@@ -54,7 +55,7 @@ def listed_fields(param: Any, value: Any, state: str) -> dict[str, Any]:
     """What a listing shows of an ``exec:`` promise beyond its columns, from its decoded param
     and value: small, so an engine can keep it beside the record (written when the promise is)
     and list executions without reading outputs."""
-    args = _task_args(param)
+    args = task_args(param)
     err = error_of(value) if state != "resolved" else None
     return {
         "execution_count": args.get("execution_count"),
@@ -77,6 +78,14 @@ def summary_row(pid: str, session: str, state: str, created_at: int, settled_at:
         settled_at=settled_at,
         ename=fields.get("ename"),
     )
+
+
+def bare_record(pid: str, session: str | None, state: str, created_at: int, settled_at: int | None, timeout_at: int = 0) -> PromiseRecord:
+    """A record of a promise's columns only (:meth:`Catalog.of_kind` without values)."""
+    return {
+        "id": pid, "kind": kind_of(pid), "state": state, "param": None, "value": None, "tags": {},
+        "timeout_at": timeout_at, "created_at": created_at, "settled_at": settled_at, "session": session,
+    }  # fmt: skip
 
 
 def outputs_of(rec: PromiseRecord) -> list[dict[str, Any]]:
@@ -109,7 +118,7 @@ def latest_outputs(
     return None
 
 
-def _task_args(param: Any) -> dict[str, Any]:
+def task_args(param: Any) -> dict[str, Any]:
     """The ExecutionParams dict inside an exec promise's TaskData param."""
     if isinstance(param, dict):
         args = param.get("args") or []
@@ -118,4 +127,4 @@ def _task_args(param: Any) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["TERMINAL", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row"]
+__all__ = ["TERMINAL", "bare_record", "decode_value", "error_of", "execution_summary", "listed_fields", "matching", "summary_row", "task_args"]

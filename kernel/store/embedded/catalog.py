@@ -19,7 +19,7 @@ from kernel.core.errors import StoreCorruptError
 from kernel.core.ids import checkpoint_prefix, kind_of, session_key
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.embedded.database import connect, decode_promise, store_error
-from kernel.store.records import execution_summary, matching, summary_row
+from kernel.store.records import bare_record, execution_summary, matching, summary_row
 
 _codec = Codec(NoopEncryptor())
 
@@ -198,6 +198,19 @@ class EmbeddedCatalog:
         where, args = matching("?", session=session, kind=kind)
         sql = "SELECT session, record FROM promises WHERE state = 'pending'" + where
         return [self._decode(blob, sess) for sess, blob in self._db.execute(sql + " ORDER BY created_at", args).fetchall()]
+
+    def of_kind(self, kind: str, session: str | None = None, *, values: bool = False) -> list[PromiseRecord]:
+        """On the by-session index, one session at a time (``IN``: the index has no kind-first order)."""
+        if self._db is None:
+            return []
+        within, args = ("= ?", [session]) if session is not None else ("IN (SELECT DISTINCT session FROM promises)", [])
+        columns = "id, session, state, created_at, settled_at" + (", record" if values else "")
+        rows = self._db.execute(
+            f"SELECT {columns} FROM promises WHERE session {within} AND kind = ? ORDER BY created_at, rowid", [*args, kind]
+        ).fetchall()
+        if values:
+            return [self._decode(row[5], row[1]) for row in rows]
+        return [bare_record(*row) for row in rows]
 
 
 __all__ = ["EmbeddedCatalog", "decode_record"]

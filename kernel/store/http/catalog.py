@@ -73,5 +73,9 @@ class RemoteCatalog:
         recs = self._records(self.index.rows(session, kind, open_only=True))
         return [r for r in recs if r["state"] == "pending"]
 
+    def of_kind(self, kind: str, session: str | None = None, *, values: bool = False) -> list[PromiseRecord]:
+        """One ``promise.get`` per promise (the server holds the states and times), values or not."""
+        return sorted(self._records(self.index.rows(session, kind)), key=lambda r: (r["created_at"], r["id"]))
+
 
 __all__ = ["RemoteCatalog"]

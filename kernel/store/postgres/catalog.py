@@ -14,7 +14,7 @@ from kernel.core.clock import SYSTEM, Clock
 from kernel.core.ids import kind_of
 from kernel.core.models import ExecutionSummary, PromiseRecord, SessionSummary
 from kernel.store.postgres.link import PgLink, unreachable
-from kernel.store.records import decode_value, listed_fields, matching, summary_row
+from kernel.store.records import bare_record, decode_value, listed_fields, matching, summary_row
 
 #: The columns a catalog record is built from (``p`` = resonate.promises, ``i`` = the index).
 RECORD_COLUMNS = (
@@ -132,6 +132,25 @@ class PgCatalog:
         sql += where
         args: list[Any] = [now, *filters]
         return [record(row, now) for row in self._rows(sql + " ORDER BY p.created_at, p.id", tuple(args))]
+
+    def of_kind(self, kind: str, session: str | None = None, *, values: bool = False) -> list[PromiseRecord]:
+        """On the index's (kind, created_at) or (session, kind, created_at) order."""
+        where, filters = matching("%s", **{"i.session": session})
+        columns = RECORD_COLUMNS if values else "p.id, i.session, p.state, p.timeout_at, p.created_at, p.settled_at, p.is_timer"
+        rows = self._rows(
+            f"SELECT {columns} FROM pyrepl3.promises i JOIN resonate.promises p ON p.id = i.id "
+            f"WHERE i.kind = %s{where} ORDER BY i.created_at, i.id",
+            (kind, *filters),
+        )
+        now = self.clock.now_ms()
+        if values:
+            return [record(row, now) for row in rows]
+        out = []
+        for pid, sess, state, timeout_at, created_at, settled_at, is_timer in rows:
+            if state == "pending" and timeout_at <= now:  # as record() shows it
+                state, settled_at = ("resolved" if is_timer else "rejected_timedout"), timeout_at
+            out.append(bare_record(pid, sess, state, created_at, settled_at, timeout_at))
+        return out
 
 
 __all__ = ["RECORD_COLUMNS", "PgCatalog", "record"]
