@@ -52,6 +52,10 @@ class Workers:
                 )  # fmt: skip
             self.procs.append(proc)
             started.append(proc)
+        for proc, log_path in zip(started, [self.root / f"worker{len(self.procs) - len(started) + i}.log" for i in range(len(started))]):
+            # Ready means subscribed to the group: a test that needs every worker used must not race their start.
+            wait_for(lambda: proc.poll() is not None or " in group " in log_path.read_text(errors="replace"), 60, what="a worker's start")
+            assert proc.poll() is None, f"a worker exited at start: {self.logs()}"
         return started
 
     def logs(self) -> str:
