@@ -44,6 +44,7 @@ from kernel.core.ids import GROUP_TAG, KIND_TAG, REMOTE_CALL_FUNC, ChildNumberin
 from kernel.core.retries import RetryPolicy, retry_policy
 from kernel.durable.calls import RemoteCallError, RemoteFailure, function_name, open_failure, open_result, seal_call
 from kernel.durable.runtime import DurableRuntime
+from kernel.store.records import task_args
 
 log = logging.getLogger(__name__)
 
@@ -389,10 +390,7 @@ class _Tally:
 def _stored_function(record: PromiseRecord) -> str:
     """The function name in a stored task's call (read, not verified: nothing of it is run or
     decoded here; the worker verifies the call, the handle verifies the result)."""
-    data = record.param.data if record.param is not None else None
-    args = data.get("args") if isinstance(data, dict) else getattr(data, "args", None)
-    call = args[0] if args else None
-    return str(call.get("function")) if isinstance(call, dict) else "?"
+    return str(task_args(record.param.data if record.param is not None else None).get("function", "?"))
 
 
 __all__ = ["DEFAULT_TIMEOUT", "RemoteCalls", "RemoteHandle", "trace_carrier"]

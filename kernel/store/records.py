@@ -119,11 +119,11 @@ def latest_outputs(
 
 
 def task_args(param: Any) -> dict[str, Any]:
-    """The ExecutionParams dict inside an exec promise's TaskData param."""
-    if isinstance(param, dict):
-        args = param.get("args") or []
-        if args and isinstance(args[0], dict):
-            return args[0]
+    """The first argument of a task promise's TaskData param (stored as a dict, or decoded as
+    ``TaskData``): an exec promise's ExecutionParams dict, a remote call's sealed call."""
+    args = param.get("args") if isinstance(param, dict) else getattr(param, "args", None)
+    if args and isinstance(args[0], dict):
+        return args[0]
     return {}
 
 
