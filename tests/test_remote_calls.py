@@ -197,14 +197,23 @@ def test_a_wait_is_interruptible_and_idle(kernels: KernelFactory, home: Path, ke
     assert kernel.ok("print(h.result(timeout=60), h.done())", timeout=90).stream("stdout") == "late True\n"
 
 
-def test_map_in_order_on_two_workers(kernels: KernelFactory, home: Path, key: str, workers: Workers) -> None:
+def test_map_in_order_on_two_workers(kernels: KernelFactory, home: Path, key: str, workers: Workers, tmp_path: Path) -> None:
+    """A busy worker does not hoard the group's queue: each worker has 2 threads and every call
+    waits until both workers have started one, so the map finishes only if the second worker
+    gets calls while the first one holds all it can run (on a loaded machine, a timing-only
+    version of this test let one worker finish all 50 before the other read the queue)."""
     procs = workers.start(2, concurrency=2)
+    seen = tmp_path / "pids"
+    seen.mkdir()
     kernel = _start(kernels, home, key)
     run = kernel.ok(
         textwrap.dedent(f"""
         import os, time
         def square(i):
-            time.sleep(0.1)
+            open(os.path.join({str(seen)!r}, str(os.getpid())), "w").close()
+            deadline = time.monotonic() + 60
+            while len(os.listdir({str(seen)!r})) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
             return [i * i, os.getpid()]
         out = durable.map(square, range(50), group={workers.group!r})
         print([v for v, _ in out] == [i * i for i in range(50)], sorted({{p for _, p in out}}))
