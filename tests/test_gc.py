@@ -67,6 +67,40 @@ def test_retention_by_age_count_and_pin() -> None:
     assert Retention(keep_last=0, keep_seconds=0).retained(refs, [], NOW) == {30}, "the newest always stays"
 
 
+def test_retention_says_until_when_it_keeps_everything_it_keeps() -> None:
+    """holds_until: the first moment a kept, unpinned checkpoint gets too old; ``now`` when one is
+    kept only as one of the newest (the next checkpoint pushes it out); infinity when all are pinned."""
+    day = Retention(keep_last=3, keep_seconds=DAY)
+    young = [ref_of(_record("s", n, age=(10 - n) * 3600), "s") for n in range(1, 11)]  # 9 h .. 0 h old
+    assert day.holds_until(young, [], NOW) == NOW - 9 * 3600 + DAY, "the oldest leaves the day first"
+    assert day.holds_until(young, [1], NOW) == NOW - 8 * 3600 + DAY, "a pinned one never leaves"
+    old = [ref_of(_record("s", n, age=2 * DAY), "s") for n in (1, 2)] + [young[2]]
+    assert day.holds_until(old, [], NOW) == NOW, "1 and 2 (two days old) are kept only as two of the newest 3"
+    assert day.holds_until(old[:2], [1, 2], NOW) == float("inf")
+
+
+def test_a_kernels_collections_are_skipped_while_nothing_can_be_freed() -> None:
+    """Schedule: due every ``every``-th checkpoint; after a collection, not before the
+    report's ``holds_until``, and never later than one grace period after it started."""
+    from kernel.checkpoint.reclaim import GcReport, SessionReport
+    from kernel.durable.reclaiming import Schedule
+
+    schedule = Schedule(every=2, grace=3600)
+    assert [schedule.stored(NOW) for _ in range(4)] == [False, True, False, True]
+    schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW + 600)]), NOW)
+    assert [schedule.stored(NOW + 599) for _ in range(2)] == [False, False], "nothing leaves retention before +600 s"
+    assert [schedule.stored(NOW + 600) for _ in range(2)] == [False, True]
+    schedule.collected(GcReport(False, "p", [SessionReport("s")]), NOW)  # every checkpoint stays for ever
+    assert [schedule.stored(NOW + 3599) for _ in range(2)] == [False, False]
+    assert [schedule.stored(NOW + 3600) for _ in range(2)] == [False, True], "unnamed blobs: one collection per grace"
+    schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW)]), NOW)
+    assert [schedule.stored(NOW) for _ in range(2)] == [False, True], "the next checkpoint may push one out"
+    schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW + 600)]), NOW)
+    schedule.reset()
+    assert [schedule.stored(NOW) for _ in range(2)] == [False, True], "a pin removed: collect when next due"
+    assert not any(Schedule(every=0, grace=1).stored(NOW) for _ in range(5)), "PYREPL3_GC_EVERY=0: never"
+
+
 def test_digests_anywhere_in_a_record_are_found() -> None:
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     value = {"manifest": {"entries": {"x": {"blob": a, "buffers": [b]}}, "id": "f" * 32}, "outcome": c, "size": 3}

@@ -84,7 +84,7 @@ def load_values(manifest: Manifest, namespace: dict, blobs: BlobStore, *, exclud
     PENDING.forget(name for key in order for name in units[key])
     opened = iter(blobs.open_buffers(wanted, lazy=True))
     loaded: list[list[str]] = []
-    with restoring_into(namespace):
+    with restoring_into(namespace), guard.restoring():
         for key in order:
             members = units[key]
             entry = manifest.entries[members[0]]

@@ -4,8 +4,12 @@ Unpickling runs code (``__setstate__``, ``__reduce__`` callables, C extensions):
 a value whose loading ends the process (``os._exit``, a segfault, the OOM
 killer) would end every later start of its session the same way. So before
 each unit of a restore is unpickled, :class:`RestoreGuard` writes a small
-marker file naming its blob and names, and removes it once the unit is
+marker file naming its blob and names, and blanks it once the unit is
 loaded (a plain write: it only has to outlive the process, not the machine).
+The file is opened once per restore and rewritten in place, one ``pwrite``
+before a unit and one after: a restore of 2,000 small values spent 90 ms
+creating, renaming and deleting 2,000 files. JSON ignores the blanks that pad
+a shorter record, and a file of blanks names nothing.
 A marker found at the next restore means that start died right there: the
 blob is added to the session's list of poisoned blobs, and every restore
 skips a poisoned blob from then on and says so, naming the values (a value
@@ -37,6 +41,9 @@ class LoadGuard(Protocol):
     def poisoned(self) -> dict[str, list[str]]:
         """Poisoned blob digest -> the names it held (a marker left behind is added first)."""
 
+    def restoring(self) -> contextlib.AbstractContextManager[None]:
+        """Around a whole restore (every :meth:`loading` of it)."""
+
     def loading(self, blob: str, names: list[str]) -> contextlib.AbstractContextManager[None]:
         """Around the unpickling of one unit."""
 
@@ -50,9 +57,11 @@ class NoGuard:
     def poisoned(self) -> dict[str, list[str]]:
         return {}
 
-    @contextlib.contextmanager
-    def loading(self, blob: str, names: list[str]) -> Iterator[None]:
-        yield
+    def restoring(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def loading(self, blob: str, names: list[str]) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def hint(self) -> str:
         return ""
@@ -65,6 +74,9 @@ class RestoreGuard:
         self.directory = Path(directory)
         self.marker = self.directory / f"{key}.loading.json"
         self.poisoned_file = self.directory / f"{key}.poisoned.json"
+        #: The marker, open while :meth:`restoring`; the longest record written to it.
+        self._fd: int | None = None
+        self._written = 0
 
     def poisoned(self) -> dict[str, list[str]]:
         known = _read(self.poisoned_file) or {}
@@ -80,16 +92,40 @@ class RestoreGuard:
         return {str(k): list(v) for k, v in known.items() if isinstance(v, list)}
 
     @contextlib.contextmanager
-    def loading(self, blob: str, names: list[str]) -> Iterator[None]:
+    def restoring(self) -> Iterator[None]:
         try:
-            _write(self.marker, {"blob": blob, "names": names})
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd, self._written = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0
         except OSError as exc:  # no marker: a poisoned value would not be recognised; the restore goes on
-            log.warning("could not write the restore marker %s: %s", self.marker, exc)
+            log.warning("could not open the restore marker %s: %s", self.marker, exc)
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                self.marker.unlink()
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                    self.marker.unlink()
+
+    @contextlib.contextmanager
+    def loading(self, blob: str, names: list[str]) -> Iterator[None]:
+        if self._fd is None:  # outside restoring(), or the marker could not be opened
+            yield
+            return
+        record = json.dumps({"blob": blob, "names": names}).encode()
+        self._mark(record.ljust(self._written))
+        self._written = max(self._written, len(record))
+        try:
+            yield
+        finally:
+            self._mark(b" " * self._written)
+
+    def _mark(self, data: bytes) -> None:
+        """One write at the start of the marker (a process killed around it leaves either version)."""
+        try:
+            os.pwrite(self._fd, data, 0)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.warning("could not write the restore marker %s: %s", self.marker, exc)
 
     def hint(self) -> str:
         return f"delete {self.poisoned_file} to try it again"

@@ -52,6 +52,8 @@ class SessionReport:
     deleted_counts: list[int] = field(default_factory=list)  # the execution counts no longer restorable
     #: Records kept only as links of a kept checkpoint's delta chain (not restorable themselves).
     chained: int = 0
+    #: Until when retention keeps every checkpoint it keeps now (:meth:`Retention.holds_until`).
+    holds_until: float = float("inf")
 
 
 @dataclass
@@ -85,7 +87,7 @@ class GcReport:
         return {
             "dry_run": self.dry_run,
             "policy": self.policy,
-            "sessions": [vars(s) for s in self.sessions],
+            "sessions": [{**vars(s), "holds_until": s.holds_until if s.holds_until != float("inf") else None} for s in self.sessions],
             "checkpoints_deleted": self.deleted_checkpoints,
             "blobs": {
                 "live": self.live_blobs, "live_bytes": self.live_bytes, "young": self.young_blobs,
@@ -182,6 +184,7 @@ class Collector:
                 gone.append((ref.id, ref.execution_count))
         live.update(live_digests(values, refs.values(), chosen, keep))
         out.chained = len(links)
+        out.holds_until = self.policy.holds_until([r for r in refs.values() if r.seq in chosen], pins, now)
         out.deleted = [pid for pid, _ in gone]
         out.deleted_counts = [c for _, c in gone + links if c is not None]
         if not dry_run:

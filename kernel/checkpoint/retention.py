@@ -75,6 +75,25 @@ class Retention:
         keep |= set(pins) & set(seqs)
         return keep
 
+    def holds_until(self, refs: Iterable[CheckpointRef], pins: Iterable[int], now: float) -> float:
+        """The earliest time at which the policy could stop keeping one of ``refs`` (those it keeps
+        now): ``now`` when one is kept only as one of the newest ``keep_last`` (the next checkpoint
+        may push it out), otherwise the first moment one that is not pinned gets older than
+        ``keep_seconds`` (infinity: every one is pinned). Before then a collection frees only blobs
+        no record names, so a kernel can skip collections that could free nothing else."""
+        by_seq = {r.seq: r for r in refs}
+        newest = set(sorted(by_seq)[-max(1, self.keep_last):])
+        pinned = set(pins)
+        until = float("inf")
+        for seq, ref in by_seq.items():
+            if seq in pinned:
+                continue
+            if ref.created_at > now - self.keep_seconds:
+                until = min(until, ref.created_at + self.keep_seconds)
+            elif seq in newest:
+                return now
+        return until
+
     def retained(self, refs: list[CheckpointRef], pins: Iterable[int], now: float) -> set[int]:
         """Every sequence number to keep: :meth:`chosen`, closed over the bases they build on."""
         return closure(refs, self.chosen(refs, pins, now))

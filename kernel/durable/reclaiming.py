@@ -4,6 +4,11 @@ After every ``PYREPL3_GC_EVERY`` checkpoints the kernel collects its own session
 (:class:`kernel.checkpoint.reclaim.Collector`) on a thread of its own, off the cell's path:
 the cell that triggered it has its reply already, and the next one does not wait for it
 (SQLite readers and the one short delete transaction do not block the kernel's writer).
+A collection reads every checkpoint record of the session and lists every blob, so the
+kernel skips those that could free nothing (:class:`Schedule`): until a checkpoint it keeps
+now may leave retention (:meth:`~kernel.checkpoint.retention.Retention.holds_until`), only
+blobs no record names could go, and those only once older than the grace, so one collection
+per grace period frees them as soon as anything can.
 Besides what the records name, the blobs of the manifest the next capture builds on stay
 live: after ``%durable restore N`` that manifest is N's, whose record may be about to go.
 
@@ -41,6 +46,32 @@ def policy_of(settings: Settings) -> Retention:
     return Retention(keep_last=settings.keep_last, keep_seconds=settings.keep_hours * 3600)
 
 
+class Schedule:
+    """When a kernel's automatic collection runs: every ``every``-th stored checkpoint, unless
+    the last collection (at ``at``) showed nothing can be freed yet (see the module docstring)."""
+
+    def __init__(self, every: int, grace: float) -> None:
+        self.every = every
+        self.grace = grace
+        self._stored = 0
+        #: Wall time before which a collection could free nothing (0: collect when due).
+        self.quiet_until = 0.0
+
+    def stored(self, now: float) -> bool:
+        """One more checkpoint was stored at ``now``: is a collection due?"""
+        self._stored += 1
+        return bool(self.every) and not self._stored % self.every and now >= self.quiet_until
+
+    def collected(self, report: GcReport, at: float) -> None:
+        """A collection that started at ``at`` made ``report``."""
+        holds = min((s.holds_until for s in report.sessions), default=at)
+        self.quiet_until = min(holds, at + self.grace)
+
+    def reset(self) -> None:
+        """Retention may let go of something at once (a pin was removed): collect when next due."""
+        self.quiet_until = 0.0
+
+
 class SessionReclaim:
     """Garbage collection and pins for one session of a kernel."""
 
@@ -51,10 +82,9 @@ class SessionReclaim:
         self.history = history
         self.session = session
         self.policy = policy
-        self.every = every
         self.grace = max(grace, KERNEL_GRACE)
         self.clock = clock
-        self._stored = 0
+        self.schedule = Schedule(every, self.grace)
         self._thread: threading.Thread | None = None
         #: The last background collection's report (for ``%durable`` and tests), or its error.
         self.last: GcReport | Exception | None = None
@@ -62,9 +92,8 @@ class SessionReclaim:
     # -- automatic collection ------------------------------------------------------
 
     def checkpoint_stored(self) -> None:
-        """Called after each stored checkpoint: every ``every``-th starts a collection (never two at once)."""
-        self._stored += 1
-        if not self.every or self._stored % self.every:
+        """Called after each stored checkpoint: a due one starts a collection (never two at once)."""
+        if not self.schedule.stored(self.clock.wall()):
             return
         if self._thread is not None and self._thread.is_alive():
             return
@@ -72,10 +101,13 @@ class SessionReclaim:
         self._thread.start()
 
     def _collect_quietly(self) -> None:
+        started = self.clock.wall()
         try:
             self.last = self.collect()
+            self.schedule.collected(self.last, started)
+            log.debug("next automatic collection of %r after %s", self.session, self.schedule.quiet_until)
         except ConfigurationError as exc:  # an engine without collection (a Resonate server): stop asking
-            self.every, self.last = 0, exc
+            self.schedule.every, self.last = 0, exc
             log.info("no garbage collection for session %r: %s", self.session, exc)
         except Exception as exc:  # noqa: BLE001 - garbage stays for the next time; the kernel goes on
             self.last = exc
@@ -130,6 +162,7 @@ class SessionReclaim:
             seqs = [seq for seq, count in reclaimer.pins(self.session).items() if count == execution_count]
             for seq in seqs:
                 reclaimer.unpin(self.session, seq)
+        self.schedule.reset()
         if not seqs:
             return f"no checkpoint after execution {execution_count} is pinned"
         return f"unpinned the checkpoint after execution {execution_count}: retention ({self.policy.describe()}) decides now"
@@ -169,4 +202,4 @@ class SessionReclaim:
         return f"no checkpoint after execution {execution_count} in session {self.session!r}; see %durable checkpoints"
 
 
-__all__ = ["SessionReclaim", "policy_of"]
+__all__ = ["Schedule", "SessionReclaim", "policy_of"]
