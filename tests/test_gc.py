@@ -86,18 +86,18 @@ def test_a_kernels_collections_are_skipped_while_nothing_can_be_freed() -> None:
     from kernel.durable.reclaiming import Schedule
 
     schedule = Schedule(every=2, grace=3600)
-    assert [schedule.stored(NOW) for _ in range(4)] == [False, True, False, True]
+    assert [schedule.stored(NOW) for _ in range(4)] == [None, "collect", None, "collect"]
     schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW + 600)]), NOW)
-    assert [schedule.stored(NOW + 599) for _ in range(2)] == [False, False], "nothing leaves retention before +600 s"
-    assert [schedule.stored(NOW + 600) for _ in range(2)] == [False, True]
+    assert [schedule.stored(NOW + 599) for _ in range(2)] == [None, "compact"], "nothing leaves retention before +600 s"
+    assert [schedule.stored(NOW + 600) for _ in range(2)] == [None, "collect"]
     schedule.collected(GcReport(False, "p", [SessionReport("s")]), NOW)  # every checkpoint stays for ever
-    assert [schedule.stored(NOW + 3599) for _ in range(2)] == [False, False]
-    assert [schedule.stored(NOW + 3600) for _ in range(2)] == [False, True], "unnamed blobs: one collection per grace"
+    assert [schedule.stored(NOW + 3599) for _ in range(2)] == [None, "compact"]
+    assert [schedule.stored(NOW + 3600) for _ in range(2)] == [None, "collect"], "unnamed blobs: one collection per grace"
     schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW)]), NOW)
-    assert [schedule.stored(NOW) for _ in range(2)] == [False, True], "the next checkpoint may push one out"
+    assert [schedule.stored(NOW) for _ in range(2)] == [None, "collect"], "the next checkpoint may push one out"
     schedule.collected(GcReport(False, "p", [SessionReport("s", holds_until=NOW + 600)]), NOW)
     schedule.reset()
-    assert [schedule.stored(NOW) for _ in range(2)] == [False, True], "a pin removed: collect when next due"
+    assert [schedule.stored(NOW) for _ in range(2)] == [None, "collect"], "a pin removed: collect when next due"
     assert not any(Schedule(every=0, grace=1).stored(NOW) for _ in range(5)), "PYREPL3_GC_EVERY=0: never"
 
 

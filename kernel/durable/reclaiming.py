@@ -57,10 +57,13 @@ class Schedule:
         #: Wall time before which a collection could free nothing (0: collect when due).
         self.quiet_until = 0.0
 
-    def stored(self, now: float) -> bool:
-        """One more checkpoint was stored at ``now``: is a collection due?"""
+    def stored(self, now: float) -> str | None:
+        """One more checkpoint was stored at ``now``: ``"collect"`` when a collection is due,
+        ``"compact"`` when one would be but could free nothing (the WAL is still folded)."""
         self._stored += 1
-        return bool(self.every) and not self._stored % self.every and now >= self.quiet_until
+        if not self.every or self._stored % self.every:
+            return None
+        return "collect" if now >= self.quiet_until else "compact"
 
     def collected(self, report: GcReport, at: float) -> None:
         """A collection that started at ``at`` made ``report``."""
@@ -92,13 +95,21 @@ class SessionReclaim:
     # -- automatic collection ------------------------------------------------------
 
     def checkpoint_stored(self) -> None:
-        """Called after each stored checkpoint: a due one starts a collection (never two at once)."""
-        if not self.schedule.stored(self.clock.wall()):
+        """Called after each stored checkpoint: a due one starts a collection, or folds the WAL
+        when a collection could free nothing (never two at once)."""
+        due = self.schedule.stored(self.clock.wall())
+        if due is None or (self._thread is not None and self._thread.is_alive()):
             return
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self._collect_quietly, name="pyrepl3-gc", daemon=True)
+        target = self._collect_quietly if due == "collect" else self._compact_quietly
+        self._thread = threading.Thread(target=target, name="pyrepl3-gc", daemon=True)
         self._thread.start()
+
+    def _compact_quietly(self) -> None:
+        try:
+            with closing(self.engine.reclaimer()) as reclaimer:
+                reclaimer.compact()
+        except Exception as exc:  # noqa: BLE001 - as a collection's: the kernel goes on
+            log.warning("folding the WAL of session %r failed: %s", self.session, exc, exc_info=True)
 
     def _collect_quietly(self) -> None:
         started = self.clock.wall()
