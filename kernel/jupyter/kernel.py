@@ -344,7 +344,11 @@ class DurableKernel(IPythonKernel):
         """What the request ran, for the checkpoint's scan: the transformed cell, then the
         request's user_expressions (ipykernel evaluates them in the namespace after the
         cell, and an expression may mutate what it names: ``acc.append(7) or len(acc)``)."""
-        cell = self.shell.transform_cell(code)
+        history = self.shell.history_manager
+        if history is not None and history.input_hist_raw and history.input_hist_raw[-1] == code:
+            cell = history.input_hist_parsed[-1]  # IPython stored this cell's transform as it ran it
+        else:
+            cell = self.shell.transform_cell(code)
         return "\n".join([cell, *(f"(\n{e}\n)" for e in self._expressions)]) if self._expressions else cell
 
     def durability_lost(self, session: Any, why: BaseException | str) -> None:
