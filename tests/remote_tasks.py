@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -145,7 +145,8 @@ class WorkerProcess:
     """A real ``pyrepl3 worker`` in its own home, Jupyter data dir and working directory."""
 
     def __init__(self, root: Path, dsn: str, key: str, *, group: str, name: str, concurrency: int = 2,
-                 lease: float | None = None, grace: float | None = None, extra: dict[str, str] | None = None) -> None:
+                 lease: float | None = None, grace: float | None = None, extra: dict[str, str] | None = None,
+                 options: Sequence[str] = ()) -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -159,11 +160,21 @@ class WorkerProcess:
             argv += ["--lease", str(lease)]
         if grace is not None:
             argv += ["--grace", str(grace)]
+        argv += list(options)
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def output(self) -> str:
         return self.out.read_text() if self.out.exists() else ""
+
+    def log(self) -> str:
+        """The tail of its output and its log (stderr), for a failing test's report."""
+        err = self.err.read_text(errors="replace") if self.err.exists() else ""
+        return f"--- {self.name}\n{self.output()[-2000:]}{err[-3000:]}"
 
     def lines(self, word: str) -> list[str]:
         """Output lines whose second field is ``word`` (start, done, failed, refused)."""

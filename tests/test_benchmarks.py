@@ -51,15 +51,20 @@ def run_small(script: str) -> str:
     return done.stdout
 
 
+def run_json(script: str, timeout: float) -> dict:
+    """Run ``benchmarks/<script> --small --json``; the document it prints. It must exit 0."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--small", "--json"],
+        capture_output=True, text=True, env=bench_env(), timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return json.loads(done.stdout)
+
+
 @pytest.mark.timeout(900)
 def test_run_all_small() -> None:
     """One command runs every benchmark at its CI size and prints every row of issue 12's table."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--small", "--json"],
-        capture_output=True, text=True, env=bench_env(), timeout=850, stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    doc = json.loads(done.stdout)
+    doc = run_json("run_all.py", timeout=850)
     text = run_all.render(doc)
     print(text)
     scripts = doc["scripts"]
@@ -142,12 +147,7 @@ def test_run_all_runs_a_benchmark_without_rows(tmp_path: Path) -> None:
 @pytest.mark.timeout(400)
 def test_bench_workers_small() -> None:
     """Re-delivery after a worker's SIGKILL (both leases) and the throughput of 1 and 2 workers, on Postgres."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_workers.py"), "--small", "--json"],
-        capture_output=True, text=True, env=bench_env(), timeout=380, stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    doc = json.loads(done.stdout)
+    doc = run_json("bench_workers.py", timeout=380)
     rows = [r["row"] for r in doc["rows"]]
     print(json.dumps(doc["rows"], indent=1))
     assert sum(r.startswith("SIGKILL of a worker mid-call") for r in rows) == 2
@@ -158,12 +158,7 @@ def test_bench_workers_small() -> None:
 @pytest.mark.timeout(500)
 def test_bench_rpc_small() -> None:
     """durable.rpc beside durable.run and a plain call, and durable.map on 1, 2 and 4 workers, from a real kernel on Postgres."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_rpc.py"), "--small", "--json"],
-        capture_output=True, text=True, env=bench_env(), timeout=480, stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    doc = json.loads(done.stdout)
+    doc = run_json("bench_rpc.py", timeout=480)
     rows = {r["row"]: r for r in doc["rows"]}
     print(json.dumps(doc["rows"], indent=1))
     assert {"plain call f(1), in a cell", "durable.run(f, 1): a local step on Postgres", "durable.rpc(f, 1).result(): one worker, on Postgres"} <= set(rows)

@@ -8,7 +8,6 @@ write, never with timings.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import signal
@@ -22,55 +21,47 @@ from typing import Any
 
 import pytest
 import harness
-from harness import PYREPL3_CLI, SCRUBBED, TIMEOUT, KernelFactory, Store, kernel_env, wait_for
+from harness import TIMEOUT, KernelFactory, Store, kernel_env, wait_for
+from remote_tasks import WorkerProcess
 
 pytestmark = pytest.mark.engines("postgres")
 
 
 class Workers:
-    """``pyrepl3 worker`` processes of one group, each with its own home and working directory."""
+    """A group of ``pyrepl3 worker`` processes (:class:`remote_tasks.WorkerProcess`: each with its
+    own home, Jupyter data dir and working directory)."""
 
     def __init__(self, root: Path, store: Store, key: str) -> None:
         self.root = root
         self.store = store
         self.key = key
         self.group = f"t{uuid.uuid4().hex[:12]}"
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[WorkerProcess] = []
 
-    def start(self, n: int = 1, concurrency: int = 4, *options: str, env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
-        started = []
-        for _ in range(n):
-            i = len(self.procs)
-            home, cwd = self.root / f"worker{i}-home", self.root / f"worker{i}-cwd"
-            cwd.mkdir(parents=True)
-            environ = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-            environ.update(PYREPL3_HOME=str(home), PYREPL3_KEY=self.key, **(env or {}))
-            with open(self.root / f"worker{i}.log", "ab") as log:
-                proc = subprocess.Popen(
-                    [str(PYREPL3_CLI), "worker", "--store", self.store.dsn, "--group", self.group, "--concurrency", str(concurrency), *options],
-                    env=environ, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-            self.procs.append(proc)
-            started.append(proc)
-        for proc, log_path in zip(started, [self.root / f"worker{len(self.procs) - len(started) + i}.log" for i in range(len(started))]):
+    def start(self, n: int = 1, concurrency: int = 4, *options: str, env: dict[str, str] | None = None) -> list[WorkerProcess]:
+        started = [
+            WorkerProcess(self.root, self.store.dsn, self.key, group=self.group, name=f"worker{len(self.procs) + i}",
+                          concurrency=concurrency, extra=env, options=options)
+            for i in range(n)
+        ]  # fmt: skip
+        self.procs += started
+        for worker in started:
             # Ready means subscribed to the group: a test that needs every worker used must not race their start.
-            wait_for(lambda: proc.poll() is not None or " in group " in log_path.read_text(errors="replace"), 60, what="a worker's start")
-            assert proc.poll() is None, f"a worker exited at start: {self.logs()}"
+            worker.ready(60)
         return started
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("worker*.log")))
+        return "\n".join(w.log() for w in self.procs)
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for worker in self.procs:
+            if worker.proc.poll() is None:
+                worker.signal(signal.SIGTERM)
+        for worker in self.procs:
             try:
-                proc.wait(timeout=15)
+                worker.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=TIMEOUT)
+                worker.kill()
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ from kernel.core.clock import FAR_FUTURE, SYSTEM, Clock
 from kernel.core.errors import CheckpointNotFoundError, PyRepl3Error
 from kernel.core.ids import KIND_TAG, ChildNumbering, step_id, step_value_id
 from kernel.core.retries import policy_json, retry_policy
-from kernel.durable.attempt_journal import StepAttempts
+from kernel.durable.attempt_journal import AttemptRecords
 from kernel.durable.attempts import Attempts
 from kernel.durable.runtime import DurableRuntime
 
@@ -158,7 +158,7 @@ class StepJournal(ChildNumbering):
                 result = fn(*args, **kwargs)
             else:
                 param.update(retries=policy_json(attempts.policy), timeout=timeout)
-                journal = StepAttempts(self.runtime, self.sealer, pid, what=f"step {pid} ({name})", lookup=lookup, clock=self._clock)
+                journal = AttemptRecords(self.runtime, self.sealer, pid, what=f"step {pid} ({name})", lookup=lookup, clock=self._clock)
                 result = attempts.run(lambda: fn(*args, **kwargs), journal)
         except Exception as exc:
             failed: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"}

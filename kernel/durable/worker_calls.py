@@ -37,7 +37,7 @@ from kernel.checkpoint.signing import Sealer, Signer
 from kernel.core import tracing
 from kernel.core.clock import SYSTEM, Clock
 from kernel.core.retries import max_attempts
-from kernel.durable.attempt_journal import PromiseApi, PromiseJournal
+from kernel.durable.attempt_journal import AttemptRecords, LoopPromises, PromiseApi
 from kernel.durable.attempts import AttemptJournal, Attempts, NoJournal, error_of
 from kernel.durable.calls import RemoteCall, open_call, seal_failure, seal_result
 from kernel.store.claims import Claims
@@ -139,7 +139,7 @@ class CallRunner:
         journal: AttemptJournal = (
             NoJournal()
             if max_attempts(call.retries) == 1
-            else PromiseJournal(self.promises, sealer, pid, on_loop=self._on_loop(loop), clock=self._clock)
+            else AttemptRecords(LoopPromises(self.promises, call.session, on_loop=self._on_loop(loop)), sealer, pid, what=pid, clock=self._clock)
         )
         attempts = Attempts(call.retries, what=f"{call.function} ({pid})", timeout=call.timeout, clock=self._clock, preempt=False)
         started_at = self._clock.wall()
