@@ -21,7 +21,10 @@ from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
-from kernel.durable import hitl
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import compiled_package  # noqa: E402
+
+from kernel.durable import hitl  # noqa: E402
 
 CELL = "x = input('q? '); import time as _t; print(repr(_t.time()))"
 
@@ -84,4 +87,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    compiled_package()
     main()

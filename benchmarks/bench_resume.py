@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import compiled_package  # noqa: E402
 from bench_core import BenchError, Kernels  # noqa: E402
 
 CELL = """
@@ -103,4 +104,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    compiled_package()
     sys.exit(main())

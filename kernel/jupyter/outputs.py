@@ -113,6 +113,8 @@ def flush_std() -> None:
     stream; ``OutStream.flush`` does the same for one), so on return both
     streams' messages have been sent, in order."""
     streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    if not any(_may_hold_text(s) for s in streams):
+        return  # nothing written since the last flush: no hop to the IO thread (most cells)
     pub = getattr(streams[0], "pub_thread", None) if streams else None
     thread = getattr(pub, "thread", None)
     if (
@@ -128,6 +130,13 @@ def flush_std() -> None:
         return
     for stream in streams:
         stream.flush()
+
+
+def _may_hold_text(stream: Any) -> bool:
+    """Whether ``stream`` may have text not yet sent: an ipykernel ``OutStream``
+    (ipykernel 7) with nothing in its buffers has none; any other stream may."""
+    buffers = getattr(stream, "_buffers", None)
+    return not isinstance(buffers, dict) or bool(buffers) or getattr(stream, "echo", None) is not None
 
 
 def publish(session: Any, socket: Any, parent: dict[str, Any], outputs: list[dict[str, Any]], topic: Callable[[str], bytes]) -> None:
