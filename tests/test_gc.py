@@ -99,6 +99,8 @@ def test_a_kernels_collections_are_skipped_while_nothing_can_be_freed() -> None:
     schedule.reset()
     assert [schedule.stored(NOW) for _ in range(2)] == [None, "collect"], "a pin removed: collect when next due"
     assert not any(Schedule(every=0, grace=1).stored(NOW) for _ in range(5)), "PYREPL3_GC_EVERY=0: never"
+    schedule.stop()
+    assert not any(schedule.stored(NOW + 7200) for _ in range(4)), "stopped (an engine without collection): never"
 
 
 def test_digests_anywhere_in_a_record_are_found() -> None:

@@ -74,6 +74,10 @@ class Schedule:
         """Retention may let go of something at once (a pin was removed): collect when next due."""
         self.quiet_until = 0.0
 
+    def stop(self) -> None:
+        """Never again: the engine cannot collect (a Resonate server)."""
+        self.every = 0
+
 
 class SessionReclaim:
     """Garbage collection and pins for one session of a kernel."""
@@ -118,7 +122,8 @@ class SessionReclaim:
             self.schedule.collected(self.last, started)
             log.debug("next automatic collection of %r after %s", self.session, self.schedule.quiet_until)
         except ConfigurationError as exc:  # an engine without collection (a Resonate server): stop asking
-            self.schedule.every, self.last = 0, exc
+            self.schedule.stop()
+            self.last = exc
             log.info("no garbage collection for session %r: %s", self.session, exc)
         except Exception as exc:  # noqa: BLE001 - garbage stays for the next time; the kernel goes on
             self.last = exc
