@@ -229,6 +229,85 @@ def test_bindings_see_only_what_changed() -> None:
     assert Bindings(ns).since(ns) == ([], [])
 
 
+def test_bindings_do_not_walk_ipythons_history_names() -> None:
+    """A trivial cell adds ``_iN`` / ``_N``: found as the names after the last one, without
+    comparing the thousands of older ones; a count proves nothing else came or went."""
+    ns: dict = {"In": [], "_": None, "_i": "", **{f"_i{n}": f"cell {n}" for n in range(1, 5001)}, **{f"_{n}": n for n in range(1, 1001)}}
+    ns["x"] = 1
+    then = Bindings(ns)
+    compared = []
+    sure_way = then._compared
+    then._compared = lambda namespace: compared.append(1) or sure_way(namespace)  # type: ignore[method-assign]
+    ns["_i5001"], ns["_5001"], ns["_"], ns["_i"] = "1+1", 2, 2, "1+1"
+    assert then.since(ns, {"x"}) == (["_", "_i", "_i5001", "_5001"], []) and not compared, "x, the newest name, is mentioned: _1000 marks the start"
+    then.move_on(ns, ["_", "_i", "_i5001", "_5001"], [])
+    ns["_i3"] = "rebound"  # a history name rebound: seen where the cell names it
+    assert then.since(ns, set()) == ([], []) and then.since(ns, {"_i3"}) == (["_i3"], []) and not compared
+    del ns["_7"]  # the output cache flushed: unwalked names gone -> every name compared
+    assert then.since(ns, set()) == (["_i3"], ["_7"]) and compared
+
+
+def test_bindings_answer_as_a_full_comparison_would() -> None:
+    """Random cells (names added, rebound, deleted, deleted and bound again, history names added
+    and flushed): the short way reports what comparing every name reports, except a history name
+    rebound by a cell that does not name it (never the shell's doing)."""
+    import random
+
+    rng = random.Random(12)
+    ns: dict = {"_": None, "_i": "", "_ii": ""}
+    then, known, compared = Bindings(ns), dict(ns), []
+    sure_way = then._compared
+    then._compared = lambda namespace: compared.append(1) or sure_way(namespace)  # type: ignore[method-assign]
+    for cell in range(1, 3000):
+        mentioned: set[str] = set()
+        users = [n for n in ns if n.startswith("v")]
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            op = rng.random()
+            if op < 0.3 or not users:
+                name = f"v{rng.randrange(200)}"
+                ns[name] = object()
+                mentioned.add(name)
+            elif op < 0.5:
+                ns[rng.choice(users)] = object()
+            elif op < 0.65:
+                ns.pop(rng.choice(users), None)
+            elif op < 0.8:
+                name = rng.choice(users)
+                if name in ns:
+                    value = ns.pop(name)
+                    ns[f"v{rng.randrange(200, 300)}"] = 1
+                    ns[name] = value if rng.random() < 0.5 else object()
+            elif op < 0.9 and cell > 3:
+                name = f"_i{rng.randrange(1, cell - 1)}"
+                if name in ns:
+                    ns[name] = object()
+                    if rng.random() < 0.5:
+                        mentioned.add(name)
+            else:
+                name = next(reversed(ns))
+                ns.pop(name)
+                if rng.random() < 0.5:
+                    ns[name] = object()
+        ns[f"_i{cell}"], ns["_i"] = f"cell {cell}", f"cell {cell}"
+        if rng.random() < 0.7:
+            ns[f"_{cell}"] = ns["_"] = object()
+        if cell % 500 == 0:
+            for n in [n for n in ns if n[1:].isdigit()]:
+                del ns[n]
+        sure = {n for n in ns if known.get(n, ns) is not ns[n]}
+        missable = {n for n in sure if n in known and n.startswith("_i") and n[2:].isdigit() and n not in mentioned}
+        moved, gone = then.since(ns, mentioned)
+        readded = {n for n in moved if n in known and known[n] is ns.get(n)}
+        assert sure - missable <= set(moved) <= sure | readded, cell
+        assert sorted(gone) == sorted(n for n in known if n not in ns), cell
+        assert len(moved) == len(set(moved))
+        then.move_on(ns, moved, gone)
+        for n in gone:
+            known.pop(n)
+        known.update((n, ns[n]) for n in moved)
+    assert 0 < len(compared) < 3000 * 0.2, "most cells take the short way; the flushes and a few others do not"
+
+
 def test_the_view_counts_a_shared_blob_once() -> None:
     def entry(blob: str, size: int) -> Entry:
         return Entry.model_construct(kind="pickle", type="list", size=size, blob=blob, blob_size=size, buffers=[],

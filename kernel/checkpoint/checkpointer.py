@@ -130,7 +130,7 @@ class Checkpointer:
             candidates, outside = self._candidates(namespace)
             deleted = [n for n in state.slots if n not in candidates]
         else:  # only the names bound or deleted since the last capture
-            moved, gone = state.bindings.since(namespace)  # type: ignore[union-attr]
+            moved, gone = state.bindings.since(namespace, scan.names if scan is not None else ())  # type: ignore[union-attr]
             candidates, outside = state.candidates, state.outside
             self._reclassify(moved, gone, namespace, candidates, outside)
             deleted = [n for n in (*moved, *gone) if n in state.slots and n not in candidates]

@@ -7,10 +7,14 @@ entry nor re-add every blob size per capture; it keeps:
 
 * :class:`Bindings` -- the namespace as it was at the last capture (a shallow
   copy: the objects are held, so "same object" is a sound test). One pass of
-  ``is`` comparisons, at C speed, finds the names bound since (new or to another
-  object) and the names gone; only those are classified again (the user's, the
-  shell's, excluded, a secret). IPython's history names are never walked: each
-  is seen once, when bound, and found to be the shell's.
+  ``is`` comparisons, at C speed, over every name but IPython's numbered
+  history (``_i12``, ``_12``: two more per cell, bound once and never again by
+  the shell) finds the names rebound or gone; the names bound since are the
+  ones after the last capture's last name (a dict keeps insertion order), and a
+  count of the namespace's size proves nothing else came or went -- else every
+  name is compared. Only those names are classified again (the user's, the
+  shell's, excluded, a secret): a history name is seen once, when bound, and
+  found to be the shell's; a cell's source naming one compares it again.
 * :class:`View` -- the full manifest's contents (entries, skipped names, the
   bytes of blobs they refer to, each blob counted once) updated name by name.
 
@@ -22,8 +26,9 @@ before and rebuilds both.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from itertools import compress, repeat
+import re
+from collections.abc import Collection, Iterable
+from itertools import compress, islice, repeat
 from operator import is_not
 from typing import Any
 
@@ -31,6 +36,8 @@ from kernel.checkpoint.groups import Group, SharedIndex
 from kernel.checkpoint.manifest import Entry
 
 _MISSING = object()
+_GONE = object()
+_ANCHORS = 4  # the last capture's newest names, any of which can mark where new names begin
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,14 +52,62 @@ class Slot:
     broken: bool = False  # skipped for a broken promise (no room in the store), not by choice
 
 
+_HISTORY_NAME = re.compile(r"_i?[0-9]+")  # IPython's numbered input / output: _i12, _12
+
+
+def is_history_name(name: object) -> bool:
+    return isinstance(name, str) and _HISTORY_NAME.fullmatch(name) is not None
+
+
 class Bindings:
     """The namespace at the last capture: which names were bound since, and which are gone."""
 
     def __init__(self, namespace: dict) -> None:
         self._then = dict(namespace)
+        #: The names compared at every capture: all but IPython's numbered history.
+        self._walked = {name: value for name, value in self._then.items() if not is_history_name(name)}
+        self._anchors = list(islice(reversed(namespace), _ANCHORS))
 
-    def since(self, namespace: dict) -> tuple[list[str], list[str]]:
-        """(names new or bound to another object, names deleted) since this snapshot."""
+    def since(self, namespace: dict, mentioned: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        """(names new or bound to another object, names deleted) since this snapshot.
+
+        ``mentioned``: the names the cell's source mentions. They are compared even where
+        they are history names (``_i3 = ...`` rebinds one), and none of them is trusted to
+        mark where the new names begin (a cell that names it may delete and bind it again)."""
+        then, walked = self._then, self._walked
+        appended = self._appended(namespace, mentioned)
+        if appended is not None:
+            get = namespace.get
+            rebound = list(compress(walked, map(is_not, map(get, walked, repeat(_MISSING)), walked.values())))
+            gone = [name for name in rebound if name not in namespace]
+            new = [name for name in appended if name not in then]
+            if len(namespace) == len(then) + len(new) - len(gone):  # nothing unwalked went, no new name was missed
+                moved = [name for name in rebound if name in namespace]
+                moved += (name for name in appended if then.get(name, _MISSING) is not namespace[name])
+                moved += (name for name in mentioned if name in then and name not in walked and then[name] is not get(name, _MISSING))
+                return list(dict.fromkeys(moved)), gone
+        return self._compared(namespace)
+
+    def _appended(self, namespace: dict, mentioned: Collection[str]) -> list[str] | None:
+        """The names after the newest of the last capture's last names that the cell does not
+        mention and that is bound as it was, in order (new names are added at a dict's end);
+        None when there is no such name."""
+        if not self._then:
+            return list(namespace)
+        then = self._then
+        anchor = next((a for a in self._anchors if a not in mentioned and namespace.get(a, _MISSING) is then.get(a, _GONE)), _MISSING)
+        if anchor is _MISSING:
+            return None
+        appended = []
+        for name in reversed(namespace):
+            if name == anchor:
+                appended.reverse()
+                return appended
+            appended.append(name)
+        return None
+
+    def _compared(self, namespace: dict) -> tuple[list[str], list[str]]:
+        """Every name compared: the sure way, when the short one cannot vouch for its answer."""
         then = self._then
         names = namespace.keys()
         # One pass at C speed (no Python frame per name): ``then.get(name) is not value``, name by name.
@@ -63,11 +118,15 @@ class Bindings:
 
     def move_on(self, namespace: dict, moved: list[str], gone: list[str]) -> Bindings:
         """This snapshot, made the namespace's now (``moved``, ``gone``: :meth:`since`'s answer)."""
-        then = self._then
+        then, walked = self._then, self._walked
         for name in gone:
             then.pop(name, None)
+            walked.pop(name, None)
         for name in moved:
-            then[name] = namespace[name]
+            value = then[name] = namespace[name]
+            if name in walked or not is_history_name(name):
+                walked[name] = value
+        self._anchors = list(islice(reversed(namespace), _ANCHORS))
         return self
 
 
