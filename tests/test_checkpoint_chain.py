@@ -322,6 +322,12 @@ def test_the_view_counts_a_shared_blob_once() -> None:
     assert view.total == 15 and "a" not in view.entries
     assert view.set("b", None, "excluded") == (False, True)
     assert view.total == 5 and view.skipped == {"b": "excluded"}
+    entries = {name: entry(f"b{k % 3}", 10 + k % 3) for k, name in enumerate("pqrstu")}
+    whole, one_by_one = View.of(entries, {"p": "old reason", "z": "excluded"}), View(skipped={"p": "old reason", "z": "excluded"})
+    for name, e in entries.items():
+        one_by_one.set(name, e, None)
+    assert (whole.entries, whole.skipped, whole.refs, whole.total) == (one_by_one.entries, one_by_one.skipped, one_by_one.refs, one_by_one.total)
+    assert whole.total == 33 and whole.skipped == {"z": "excluded"}
 
 
 def test_ipython_history_names_are_classified_once(tmp_path: Path) -> None:

@@ -59,13 +59,22 @@ def is_history_name(name: object) -> bool:
     return isinstance(name, str) and _HISTORY_NAME.fullmatch(name) is not None
 
 
+def _history_names(namespace: dict) -> list[str]:
+    try:
+        return list(filter(_HISTORY_NAME.fullmatch, namespace))  # no Python frame per name
+    except TypeError:  # a name that is not a string (``globals()[1] = ...``)
+        return [name for name in namespace if is_history_name(name)]
+
+
 class Bindings:
     """The namespace at the last capture: which names were bound since, and which are gone."""
 
     def __init__(self, namespace: dict) -> None:
         self._then = dict(namespace)
         #: The names compared at every capture: all but IPython's numbered history.
-        self._walked = {name: value for name, value in self._then.items() if not is_history_name(name)}
+        self._walked = walked = dict(namespace)
+        for name in _history_names(walked):
+            del walked[name]
         self._anchors = list(islice(reversed(namespace), _ANCHORS))
 
     def since(self, namespace: dict, mentioned: Collection[str] = ()) -> tuple[list[str], list[str]]:
@@ -141,9 +150,25 @@ class View:
 
     @classmethod
     def of(cls, entries: dict[str, Entry], skipped: dict[str, str]) -> View:
-        view = cls(skipped=dict(skipped))
-        for name, entry in entries.items():
-            view.set(name, entry, None)
+        """The view of a whole manifest (after a walk, or a restore: thousands of entries at once)."""
+        view = cls(entries=dict(entries), skipped=dict(skipped))
+        for name in entries.keys() & view.skipped.keys():
+            del view.skipped[name]  # saved, so not skipped (as :meth:`set` leaves it)
+        refs, total = view.refs, 0
+        for entry in entries.values():
+            if entry.blob is not None:
+                if (ref := refs.get(entry.blob)) is None:
+                    refs[entry.blob] = [entry.blob_size, 1]
+                    total += entry.blob_size
+                else:
+                    ref[1] += 1
+            for digest, size in zip(entry.buffers, entry.buffer_sizes, strict=False):
+                if (ref := refs.get(digest)) is None:
+                    refs[digest] = [size, 1]
+                    total += size
+                else:
+                    ref[1] += 1
+        view.total = total
         return view
 
     def set(self, name: str, entry: Entry | None, reason: str | None) -> tuple[bool, bool]:
