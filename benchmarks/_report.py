@@ -223,7 +223,7 @@ def compiled_package(package: Path = Path(__file__).resolve().parent.parent / "k
     ipykernel's bytecode was written when pip installed it. PyREPL3's is written by
     ``install.py``; a source file edited since (on a machine with
     PYTHONDONTWRITEBYTECODE, where no import rewrites it) is compiled again at every
-    kernel start, which measured 200-400 ms of start time that no install has."""
+    kernel start: about 400 ms of a start to first reply that no install has."""
     if not compileall.compile_dir(str(package), quiet=1):
         raise BenchError(f"compileall failed for {package}")
 
