@@ -10,9 +10,10 @@ entry nor re-add every blob size per capture; it keeps:
   ``is`` comparisons, at C speed, over every name but IPython's numbered
   history (``_i12``, ``_12``: two more per cell, bound once and never again by
   the shell) finds the names rebound or gone; the names bound since are the
-  ones after the last capture's last name (a dict keeps insertion order), and a
-  count of the namespace's size proves nothing else came or went -- else every
-  name is compared. Only those names are classified again (the user's, the
+  ones after the newest of the last capture's last names that is still bound as
+  it was and that the cell does not mention (a dict keeps insertion order), and
+  a count of the namespace's size proves nothing else came or went -- else
+  every name is compared. Only those names are classified again (the user's, the
   shell's, excluded, a secret): a history name is seen once, when bound, and
   found to be the shell's; a cell's source naming one compares it again.
 * :class:`View` -- the full manifest's contents (entries, skipped names, the
@@ -101,9 +102,9 @@ class Bindings:
         """The names after the newest of the last capture's last names that the cell does not
         mention and that is bound as it was, in order (new names are added at a dict's end);
         None when there is no such name."""
-        if not self._then:
-            return list(namespace)
         then = self._then
+        if not then:
+            return list(namespace)
         anchor = next((a for a in self._anchors if a not in mentioned and namespace.get(a, _MISSING) is then.get(a, _GONE)), _MISSING)
         if anchor is _MISSING:
             return None
@@ -154,21 +155,8 @@ class View:
         view = cls(entries=dict(entries), skipped=dict(skipped))
         for name in entries.keys() & view.skipped.keys():
             del view.skipped[name]  # saved, so not skipped (as :meth:`set` leaves it)
-        refs, total = view.refs, 0
         for entry in entries.values():
-            if entry.blob is not None:
-                if (ref := refs.get(entry.blob)) is None:
-                    refs[entry.blob] = [entry.blob_size, 1]
-                    total += entry.blob_size
-                else:
-                    ref[1] += 1
-            for digest, size in zip(entry.buffers, entry.buffer_sizes, strict=False):
-                if (ref := refs.get(digest)) is None:
-                    refs[digest] = [size, 1]
-                    total += size
-                else:
-                    ref[1] += 1
-        view.total = total
+            view._refer(entry)
         return view
 
     def set(self, name: str, entry: Entry | None, reason: str | None) -> tuple[bool, bool]:
@@ -185,13 +173,7 @@ class View:
                         del self.refs[digest]
                         self.total -= ref[0]
             if entry is not None:
-                for digest, size in _blobs(entry):
-                    ref = self.refs.get(digest)
-                    if ref is None:
-                        self.refs[digest] = [size, 1]
-                        self.total += size
-                    else:
-                        ref[1] += 1
+                self._refer(entry)
         if entry is None:
             self.entries.pop(name, None)
         else:
@@ -202,6 +184,16 @@ class View:
         else:
             self.skipped[name] = reason
         return entry_changed, reason is not None and reason != old_reason
+
+    def _refer(self, entry: Entry) -> None:
+        """Count ``entry``'s blobs as referred to once more (a blob's bytes once in all)."""
+        for digest, size in _blobs(entry):
+            ref = self.refs.get(digest)
+            if ref is None:
+                self.refs[digest] = [size, 1]
+                self.total += size
+            else:
+                ref[1] += 1
 
 
 def _blobs(entry: Entry) -> Iterable[tuple[str, int]]:
