@@ -229,21 +229,15 @@ def test_bindings_see_only_what_changed() -> None:
     assert Bindings(ns).since(ns) == ([], [])
 
 
-def counting_comparisons(bindings: Bindings) -> list[int]:
-    """A list that grows by one each time ``bindings`` compares every name (the sure way)."""
-    compared: list[int] = []
-    sure_way = bindings._compared
-    bindings._compared = lambda namespace: compared.append(1) or sure_way(namespace)  # type: ignore[method-assign]
-    return compared
-
-
 def test_bindings_do_not_walk_ipythons_history_names() -> None:
     """A trivial cell adds ``_iN`` / ``_N``: found as the names after the last one, without
     comparing the thousands of older ones; a count proves nothing else came or went."""
     ns: dict = {"In": [], "_": None, "_i": "", **{f"_i{n}": f"cell {n}" for n in range(1, 5001)}, **{f"_{n}": n for n in range(1, 1001)}}
     ns["x"] = 1
     then = Bindings(ns)
-    compared = counting_comparisons(then)
+    compared = []
+    sure_way = then._compared
+    then._compared = lambda namespace: compared.append(1) or sure_way(namespace)  # type: ignore[method-assign]
     ns["_i5001"], ns["_5001"], ns["_"], ns["_i"] = "1+1", 2, 2, "1+1"
     assert then.since(ns, {"x"}) == (["_", "_i", "_i5001", "_5001"], []) and not compared, "x, the newest name, is mentioned: _1000 marks the start"
     then.move_on(ns, ["_", "_i", "_i5001", "_5001"], [])
@@ -261,8 +255,9 @@ def test_bindings_answer_as_a_full_comparison_would() -> None:
 
     rng = random.Random(12)
     ns: dict = {"_": None, "_i": "", "_ii": ""}
-    then, known = Bindings(ns), dict(ns)
-    compared = counting_comparisons(then)
+    then, known, compared = Bindings(ns), dict(ns), []
+    sure_way = then._compared
+    then._compared = lambda namespace: compared.append(1) or sure_way(namespace)  # type: ignore[method-assign]
     for cell in range(1, 3000):
         mentioned: set[str] = set()
         users = [n for n in ns if n.startswith("v")]

@@ -115,7 +115,7 @@ def flush_std() -> None:
     streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
     if not any(_may_hold_text(s) for s in streams):
         return  # nothing written since the last flush: no hop to the IO thread (most cells)
-    pub = getattr(streams[0], "pub_thread", None)
+    pub = getattr(streams[0], "pub_thread", None) if streams else None
     thread = getattr(pub, "thread", None)
     if (
         thread is not None and thread.is_alive() and thread.ident != threading.get_ident()
